@@ -1,0 +1,62 @@
+# omni-mev: `make serve` runs the service, `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Root installs system packages directly; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl
+# torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: serve test bench bench-smoke train system-deps lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.base: setup.cfg setup.py | $(BIN)/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install --quiet -e '.[train,test]'
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.test
+	$(PIP) install --quiet -e '.[bench]'
+	touch $@
+
+## serve: run gunicorn with gunicorn.conf.py on the shipped model (no Redis needed)
+serve: $(VENV)/.base
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## system-deps: the servers the tests start (redis-server, nginx, wrk, ...), when missing
+system-deps:
+	@missing=""; \
+	for cmd in redis-server nginx wrk openssl systemd-analyze curl; do \
+		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages for:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
+
+## test: the whole test suite (unit tests, real gunicorn, redis-server, nginx)
+test: $(VENV)/.test system-deps
+	$(BIN)/python -m pytest
+
+## train: retrain the model and rewrite models/ and docs/reliability.png
+train: $(VENV)/.test
+	$(BIN)/omni-mev train
+
+## bench: the full benchmark against the FastAPI reference (minutes)
+bench: $(VENV)/.bench system-deps
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,131 @@
+"""gunicorn settings for omni-mev: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Values come from the environment (and .env) through omni_mev.config, so a bad
+value stops start-up with one line naming the variable. Only light modules are
+imported here: this file runs in the master, which must never load the model
+(ONNX Runtime thread pools and torch/OpenMP do not survive fork).
+"""
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from omni_mev.config import ConfigError, load_settings
+
+try:
+    _settings = load_settings()
+except ConfigError as _error:
+    sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
+    raise SystemExit(2) from None
+
+# prometheus_client reads this when first imported: set it before anything
+# imports it. systemd provides a RuntimeDirectory; otherwise a private temp dir.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="omni-mev-metrics-")
+    os.environ["OMNI_MEV_OWN_METRICS_DIR"] = "1"
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+#
+# Server socket
+#
+#   bind - AI_ENGINE_HOST:AI_ENGINE_PORT; loopback by default, nginx in front.
+#   backlog - pending connections the kernel queues while workers are busy.
+#
+bind = [f"{_settings.host}:{_settings.port}"]
+backlog = 2048
+
+#
+# Worker processes
+#
+#   workers - one per CPU by default: inference is CPU-bound and each worker is
+#       single-threaded (ONNX Runtime with 1 intra-op thread).
+#   worker_class - sync: prefork, one request at a time per worker; nginx
+#       buffers requests and responses so slow clients never hold a worker.
+#   timeout - a worker silent this long is killed and replaced.
+#   graceful_timeout - time to finish in-flight requests on reload/stop.
+#   max_requests / max_requests_jitter - recycle workers now and then (bounded
+#       memory growth), staggered so they never restart together. Each recycled
+#       worker leaves its Prometheus counter files behind, so this stays high.
+#   preload_app - False: the app and its model are built in each worker.
+#
+workers = _settings.workers
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 30
+keepalive = 2
+max_requests = 100_000
+max_requests_jitter = 10_000
+preload_app = False
+# Heartbeat files on tmpfs: a slow disk must not get workers killed.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+#
+# Security limits on the request itself (nginx enforces them first).
+#
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+#
+# Logging
+#
+#   errorlog - stderr (journald under systemd).
+#   accesslog - off by default: nginx logs every request already; set
+#       GUNICORN_ACCESSLOG=- to get them here too.
+#
+errorlog = "-"
+loglevel = _settings.log_level
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+proc_name = "omni-mev"
+
+#
+# Control socket (gunicorn >= 25): off. Its default path is shared by every
+# instance of a user and lies under $HOME, which the systemd unit hides.
+#
+control_socket_disable = True
+
+
+#
+# Server hooks
+#
+def on_starting(server):
+    """Empty the metrics directory once per master start (not on reload)."""
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+    os.environ.setdefault("OMNI_MEV_STARTED_AT", repr(time.time()))
+    server.log.info("omni-mev %s mode, threshold %.2f, metrics data in %s",
+                    _settings.mode, _settings.threshold, _metrics_dir)
+
+
+def when_ready(server):
+    """Serve the aggregated metrics of all workers on PROMETHEUS_PORT."""
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    GunicornPrometheusMetrics.start_http_server_when_ready(_settings.prometheus_port, _settings.prometheus_host)
+    server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)
+
+
+def post_fork(server, worker):
+    """Build this worker's own model: ONNX Runtime session or the PyTorch fallback."""
+    from omni_mev import serving
+
+    chain = serving.load_for_worker(_settings)
+    active = chain.active
+    if active is None:
+        server.log.error("worker %d has no model: %s", worker.pid, chain.unavailable_reason)
+    else:
+        server.log.info("worker %d serves %s %s", worker.pid, active.kind, active.version)
+
+
+def child_exit(server, worker):
+    """A worker died: its live gauges leave the aggregate."""
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory if this process created it."""
+    if os.environ.get("OMNI_MEV_OWN_METRICS_DIR"):
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -1,0 +1,13 @@
+"""HTTP API: one blueprint per concern."""
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    """Mount every blueprint on the app."""
+    from omni_mev.api import openapi, predict, status
+
+    app.register_blueprint(predict.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(openapi.bp)

@@ -1,0 +1,37 @@
+"""Helpers shared by the blueprints: reading bodies and counting scoring outcomes."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from omni_mev import metrics
+from omni_mev.jsonio import loads_object
+
+
+def json_object() -> dict[str, Any]:
+    """The request body as a JSON object (400 otherwise; 413 beyond the size limit)."""
+    return loads_object(request.get_data(cache=False))
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status == 503:
+        return "unavailable"
+    if status == 401:
+        return "unauthorized"
+    if status < 500:
+        return "invalid"
+    return "error"
+
+
+def count_outcomes(blueprint: Blueprint) -> None:
+    """Count every request the blueprint answers in ai_requests_total{endpoint, outcome}."""
+
+    def count(response: Response) -> Response:
+        rule = request.url_rule
+        metrics.count_request(rule.rule if rule is not None else request.path, _outcome(response.status_code))
+        return response
+
+    blueprint.after_request(count)

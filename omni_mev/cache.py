@@ -1,0 +1,199 @@
+"""Optional Redis extension: last-prediction keys, a prediction cache, shared idempotency.
+
+The service runs without Redis. When REDIS_HOST is set, every call goes through
+a circuit breaker: after a failure Redis is left alone for REDIS_RETRY_S, so a
+dead Redis costs one short timeout per worker per retry period, not one per
+request. The last-prediction keys are written by a background thread that
+keeps only the newest value and writes at most every 0.1 s, so predictions never
+wait for Redis.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flask import Flask
+
+from omni_mev import metrics
+from omni_mev.config import Settings
+
+log = logging.getLogger(__name__)
+EXTENSION = "omni_mev.cache"
+LAST_CONFIDENCE_KEY = "ai:last_confidence"
+LAST_TIMESTAMP_KEY = "ai:last_timestamp"
+CACHE_PREFIX = "ai:cache"
+LAST_WRITE_INTERVAL_S = 0.1
+_FAILED = object()
+
+
+class NullCache:
+    """What the app uses without Redis: nothing is stored, nothing is connected."""
+
+    enabled = False
+    caching = False
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    def ping(self) -> bool:
+        return False
+
+    def record_last(self, confidence: float) -> None:
+        pass
+
+    def get_prediction(self, model_version: str, features: np.ndarray) -> float | None:
+        return None
+
+    def put_prediction(self, model_version: str, features: np.ndarray, confidence: float) -> None:
+        pass
+
+    def claim(self, key: str, ttl_s: int) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def prediction_key(model_version: str, features: np.ndarray) -> str:
+    """Cache key: the model version and the exact float32 bytes of the input."""
+    digest = hashlib.blake2b(np.ascontiguousarray(features, dtype=np.float32).tobytes(), digest_size=16)
+    return f"{CACHE_PREFIX}:{model_version}:{features.shape[1]}:{digest.hexdigest()}"
+
+
+class RedisCache(NullCache):
+    """Redis behind a circuit breaker, with short timeouts and a coalescing writer."""
+
+    enabled = True
+
+    def __init__(self, settings: Settings) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._errors = (redis.RedisError, OSError)
+        self._client = redis.Redis(
+            host=settings.redis_host,
+            port=settings.redis_port,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+            # The breaker decides when to try again; a retry inside a request
+            # would only multiply the timeout a dead Redis costs.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.caching = settings.cache_enabled
+        self._ttl_s = settings.cache_ttl_s
+        self._retry_s = settings.redis_retry_s
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._connected: bool | None = None
+        self._pending: tuple[float, float] | None = None
+        self._wake = threading.Event()
+        self._stopped = False
+        self._writer = threading.Thread(target=self._write_last, name="redis-last-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._connected)
+
+    def _call(self, operation: Callable[[Any], Any]) -> Any:
+        """Run operation(client) unless the breaker is open; _FAILED on any failure."""
+        if time.monotonic() < self._open_until:
+            return _FAILED
+        try:
+            result = operation(self._client)
+        except self._errors as error:
+            with self._lock:
+                self._open_until = time.monotonic() + self._retry_s
+                if self._connected is not False:
+                    log.warning("redis unreachable (%s); retrying in %.1fs", error, self._retry_s)
+                self._connected = False
+            return _FAILED
+        if self._connected is not True:
+            log.info("redis connected")
+            self._connected = True
+        return result
+
+    def ping(self) -> bool:
+        return self._call(lambda client: client.ping()) is not _FAILED
+
+    def record_last(self, confidence: float) -> None:
+        """Hand the newest confidence to the writer thread; never blocks."""
+        self._pending = (confidence, time.time())
+        self._wake.set()
+
+    def _write_last(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, None
+            if pending is None:
+                continue
+            confidence, timestamp = pending
+
+            def write(client: Any) -> None:
+                pipe = client.pipeline(transaction=False)
+                pipe.set(LAST_CONFIDENCE_KEY, repr(confidence))
+                pipe.set(LAST_TIMESTAMP_KEY, repr(timestamp))
+                pipe.execute()
+
+            if self._call(write) is _FAILED:
+                # Keep the value for when the breaker closes, unless a newer one came.
+                if self._pending is None:
+                    self._pending = pending
+                time.sleep(min(self._retry_s, 1.0))
+                self._wake.set()
+            else:
+                # At most one write per interval per worker: the keys are for people
+                # and dashboards, and a write per prediction cost a third of the
+                # throughput (measured in docs/operations.md).
+                time.sleep(LAST_WRITE_INTERVAL_S)
+
+    def get_prediction(self, model_version: str, features: np.ndarray) -> float | None:
+        if not self.caching:
+            return None
+        value = self._call(lambda client: client.get(prediction_key(model_version, features)))
+        if value is _FAILED:
+            metrics.CACHE_REQUESTS.labels(result="error").inc()
+            return None
+        metrics.CACHE_REQUESTS.labels(result="miss" if value is None else "hit").inc()
+        return None if value is None else float(value)
+
+    def put_prediction(self, model_version: str, features: np.ndarray, confidence: float) -> None:
+        if self.caching:
+            key = prediction_key(model_version, features)
+            self._call(lambda client: client.set(key, repr(confidence), ex=self._ttl_s))
+
+    def claim(self, key: str, ttl_s: int) -> bool | None:
+        """SET NX: True if this call claimed the key, False if taken, None if Redis failed."""
+        result = self._call(lambda client: client.set(key, "1", nx=True, ex=ttl_s))
+        return None if result is _FAILED else bool(result)
+
+    def close(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+
+def init_app(app: Flask) -> None:
+    """Redis when REDIS_HOST is set (and the redis package imports), else the null cache."""
+    settings: Settings = app.config["SETTINGS"]
+    cache: NullCache = NullCache()
+    if settings.redis_configured:
+        try:
+            cache = RedisCache(settings)
+        except ImportError:
+            log.warning("REDIS_HOST is set but the redis package is missing: running without Redis")
+    elif settings.cache_enabled:
+        log.warning("AI_CACHE_ENABLED is set without REDIS_HOST: the prediction cache is off")
+    app.extensions[EXTENSION] = cache
+
+
+def cache_of(app: Flask) -> NullCache:
+    """The app's cache (Redis or null)."""
+    return app.extensions[EXTENSION]

@@ -1,0 +1,189 @@
+"""Settings from the environment and an optional .env file, validated once at start-up."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_FILE_VARIABLE = "OMNI_MEV_ENV_FILE"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the variable."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; allowed: true/false, 1/0, yes/no, on/off")
+
+
+def _number(kind: type, lo: float | None, hi: float | None) -> Callable[[str, str], Any]:
+    what = "an integer" if kind is int else "a number"
+    if lo is not None and hi is not None:
+        allowed = f"{what} from {lo:g} to {hi:g}"
+    elif lo is not None:
+        allowed = f"{what} of at least {lo:g}"
+    else:
+        allowed = what
+
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not {what}; allowed: {allowed}") from None
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{name}={raw!r} is out of range; allowed: {allowed}")
+        return value
+
+    return parse
+
+
+def _port(name: str, raw: str) -> int:
+    return _number(int, 1, 65535)(name, raw)
+
+
+def _path(name: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _http_url(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r} is not a URL; allowed: http(s)://host[:port][/path]")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} has a bad port; allowed: 1 to 65535") from None
+    return value.rstrip("/")
+
+
+def _api_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if any(len(k) < 16 for k in keys):
+        raise ConfigError(f"{name} has a key shorter than 16 characters; allowed: comma-separated keys of 16+ characters")
+    return keys
+
+
+def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, its environment variable and its documented default."""
+
+    live_trading: bool = _setting("LIVE_TRADING", _parse_bool, False, "LIVE mode dispatches approved trades")
+    model_path: Path = _setting(
+        "AI_MODEL_PATH", _path, PROJECT_ROOT / "models" / "lstm_omni.onnx", "ONNX model served first"
+    )
+    torch_weights_path: Path | None = _setting(
+        "AI_TORCH_WEIGHTS_PATH", _path, None, "PyTorch state dict for the fallback (default: model path with .pt)"
+    )
+    threshold: float = _setting("AI_THRESHOLD", _number(float, 0.0, 1.0), 0.78, "confidence needed for decision=true")
+    host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")
+    port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
+    workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), _default_workers(), "gunicorn workers")
+    rust_engine_url: str | None = _setting("RUST_ENGINE_URL", _http_url, None, "execution engine base URL")
+    redis_host: str | None = _setting("REDIS_HOST", _optional_text, None, "Redis host; unset = no Redis")
+    redis_port: int = _setting("REDIS_PORT", _port, 6379, "Redis port")
+    prometheus_port: int = _setting("PROMETHEUS_PORT", _port, 9090, "port of the metrics HTTP server")
+    prometheus_host: str = _setting("PROMETHEUS_HOST", _text, "127.0.0.1", "address of the metrics HTTP server")
+    max_body_bytes: int = _setting(
+        "AI_MAX_BODY_BYTES", _number(int, 1024, 64 * 1024 * 1024), 2 * 1024 * 1024, "largest request body"
+    )
+    max_batch_size: int = _setting("AI_MAX_BATCH_SIZE", _number(int, 1, 1_000_000), 4096, "most items per batch")
+    cache_enabled: bool = _setting("AI_CACHE_ENABLED", _parse_bool, False, "cache predictions in Redis")
+    cache_ttl_s: int = _setting("AI_CACHE_TTL_S", _number(int, 1, 86_400), 30, "lifetime of a cached prediction")
+    redis_timeout_s: float = _setting(
+        "REDIS_TIMEOUT_S", _number(float, 0.001, 5.0), 0.05, "Redis connect and socket timeout"
+    )
+    redis_retry_s: float = _setting(
+        "REDIS_RETRY_S", _number(float, 0.1, 300.0), 2.0, "pause before retrying a Redis that failed"
+    )
+    api_keys: tuple[str, ...] = _setting("AI_API_KEYS", _api_keys, (), "comma-separated API keys; empty = auth off")
+    api_keys_file: Path | None = _setting("AI_API_KEYS_FILE", _path, None, "file with one API key per line")
+    log_level: str = _setting("LOG_LEVEL", _text, "info", "gunicorn and application log level")
+
+    @property
+    def mode(self) -> str:
+        """The mode string every response carries."""
+        return "LIVE" if self.live_trading else "SIMULATION"
+
+    @property
+    def fallback_weights_path(self) -> Path:
+        """Where the PyTorch fallback finds its weights."""
+        return self.torch_weights_path or self.model_path.with_suffix(".pt")
+
+    @property
+    def redis_configured(self) -> bool:
+        """Whether a Redis host was given."""
+        return self.redis_host is not None
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from .env, then the environment, then `overrides` (tests), validated."""
+    environ = os.environ if environ is None else environ
+    env_file = Path(environ.get(ENV_FILE_VARIABLE, ".env"))
+    values: dict[str, str] = _read_env_file(env_file) if env_file.is_file() else {}
+    values.update(environ)
+    values.update({k: str(v) for k, v in (overrides or {}).items()})
+    parsed: dict[str, Any] = {}
+    for spec in fields(Settings):
+        name = spec.metadata["env"]
+        if name in values:
+            parsed[spec.name] = spec.metadata["parse"](name, values[name])
+    settings = Settings(**parsed)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    """Rules that involve several settings."""
+    if settings.live_trading and not settings.rust_engine_url:
+        raise ConfigError("LIVE_TRADING=true needs RUST_ENGINE_URL (http(s)://host:port of the execution engine)")
+    if settings.api_keys_file is not None and not settings.api_keys_file.is_file():
+        raise ConfigError(f"AI_API_KEYS_FILE={settings.api_keys_file} does not exist; allowed: a readable file")
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for the README's configuration table."""
+    rows = []
+    for spec in fields(Settings):
+        default = spec.default
+        if isinstance(default, Path):
+            default = default.relative_to(PROJECT_ROOT) if default.is_relative_to(PROJECT_ROOT) else default
+        rows.append((spec.metadata["env"], "" if default in (None, ()) else str(default), spec.metadata["doc"]))
+    return rows

@@ -1,0 +1,72 @@
+"""The model runtime interface: load, predict, metadata; nothing about HTTP."""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from omni_mev.errors import ModelUnavailable
+
+MODEL_NAME = "lstm_omni"
+VERSION_LENGTH = 12
+
+
+class ModelLoadError(ModelUnavailable):
+    """A model file is missing, unreadable or not a usable model."""
+
+
+def version_of(data: bytes) -> str:
+    """A model's version: the start of the sha256 of its file."""
+    return hashlib.sha256(data).hexdigest()[:VERSION_LENGTH]
+
+
+class ModelRuntime(ABC):
+    """One way of running the model: load once, then predict on [batch, seq, 8] float32."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, path: Path, role: str = "primary") -> None:
+        self.path = path
+        self.role = role
+        self.version: str | None = None
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether load() succeeded."""
+
+    @abstractmethod
+    def _load(self, data: bytes) -> None:
+        """Build the model from the file's bytes; raise on anything unusable."""
+
+    @abstractmethod
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Confidences [batch] for features [batch, seq, 8] float32."""
+
+    def load(self) -> None:
+        """Read the file once, build the model, take the version from the same bytes."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise ModelLoadError(f"cannot read {self.path}: {error.strerror or error}") from error
+        try:
+            self._load(data)
+        except ModelLoadError:
+            raise
+        except Exception as error:  # every library raises its own types
+            raise ModelLoadError(f"cannot load {self.path} with {self.kind}: {error}") from error
+        self.version = version_of(data)
+
+    def metadata(self) -> dict[str, Any]:
+        """What the API tells about this runtime."""
+        return {
+            "name": MODEL_NAME,
+            "type": self.kind,
+            "version": self.version,
+            "path": str(self.path),
+            "role": self.role,
+            "ready": self.ready,
+        }

@@ -1,0 +1,145 @@
+"""The worker's model: built once per process (gunicorn's post_fork) and scored with metrics."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, current_app
+
+from omni_mev import metrics
+from omni_mev.cache import NullCache, cache_of
+from omni_mev.config import Settings
+from omni_mev.features import FEATURE_NAMES
+from omni_mev.runtime.base import ModelRuntime
+from omni_mev.runtime.chain import FallbackChain
+from omni_mev.runtime.onnx_runtime import OnnxModel
+from omni_mev.runtime.torch_runtime import TorchModel
+
+log = logging.getLogger(__name__)
+EXTENSION = "omni_mev.scorer"
+
+# The chain built by gunicorn's post_fork in this worker, picked up by create_app.
+_worker_chain: FallbackChain | None = None
+
+
+def build_chain(settings: Settings) -> FallbackChain:
+    """ONNX first, the PyTorch weights second; fallbacks are counted in metrics."""
+    return FallbackChain(
+        [
+            OnnxModel(settings.model_path, role="onnx"),
+            TorchModel(settings.fallback_weights_path, role="pytorch"),
+        ],
+        on_fallback=metrics.record_fallback,
+    )
+
+
+def load_for_worker(settings: Settings) -> FallbackChain:
+    """Build and load this worker's model; called in gunicorn's post_fork."""
+    global _worker_chain
+    chain = build_chain(settings)
+    chain.load()
+    active = chain.active
+    metrics.set_serving_model(active.kind if active else None, active.version if active else None)
+    _worker_chain = chain
+    return chain
+
+
+def _chain_for(settings: Settings) -> FallbackChain:
+    """The worker's chain when it serves these files, else a new one loaded now."""
+    wanted = [settings.model_path, settings.fallback_weights_path]
+    if _worker_chain is not None and [r.path for r in _worker_chain.runtimes] == wanted:
+        return _worker_chain
+    return load_for_worker(settings)
+
+
+def training_range(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-feature (min, max) of the training data from the model card, if present."""
+    card = model_path.with_suffix(".json")
+    try:
+        observed = json.loads(card.read_text())["training_range"]
+        lo = np.array([observed[n][0] for n in FEATURE_NAMES], dtype=np.float32)
+        hi = np.array([observed[n][1] for n in FEATURE_NAMES], dtype=np.float32)
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        log.warning("no training range from %s (%s): drift counters stay at 0", card, error)
+        return None
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Confidences of one model run and what produced them."""
+
+    confidences: np.ndarray
+    model_type: str
+    model_version: str
+    inference_ms: float
+    cached: bool = False
+
+
+class Scorer:
+    """Runs the chain on validated arrays and records the model metrics."""
+
+    def __init__(self, chain: FallbackChain, settings: Settings, bounds: tuple[np.ndarray, np.ndarray] | None,
+                 cache: NullCache | None = None):
+        self.chain = chain
+        self.settings = settings
+        self.bounds = bounds
+        self.cache = cache or NullCache()
+
+    @property
+    def serving(self) -> ModelRuntime | None:
+        """The runtime answering requests in this worker."""
+        return self.chain.active
+
+    def score(self, features: np.ndarray) -> Scored:
+        """Confidences for features [batch, seq, 8] float32."""
+        if self.bounds is not None:
+            self._count_drift(features[:, -1, :])
+        started = time.perf_counter()
+        confidences, runtime = self.chain.predict(features)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        metrics.INFERENCE_LATENCY_MS.observe(elapsed_ms)
+        return self._recorded(Scored(confidences, runtime.kind, runtime.version or "unknown", elapsed_ms))
+
+    def score_one(self, features: np.ndarray) -> Scored:
+        """Like score() for a single window [1, seq, 8], through the Redis cache when enabled."""
+        serving = self.chain.active
+        if self.cache.caching and serving is not None:
+            hit = self.cache.get_prediction(serving.version, features)
+            if hit is not None:
+                if self.bounds is not None:
+                    self._count_drift(features[:, -1, :])
+                return self._recorded(Scored(np.array([hit], np.float32), serving.kind, serving.version, 0.0, True))
+            scored = self.score(features)
+            if scored.model_version == serving.version:
+                self.cache.put_prediction(scored.model_version, features, float(scored.confidences[0]))
+            return scored
+        return self.score(features)
+
+    def _recorded(self, scored: Scored) -> Scored:
+        last = float(scored.confidences[-1])
+        metrics.PREDICTION_CONFIDENCE.set(last)
+        self.cache.record_last(last)
+        return scored
+
+    def _count_drift(self, current: np.ndarray) -> None:
+        lo, hi = self.bounds
+        outside = ((current < lo) | (current > hi)).sum(axis=0)
+        if outside.any():
+            metrics.count_out_of_range({FEATURE_NAMES[i]: int(outside[i]) for i in np.flatnonzero(outside)})
+
+
+def init_app(app: Flask) -> None:
+    """Attach this worker's model (loading it when post_fork did not)."""
+    settings: Settings = app.config["SETTINGS"]
+    chain = _chain_for(settings)
+    app.extensions[EXTENSION] = Scorer(chain, settings, training_range(settings.model_path), cache_of(app))
+
+
+def scorer() -> Scorer:
+    """The current app's scorer."""
+    return current_app.extensions[EXTENSION]

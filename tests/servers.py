@@ -1,0 +1,189 @@
+"""Real servers for integration tests: gunicorn, redis-server, nginx, each on a free loopback port."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll check() until it returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - keep polling, report the last one
+            last_error = error
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last_error})")
+
+
+def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
+         timeout: float = 5.0, context: Any = None) -> tuple[int, Any, dict[str, str]]:
+    """One HTTP request with the standard library: (status, parsed JSON or text, headers)."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and "Content-Type" not in request.headers:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            status, raw, head = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, raw, head = error.code, error.read(), dict(error.headers)
+    try:
+        return status, json.loads(raw), head
+    except ValueError:
+        return status, raw.decode(errors="replace"), head
+
+
+class Process:
+    """A child process with its log in a temp file; stopped on exit."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> None:
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.log = tempfile.NamedTemporaryFile(prefix="omni-mev-test-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> "Process":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        os.unlink(self.log.name)
+
+
+class Gunicorn(Process):
+    """The real service: gunicorn -c gunicorn.conf.py wsgi:app."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.metrics_dir = tempfile.mkdtemp(prefix="omni-mev-test-metrics-")
+        base = {
+            "AI_ENGINE_HOST": "127.0.0.1",
+            "AI_ENGINE_PORT": str(self.port),
+            "PROMETHEUS_PORT": str(self.metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            "AI_ENGINE_WORKERS": str(workers),
+            "OMNI_MEV_ENV_FILE": "/nonexistent",
+            "PYTHONPATH": str(ROOT),
+        }
+        super().__init__([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
+                         env={**base, **(env or {})})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "Gunicorn":
+        super().start()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+            return self.get("/health")[0] in (200, 503)
+
+        wait_until(up, timeout, what="gunicorn answering /health")
+
+    def get(self, path: str, **kwargs: Any):
+        return http("GET", self.url + path, **kwargs)
+
+    def post(self, path: str, body: Any, **kwargs: Any):
+        return http("POST", self.url + path, body, **kwargs)
+
+    def worker_pids(self) -> set[int]:
+        """PIDs of the master's children, read from /proc."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return {int(p) for p in children.read_text().split()} if children.exists() else set()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+class RedisServer(Process):
+    """A throwaway redis-server on a free port, no persistence."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        super().__init__([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--protected-mode", "yes"])
+
+    def start(self) -> "RedisServer":
+        super().start()
+        wait_until(self.ping, 10, what="redis-server PONG")
+        return self
+
+    def ping(self) -> bool:
+        return self.command("PING") == "+PONG"
+
+    def command(self, *args: str) -> str:
+        """One RESP command over a raw socket: the first reply line."""
+        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(payload.encode())
+            reply = sock.recv(65536).decode()
+        if reply.startswith("$") and not reply.startswith("$-1"):
+            return reply.split("\r\n")[1]
+        return reply.split("\r\n")[0]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)

@@ -1,0 +1,86 @@
+"""Prometheus metrics on their own port: exact across workers, through worker deaths."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from tests.servers import EXAMPLE, Gunicorn, wait_until
+
+SNAPSHOT_TTL_S = 1.1
+
+
+def scrape(server: Gunicorn) -> dict[str, float]:
+    """The metrics port's samples as {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+@pytest.fixture(scope="module")
+def service():
+    with Gunicorn(workers=2) as server:
+        yield server
+
+
+def _predict(server: Gunicorn, n: int) -> None:
+    for _ in range(n):
+        assert server.post("/predict", {"features": EXAMPLE})[0] == 200
+
+
+def test_counts_survive_a_killed_worker(service):
+    ok = 'ai_requests_total{endpoint="/predict",outcome="ok"}'
+    start = scrape(service).get(ok, 0.0)
+    _predict(service, 60)
+    victim = min(service.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(service.worker_pids()) == 2 and victim not in service.worker_pids(), 20,
+               what="worker respawned")
+    service.wait_ready()
+    _predict(service, 40)
+    assert scrape(service)[ok] - start == 100
+    time.sleep(SNAPSHOT_TTL_S)
+    assert service.get("/status")[1]["total_requests"] >= 100
+    # Only live workers report the model they serve.
+    info = [k for k, v in scrape(service).items() if k.startswith("ai_model_info") and v == 1]
+    assert len(info) == 1 and 'type="onnx"' in info[0]
+
+
+def test_status_total_matches_metrics_port(service):
+    _predict(service, 10)
+    service.post("/predict", {"features": [1, 2]})
+    time.sleep(SNAPSHOT_TTL_S)
+    total = service.get("/status")[1]["total_requests"]
+    scraped = sum(v for k, v in scrape(service).items() if k.startswith("ai_requests_total"))
+    assert total == scraped
+
+
+def test_drift_counter_per_feature(service):
+    key = 'ai_feature_out_of_range_total{feature="profit_usd"}'
+    other = 'ai_feature_out_of_range_total{feature="gas_millions"}'
+    before = scrape(service)
+    far_out = [1e6, *EXAMPLE[1:]]
+    for _ in range(3):
+        assert service.post("/predict", {"features": far_out})[0] == 200
+    after = scrape(service)
+    assert after[key] - before.get(key, 0) == 3
+    assert after.get(other, 0) == before.get(other, 0)
+
+
+def test_latency_histogram_and_last_confidence(service):
+    _, body, _ = service.post("/predict", {"features": [*EXAMPLE[:5], 0.123, *EXAMPLE[6:]]})
+    samples = scrape(service)
+    assert samples["ai_prediction_confidence"] == pytest.approx(body["confidence"], abs=1e-6)
+    assert samples["ai_inference_latency_ms_count"] >= 1
+    assert samples['ai_inference_latency_ms_bucket{le="+Inf"}'] == samples["ai_inference_latency_ms_count"]
+    time.sleep(SNAPSHOT_TTL_S)
+    summary = service.get("/metrics_summary")[1]
+    assert summary["last_confidence"] == pytest.approx(body["confidence"], abs=1e-6)
+    assert summary["inference_latency"]["p99_ms"] is not None
