@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: serve test bench bench-smoke train system-deps lint clean
+.PHONY: install serve test bench train system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ $(VENV)/.test: $(VENV)/.base
 $(VENV)/.bench: $(VENV)/.test
 	$(PIP) install --quiet -e '.[bench]'
 	touch $@
+
+## install: the virtual environment with the service's packages
+install: $(VENV)/.base
 
 ## serve: run gunicorn with gunicorn.conf.py on the shipped model (no Redis needed)
 serve: $(VENV)/.base

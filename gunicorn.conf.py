@@ -11,20 +11,28 @@ import sys
 import tempfile
 import time
 
+import logging
+
+from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
+
+# Directories the workers share. prometheus_client reads its variable when first
+# imported: set it before anything imports it. systemd provides them (runtime
+# and state directories); otherwise private temp dirs, removed on exit. The
+# environment keeps them across HUP reloads, which re-read this file.
+for _variable, _prefix in (("PROMETHEUS_MULTIPROC_DIR", "omni-mev-metrics-"),
+                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-")):
+    if not os.environ.get(_variable):
+        os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
+        os.environ["OMNI_MEV_OWN_DIRS"] = os.environ.get("OMNI_MEV_OWN_DIRS", "") + ":" + os.environ[_variable]
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 try:
     _settings = load_settings()
-except ConfigError as _error:
+    _auth = "on" if load_keys(_settings) else "OFF (no AI_API_KEYS / AI_API_KEYS_FILE)"
+except (ConfigError, OSError) as _error:
     sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
     raise SystemExit(2) from None
-
-# prometheus_client reads this when first imported: set it before anything
-# imports it. systemd provides a RuntimeDirectory; otherwise a private temp dir.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="omni-mev-metrics-")
-    os.environ["OMNI_MEV_OWN_METRICS_DIR"] = "1"
-_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 #
 # Server socket
@@ -94,8 +102,8 @@ def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     os.environ.setdefault("OMNI_MEV_STARTED_AT", repr(time.time()))
-    server.log.info("omni-mev %s mode, threshold %.2f, metrics data in %s",
-                    _settings.mode, _settings.threshold, _metrics_dir)
+    server.log.info("omni-mev %s mode, threshold %.2f, API key auth %s, metrics data in %s",
+                    _settings.mode, _settings.threshold, _auth, _metrics_dir)
 
 
 def when_ready(server):
@@ -109,6 +117,12 @@ def when_ready(server):
 def post_fork(server, worker):
     """Build this worker's own model: ONNX Runtime session or the PyTorch fallback."""
     from omni_mev import serving
+
+    # Application logs go where gunicorn's error log goes, at its level.
+    app_log = logging.getLogger("omni_mev")
+    app_log.handlers = list(server.log.error_log.handlers)
+    app_log.setLevel(server.log.error_log.level)
+    app_log.propagate = False
 
     chain = serving.load_for_worker(_settings)
     active = chain.active
@@ -126,6 +140,6 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics directory if this process created it."""
-    if os.environ.get("OMNI_MEV_OWN_METRICS_DIR"):
-        shutil.rmtree(_metrics_dir, ignore_errors=True)
+    """Remove the directories this master created."""
+    for directory in filter(None, os.environ.get("OMNI_MEV_OWN_DIRS", "").split(":")):
+        shutil.rmtree(directory, ignore_errors=True)

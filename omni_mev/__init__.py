@@ -17,7 +17,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     `config` overrides environment variables by name (e.g. {"AI_THRESHOLD": 0.5}).
     """
-    from omni_mev import cache, errors, metrics, serving
+    from omni_mev import auth, cache, errors, metrics, serving
     from omni_mev.api import register_blueprints
     from omni_mev.config import load_settings
     from omni_mev.jsonio import OrjsonProvider
@@ -31,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         STARTED_AT=time.time(),
     )
     errors.init_app(app)
+    auth.init_app(app)
     metrics.init_app(app)
     cache.init_app(app)
     serving.init_app(app)

@@ -106,6 +106,9 @@ class Settings:
     torch_weights_path: Path | None = _setting(
         "AI_TORCH_WEIGHTS_PATH", _path, None, "PyTorch state dict for the fallback (default: model path with .pt)"
     )
+    last_good_dir: Path | None = _setting(
+        "AI_LAST_GOOD_DIR", _path, None, "where workers keep the last ONNX model that loaded (served if a new one fails)"
+    )
     threshold: float = _setting("AI_THRESHOLD", _number(float, 0.0, 1.0), 0.78, "confidence needed for decision=true")
     host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")
     port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
@@ -150,7 +153,11 @@ class Settings:
 def _read_env_file(path: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return {k: v for k, v in dotenv_values(stream=stream).items() if v is not None}
+    except OSError as error:
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: cannot read {path}: {error.strerror}") from None
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

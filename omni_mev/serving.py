@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from omni_mev import metrics
 from omni_mev.cache import NullCache, cache_of
 from omni_mev.config import Settings
 from omni_mev.features import FEATURE_NAMES
-from omni_mev.runtime.base import ModelRuntime
+from omni_mev.runtime.base import ModelRuntime, version_of
 from omni_mev.runtime.chain import FallbackChain
 from omni_mev.runtime.onnx_runtime import OnnxModel
 from omni_mev.runtime.torch_runtime import TorchModel
@@ -26,15 +27,42 @@ EXTENSION = "omni_mev.scorer"
 _worker_chain: FallbackChain | None = None
 
 
+LAST_GOOD_NAME = "last-good.onnx"
+
+
 def build_chain(settings: Settings) -> FallbackChain:
-    """ONNX first, the PyTorch weights second; fallbacks are counted in metrics."""
-    return FallbackChain(
-        [
-            OnnxModel(settings.model_path, role="onnx"),
-            TorchModel(settings.fallback_weights_path, role="pytorch"),
-        ],
-        on_fallback=metrics.record_fallback,
-    )
+    """ONNX first, the PyTorch weights second, then the last ONNX model that loaded.
+
+    The third keeps the previous model serving when a reload brings files that
+    fail to load. Fallbacks are counted in metrics.
+    """
+    runtimes: list[ModelRuntime] = [
+        OnnxModel(settings.model_path, role="onnx"),
+        TorchModel(settings.fallback_weights_path, role="pytorch"),
+    ]
+    if settings.last_good_dir is not None:
+        runtimes.append(OnnxModel(settings.last_good_dir / LAST_GOOD_NAME, role="last-known-good"))
+    return FallbackChain(runtimes, on_fallback=metrics.record_fallback)
+
+
+def _remember_good(chain: FallbackChain, settings: Settings) -> None:
+    """Keep a copy of the primary ONNX model once it has loaded (atomic replace)."""
+    primary = chain.runtimes[0]
+    if settings.last_good_dir is None or chain.active is not primary:
+        return
+    target = settings.last_good_dir / LAST_GOOD_NAME
+    try:
+        data = primary.path.read_bytes()
+        if version_of(data) != primary.version:
+            return  # replaced since it loaded: the next worker will copy the new one
+        if target.exists() and version_of(target.read_bytes()) == primary.version:
+            return
+        settings.last_good_dir.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.{os.getpid()}")
+        scratch.write_bytes(data)
+        os.replace(scratch, target)
+    except OSError as error:
+        log.warning("cannot keep a last-known-good copy in %s: %s", settings.last_good_dir, error)
 
 
 def load_for_worker(settings: Settings) -> FallbackChain:
@@ -42,6 +70,7 @@ def load_for_worker(settings: Settings) -> FallbackChain:
     global _worker_chain
     chain = build_chain(settings)
     chain.load()
+    _remember_good(chain, settings)
     active = chain.active
     metrics.set_serving_model(active.kind if active else None, active.version if active else None)
     _worker_chain = chain
@@ -50,7 +79,7 @@ def load_for_worker(settings: Settings) -> FallbackChain:
 
 def _chain_for(settings: Settings) -> FallbackChain:
     """The worker's chain when it serves these files, else a new one loaded now."""
-    wanted = [settings.model_path, settings.fallback_weights_path]
+    wanted = [r.path for r in build_chain(settings).runtimes]
     if _worker_chain is not None and [r.path for r in _worker_chain.runtimes] == wanted:
         return _worker_chain
     return load_for_worker(settings)

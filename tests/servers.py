@@ -187,3 +187,84 @@ class RedisServer(Process):
         """SIGKILL, as a crash would."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1/localhost: (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SHIPPED_SITE = ROOT / "nginx" / "omni-mev.conf"
+
+
+def render_site(replacements: Mapping[str, str]) -> str:
+    """The shipped site config with test values; each pattern must be present."""
+    text = SHIPPED_SITE.read_text()
+    for old, new in replacements.items():
+        if old not in text:
+            raise AssertionError(f"{old!r} is no longer in {SHIPPED_SITE}")
+        text = text.replace(old, new)
+    return text
+
+
+class Nginx(Process):
+    """nginx in the foreground with the shipped site, in a private prefix directory."""
+
+    def __init__(self, directory: Path, upstream_ports: list[int], rate: str | None = None,
+                 burst: str | None = None) -> None:
+        self.directory = directory
+        self.http_port, self.https_port = free_port(), free_port()
+        self.cert, key = self_signed_certificate(directory)
+        servers = [f"server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in upstream_ports]
+        replacements = {
+            "listen 80;": f"listen 127.0.0.1:{self.http_port};",
+            "listen [::]:80;": "",
+            "listen 443 ssl http2;": f"listen 127.0.0.1:{self.https_port} ssl http2;",
+            "listen [::]:443 ssl http2;": "",
+            "/etc/letsencrypt/live/api.example.com/fullchain.pem": str(self.cert),
+            "/etc/letsencrypt/live/api.example.com/privkey.pem": str(key),
+            "server 127.0.0.1:8001 max_fails=3 fail_timeout=10s;\n    server 127.0.0.1:8002 max_fails=3 fail_timeout=10s;":
+                "\n    ".join(servers),
+        }
+        if rate:
+            replacements["rate=200r/s"] = f"rate={rate}"
+        if burst:
+            replacements["burst=100 nodelay"] = f"burst={burst} nodelay"
+        (directory / "site.conf").write_text(render_site(replacements))
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (directory / sub).mkdir(exist_ok=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        self.conf = directory / "nginx.conf"
+        self.conf.write_text(
+            f"{user}worker_processes 1;\npid {directory}/nginx.pid;\nerror_log {directory}/error.log warn;\n"
+            "daemon off;\nevents { worker_connections 2048; }\n"
+            "http {\n  access_log off;\n"
+            + "".join(f"  {kind}_temp_path {directory}/{sub};\n"
+                      for kind, sub in (("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"),
+                                        ("uwsgi", "uwsgi"), ("scgi", "scgi")))
+            + f"  include {directory}/site.conf;\n}}\n"
+        )
+        super().__init__([NGINX, "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(self.conf)])
+        self.https = f"https://127.0.0.1:{self.https_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
+
+    def check_config(self) -> subprocess.CompletedProcess:
+        """nginx -t on the rendered configuration."""
+        return subprocess.run([NGINX, "-t", "-p", str(self.directory), "-e", str(self.directory / "error.log"),
+                               "-c", str(self.conf)], capture_output=True, text=True)
+
+    def start(self) -> "Nginx":
+        super().start()
+        wait_until(lambda: socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close() or True, 10,
+                   what="nginx listening")
+        return self
+
+    def ssl_context(self):
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.cert))

@@ -1,0 +1,119 @@
+"""Zero-downtime model reload with HUP, a broken new model, and workers killed under load."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import onnx
+
+from omni_mev.runtime.base import version_of
+from tests.servers import EXAMPLE, Gunicorn, wait_until
+
+
+class Stream:
+    """Predictions in background threads until stopped (bounded in count and time)."""
+
+    def __init__(self, server: Gunicorn, threads: int = 2, limit: int = 20_000, seconds: float = 90) -> None:
+        self.server, self.limit, self.deadline = server, limit, time.monotonic() + seconds
+        self.ok, self.failures, self.stopped = 0, [], threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stopped.is_set() and time.monotonic() < self.deadline and self.ok + len(self.failures) < self.limit:
+            try:
+                status, body, _ = self.server.post("/predict", {"features": EXAMPLE}, timeout=10)
+            except OSError as error:  # connection reset or refused
+                status, body = 0, str(error)
+            with self.lock:
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append((status, body))
+
+    def __enter__(self) -> "Stream":
+        for thread in self.threads:
+            thread.start()
+        wait_until(lambda: self.ok > 20, 20, what="stream flowing")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def advance(self, n: int) -> None:
+        """Wait until n more requests have succeeded."""
+        target = self.ok + n
+        wait_until(lambda: self.ok >= target, 30, what=f"{n} more successful requests")
+
+
+def republish(model: Path, release: str) -> str:
+    """Write a new version of the ONNX model in place, atomically; return its version."""
+    proto = onnx.load(str(model))
+    proto.metadata_props.append(onnx.StringStringEntryProto(key="release", value=release))
+    data = proto.SerializeToString()
+    scratch = model.with_name(model.name + ".new")
+    scratch.write_bytes(data)
+    os.replace(scratch, model)
+    return version_of(data)
+
+
+def replace_with_garbage(path: Path) -> None:
+    scratch = path.with_name(path.name + ".new")
+    scratch.write_bytes(b"this is not a model" * 100)
+    os.replace(scratch, path)
+
+
+def versions(server: Gunicorn, n: int = 12) -> set[str]:
+    return {server.get("/status")[1]["model_version"] for _ in range(n)}
+
+
+def test_hup_reload_swaps_model_without_failures(model_copy):
+    old_version = version_of(model_copy.read_bytes())
+    with Gunicorn({"AI_MODEL_PATH": str(model_copy)}) as server, Stream(server) as stream:
+        assert versions(server) == {old_version}
+        old_workers = server.worker_pids()
+        new_version = republish(model_copy, "2")
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: not (server.worker_pids() & old_workers) and len(server.worker_pids()) == 2, 30,
+                   what="old workers retired")
+        wait_until(lambda: versions(server) == {new_version}, 15, what="new version everywhere")
+        stream.advance(100)
+
+        # A new model that cannot load: the last one that did keeps serving.
+        replace_with_garbage(model_copy)
+        replace_with_garbage(model_copy.with_suffix(".pt"))
+        previous_workers = server.worker_pids()
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: not (server.worker_pids() & previous_workers) and len(server.worker_pids()) == 2, 30,
+                   what="workers reloaded with the broken model")
+        stream.advance(100)
+        status = server.get("/status")[1]
+        assert (status["ai_engine"], status["model_type"], status["model_version"]) == ("online", "onnx", new_version)
+        assert server.get("/health")[0] == 200
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        fallback = [line for line in metrics.splitlines()
+                    if line.startswith('ai_model_fallback_total{from_type="onnx",reason="load",to_type="onnx"}')]
+        assert fallback and float(fallback[0].split()[-1]) == 2  # one per new worker
+        log = server.output()
+    assert stream.failures == []
+    assert "failed to load" in log and "last-known-good" in log
+
+
+def test_worker_killed_under_load_is_respawned():
+    with Gunicorn() as server, Stream(server, threads=4) as stream:
+        victim = min(server.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), 20,
+                   what="worker respawned")
+        failures_at_respawn = len(stream.failures)
+        stream.advance(300)
+        assert len(stream.failures) == failures_at_respawn  # nothing fails once it is back
+    # Only requests the killed worker held can fail: at most one per client thread.
+    assert len(stream.failures) <= 4
+    assert stream.ok > 300
