@@ -124,7 +124,7 @@ def post_fork(server, worker):
     app_log.setLevel(server.log.error_log.level)
     app_log.propagate = False
 
-    chain = serving.load_for_worker(_settings)
+    chain = serving.load_for_worker(_settings).chain
     active = chain.active
     if active is None:
         server.log.error("worker %d has no model: %s", worker.pid, chain.unavailable_reason)

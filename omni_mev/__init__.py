@@ -21,6 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from omni_mev.api import register_blueprints
     from omni_mev.config import load_settings
     from omni_mev.jsonio import OrjsonProvider
+    from omni_mev.trading import trader
 
     settings = load_settings(config)
     app = Flask(__name__)
@@ -35,5 +36,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     cache.init_app(app)
     serving.init_app(app)
+    trader.init_app(app)
     register_blueprints(app)
     return app

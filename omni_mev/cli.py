@@ -42,6 +42,23 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decisions(args: argparse.Namespace) -> int:
+    from omni_mev.trading.summary import render, summarise
+
+    if args.path:
+        path = Path(args.path)
+    else:
+        from omni_mev.config import load_settings
+
+        path = load_settings().decision_log_path
+    if not path.is_file():
+        print(f"omni-mev decisions: no such file: {path}", file=sys.stderr)
+        return 2
+    summary = summarise(path)
+    print(json.dumps(summary, indent=2) if args.json else render(summary), end="\n" if args.json else "")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser for all subcommands."""
     from omni_mev.training.train import TrainConfig
@@ -64,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     card = commands.add_parser("card", help="print a model card's test metrics as Markdown")
     card.add_argument("card", nargs="?", default="models/lstm_omni.json")
     card.set_defaults(handler=_card)
+
+    decisions = commands.add_parser("decisions", help="summarise a decision log (paper and live trades)")
+    decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")
+    decisions.add_argument("--json", action="store_true", help="machine-readable output")
+    decisions.set_defaults(handler=_decisions)
     return parser
 
 

@@ -114,6 +114,21 @@ class Settings:
     port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
     workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), _default_workers(), "gunicorn workers")
     rust_engine_url: str | None = _setting("RUST_ENGINE_URL", _http_url, None, "execution engine base URL")
+    dispatch_connect_timeout_s: float = _setting(
+        "AI_DISPATCH_CONNECT_TIMEOUT_S", _number(float, 0.001, 10.0), 0.1, "execution engine connect timeout"
+    )
+    dispatch_timeout_s: float = _setting(
+        "AI_DISPATCH_TIMEOUT_S", _number(float, 0.001, 10.0), 0.3, "execution engine read timeout (no retry)"
+    )
+    dispatch_dedupe_ttl_s: int = _setting(
+        "AI_DISPATCH_DEDUPE_TTL_S", _number(int, 60, 30 * 86_400), 86_400, "how long an opportunity_id stays claimed in Redis"
+    )
+    decision_log_path: Path = _setting(
+        "AI_DECISION_LOG", _path, PROJECT_ROOT / "logs" / "decisions.jsonl", "append-only JSON-lines decision log"
+    )
+    shadow_model_path: Path | None = _setting(
+        "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"
+    )
     redis_host: str | None = _setting("REDIS_HOST", _optional_text, None, "Redis host; unset = no Redis")
     redis_port: int = _setting("REDIS_PORT", _port, 6379, "Redis port")
     prometheus_port: int = _setting("PROMETHEUS_PORT", _port, 9090, "port of the metrics HTTP server")

@@ -45,6 +45,15 @@ FEATURE_OUT_OF_RANGE = Counter(
     "ai_feature_out_of_range", "Inputs outside the training data's observed range, per feature", ["feature"]
 )
 DECISIONS = Counter("ai_decisions", "Decisions taken, by value", ["decision"])
+DISPATCHES = Counter(
+    "ai_dispatches", "Live dispatches by outcome (dispatched, rejected, failed, timeout, duplicate)", ["status"]
+)
+SHADOW_AGREEMENT = Counter("ai_shadow_agreement", "Shadow model's decision agrees with the served one", ["agree"])
+SHADOW_DIFFERENCE = Histogram(
+    "ai_shadow_confidence_difference", "Shadow confidence minus served confidence",
+    buckets=(-0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
+SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect the response)")
 
 # Children resolved once: labels() costs a dict lookup and a lock per call.
 _OUT_OF_RANGE = {name: FEATURE_OUT_OF_RANGE.labels(feature=name) for name in FEATURE_NAMES}

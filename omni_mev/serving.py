@@ -15,7 +15,7 @@ from omni_mev import metrics
 from omni_mev.cache import NullCache, cache_of
 from omni_mev.config import Settings
 from omni_mev.features import FEATURE_NAMES
-from omni_mev.runtime.base import ModelRuntime, version_of
+from omni_mev.runtime.base import ModelLoadError, ModelRuntime, version_of
 from omni_mev.runtime.chain import FallbackChain
 from omni_mev.runtime.onnx_runtime import OnnxModel
 from omni_mev.runtime.torch_runtime import TorchModel
@@ -24,10 +24,8 @@ log = logging.getLogger(__name__)
 EXTENSION = "omni_mev.scorer"
 
 # The chain built by gunicorn's post_fork in this worker, picked up by create_app.
-_worker_chain: FallbackChain | None = None
-
-
 LAST_GOOD_NAME = "last-good.onnx"
+SHADOW_SAMPLES = 16
 
 
 def build_chain(settings: Settings) -> FallbackChain:
@@ -65,23 +63,52 @@ def _remember_good(chain: FallbackChain, settings: Settings) -> None:
         log.warning("cannot keep a last-known-good copy in %s: %s", settings.last_good_dir, error)
 
 
-def load_for_worker(settings: Settings) -> FallbackChain:
-    """Build and load this worker's model; called in gunicorn's post_fork."""
-    global _worker_chain
+@dataclass
+class WorkerModels:
+    """What one worker serves: the fallback chain, and the optional shadow model."""
+
+    chain: FallbackChain
+    shadow: OnnxModel | None
+    files: tuple[Path | None, ...]
+
+
+# Built by gunicorn's post_fork in this worker, picked up by create_app.
+_worker_models: WorkerModels | None = None
+
+
+def _files(settings: Settings) -> tuple[Path | None, ...]:
+    return (*(r.path for r in build_chain(settings).runtimes), settings.shadow_model_path)
+
+
+def _load_shadow(settings: Settings) -> OnnxModel | None:
+    if settings.shadow_model_path is None:
+        return None
+    shadow = OnnxModel(settings.shadow_model_path, role="shadow")
+    try:
+        shadow.load()
+    except ModelLoadError as error:
+        log.error("shadow model not loaded, comparisons are off: %s", error.message)
+        return None
+    log.info("shadow model %s from %s", shadow.version, shadow.path)
+    return shadow
+
+
+def load_for_worker(settings: Settings) -> WorkerModels:
+    """Build and load this worker's models; called in gunicorn's post_fork."""
+    global _worker_models
     chain = build_chain(settings)
     chain.load()
     _remember_good(chain, settings)
     active = chain.active
     metrics.set_serving_model(active.kind if active else None, active.version if active else None)
-    _worker_chain = chain
-    return chain
+    _worker_models = WorkerModels(chain, _load_shadow(settings), _files(settings))
+    return _worker_models
 
 
-def _chain_for(settings: Settings) -> FallbackChain:
-    """The worker's chain when it serves these files, else a new one loaded now."""
-    wanted = [r.path for r in build_chain(settings).runtimes]
-    if _worker_chain is not None and [r.path for r in _worker_chain.runtimes] == wanted:
-        return _worker_chain
+def _models_for(settings: Settings) -> WorkerModels:
+    """The worker's models when they come from these files, else new ones loaded now."""
+    if _worker_models is not None and _worker_models.files == _files(settings):
+        return _worker_models
     return load_for_worker(settings)
 
 
@@ -107,17 +134,19 @@ class Scored:
     model_version: str
     inference_ms: float
     cached: bool = False
+    shadow_confidences: np.ndarray | None = None
 
 
 class Scorer:
     """Runs the chain on validated arrays and records the model metrics."""
 
     def __init__(self, chain: FallbackChain, settings: Settings, bounds: tuple[np.ndarray, np.ndarray] | None,
-                 cache: NullCache | None = None):
+                 cache: NullCache | None = None, shadow: OnnxModel | None = None):
         self.chain = chain
         self.settings = settings
         self.bounds = bounds
         self.cache = cache or NullCache()
+        self.shadow = shadow
 
     @property
     def serving(self) -> ModelRuntime | None:
@@ -132,7 +161,30 @@ class Scorer:
         confidences, runtime = self.chain.predict(features)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         metrics.INFERENCE_LATENCY_MS.observe(elapsed_ms)
-        return self._recorded(Scored(confidences, runtime.kind, runtime.version or "unknown", elapsed_ms))
+        shadow = self._shadow(features, confidences) if self.shadow is not None else None
+        return self._recorded(Scored(confidences, runtime.kind, runtime.version or "unknown", elapsed_ms,
+                                     shadow_confidences=shadow))
+
+    def _shadow(self, features: np.ndarray, served: np.ndarray) -> np.ndarray | None:
+        """Score with the shadow model and compare; its failures never reach the client."""
+        try:
+            shadow = self.shadow.predict(features)
+        except Exception:  # noqa: BLE001 - the shadow must not affect the response
+            log.exception("shadow model failed")
+            metrics.SHADOW_ERRORS.inc()
+            return None
+        threshold = self.settings.threshold
+        agree = int(((shadow >= threshold) == (served >= threshold)).sum())
+        if agree:
+            metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
+        if agree < len(served):
+            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(served) - agree)
+        # Every item of small requests; an even sample of large batches (each
+        # observation writes to the shared metrics files).
+        step = max(1, len(served) // SHADOW_SAMPLES)
+        for difference in (shadow[::step] - served[::step])[:SHADOW_SAMPLES]:
+            metrics.SHADOW_DIFFERENCE.observe(float(difference))
+        return shadow
 
     def score_one(self, features: np.ndarray) -> Scored:
         """Like score() for a single window [1, seq, 8], through the Redis cache when enabled."""
@@ -165,8 +217,9 @@ class Scorer:
 def init_app(app: Flask) -> None:
     """Attach this worker's model (loading it when post_fork did not)."""
     settings: Settings = app.config["SETTINGS"]
-    chain = _chain_for(settings)
-    app.extensions[EXTENSION] = Scorer(chain, settings, training_range(settings.model_path), cache_of(app))
+    models = _models_for(settings)
+    app.extensions[EXTENSION] = Scorer(models.chain, settings, training_range(settings.model_path), cache_of(app),
+                                       models.shadow)
 
 
 def scorer() -> Scorer:

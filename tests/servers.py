@@ -113,7 +113,10 @@ class Gunicorn(Process):
         self.port = free_port()
         self.metrics_port = free_port()
         self.metrics_dir = tempfile.mkdtemp(prefix="omni-mev-test-metrics-")
+        self.state_dir = Path(tempfile.mkdtemp(prefix="omni-mev-test-state-"))
+        self.decision_log = self.state_dir / "decisions.jsonl"
         base = {
+            "AI_DECISION_LOG": str(self.decision_log),
             "AI_ENGINE_HOST": "127.0.0.1",
             "AI_ENGINE_PORT": str(self.port),
             "PROMETHEUS_PORT": str(self.metrics_port),
@@ -154,6 +157,7 @@ class Gunicorn(Process):
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 class RedisServer(Process):

@@ -11,6 +11,7 @@ from omni_mev.api.common import count_outcomes, json_object
 from omni_mev.config import Settings
 from omni_mev.schemas import PredictRequestSchema, load_or_raise
 from omni_mev.serving import Scored, scorer
+from omni_mev.trading.trader import trader
 
 bp = Blueprint("predict", __name__)
 count_outcomes(bp)
@@ -52,8 +53,13 @@ def predict():
     payload = load_or_raise(_request_schema, json_object())
     settings: Settings = current_app.config["SETTINGS"]
     scored = scorer().score_one(window(payload))
-    body = decide(float(scored.confidences[0]), settings)
+    confidence = float(scored.confidences[0])
+    body = decide(confidence, settings)
     body.update(describe(scored))
     if "opportunity_id" in payload:
         body["opportunity_id"] = payload["opportunity_id"]
+    shadow = None if scored.shadow_confidences is None else float(scored.shadow_confidences[0])
+    execution = trader().after_decision(payload, body["decision"], confidence, scored.model_version, shadow)
+    if execution is not None:
+        body["execution"] = execution
     return body

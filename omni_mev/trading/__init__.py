@@ -1,0 +1,1 @@
+"""Trading modes: live dispatch to the execution engine, paper trading, the decision log."""
