@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl
+SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
@@ -37,10 +37,10 @@ install: $(VENV)/.base
 serve: $(VENV)/.base
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## system-deps: the servers the tests start (redis-server, nginx, wrk, ...), when missing
+## system-deps: what the tests start (redis-server, nginx, wrk, node and rustc for the example clients), when missing
 system-deps:
 	@missing=""; \
-	for cmd in redis-server nginx wrk openssl systemd-analyze curl; do \
+	for cmd in redis-server nginx wrk openssl systemd-analyze curl node rustc; do \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -25,7 +25,10 @@ def _feature_object() -> dict[str, Any]:
 
 
 def _feature_vector(self, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
-    """apispec attribute function: how FeatureVector looks in JSON Schema."""
+    """apispec attribute function: how FeatureVector and BatchItems look in JSON Schema."""
+    if isinstance(field, schemas.BatchItems):
+        return {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/PredictRequest"},
+                "description": "at most AI_MAX_BATCH_SIZE (default 4096) items"}
     if not isinstance(field, schemas.FeatureVector):
         return {}
     return {
@@ -60,6 +63,7 @@ def build() -> dict[str, Any]:
     spec.components.schema("PredictRequest", schema=schemas.PredictRequestSchema)
     spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
     spec.components.schema("Error", schema=schemas.ErrorSchema)
+    spec.components.schema("BatchRequest", schema=schemas.BatchRequestSchema)
     spec.path(
         path="/predict",
         operations={"post": {
@@ -74,6 +78,32 @@ def build() -> dict[str, Any]:
             },
         }},
     )
+    spec.path(
+        path="/predict/batch",
+        operations={"post": {
+            "summary": "Score many opportunities; results in order, one per item",
+            "requestBody": {"required": True, **_json("BatchRequest")},
+            "responses": {
+                "200": {"description": "results[i] answers items[i] (decision, confidence, opportunity_id, "
+                                       "execution), plus threshold, mode, model_type, model_version",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "413": _error("More items than AI_MAX_BATCH_SIZE"),
+                "422": _error("An invalid item; fields are named items.<index>.<field>; nothing is scored"),
+            },
+        }},
+    )
+    v2_object = {"200": {"description": "Open Inference Protocol JSON", "content": {"application/json": {
+        "schema": {"type": "object"}}}}, "400": {"description": '{"error": "..."}'}}
+    for path, method, summary in (
+        ("/v2", "get", "Server metadata (Open Inference Protocol)"),
+        ("/v2/health/live", "get", "Liveness: 200, empty body"),
+        ("/v2/health/ready", "get", "Readiness: 200 when a model is loaded, 400 otherwise"),
+        ("/v2/models/lstm_omni", "get", "Model metadata"),
+        ("/v2/models/lstm_omni/ready", "get", "Model readiness"),
+        ("/v2/models/lstm_omni/infer", "post", "Inference: input 'features' FP32 [batch, 8] or [batch, seq, 8]; "
+                                               "outputs 'confidence' FP32 and 'decision' BOOL, [batch, 1]"),
+    ):
+        spec.path(path=path, operations={method: {"summary": summary, "responses": v2_object}})
     for path, summary in (
         ("/health", "200 when a model is loaded, 503 with the reason otherwise"),
         ("/status", "Engine state and request count across workers"),

@@ -69,3 +69,10 @@ def test_gunicorn_logs_auth_state_and_never_the_key():
     with Gunicorn(workers=1) as server:
         server.stop()
         assert "API key auth OFF" in server.output()
+
+
+def test_v2_probes_open_other_v2_routes_protected(secured):
+    assert secured.get("/v2/health/live").status_code == 200
+    assert secured.get("/v2/health/ready").status_code == 200
+    assert secured.get("/v2/models/lstm_omni").status_code == 401
+    assert secured.get("/v2/models/lstm_omni", headers={"X-API-Key": KEY}).status_code == 200

@@ -65,4 +65,6 @@ def test_openapi_describes_predict(client):
     assert doc["openapi"].startswith("3.")
     request_schema = doc["components"]["schemas"]["PredictRequest"]
     assert request_schema["properties"]["features"]["oneOf"][0]["minItems"] == 8
-    assert "/predict" in doc["paths"] and "/health" in doc["paths"]
+    assert {"/predict", "/predict/batch", "/health", "/v2/models/lstm_omni/infer"} <= set(doc["paths"])
+    batch_items = doc["components"]["schemas"]["BatchRequest"]["properties"]["items"]
+    assert batch_items["items"] == {"$ref": "#/components/schemas/PredictRequest"}

@@ -6,8 +6,10 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Mount every blueprint on the app."""
-    from omni_mev.api import openapi, predict, status
+    from omni_mev.api import batch, openapi, predict, status, v2
 
     app.register_blueprint(predict.bp)
+    app.register_blueprint(batch.bp)
+    app.register_blueprint(v2.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(openapi.bp)

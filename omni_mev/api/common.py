@@ -9,9 +9,9 @@ from omni_mev import metrics
 from omni_mev.jsonio import loads_object
 
 
-def json_object() -> dict[str, Any]:
+def json_object(raw: bytes | None = None) -> dict[str, Any]:
     """The request body as a JSON object (400 otherwise; 413 beyond the size limit)."""
-    return loads_object(request.get_data(cache=False))
+    return loads_object(request.get_data(cache=False) if raw is None else raw)
 
 
 def _outcome(status: int) -> str:
@@ -26,12 +26,13 @@ def _outcome(status: int) -> str:
     return "error"
 
 
-def count_outcomes(blueprint: Blueprint) -> None:
-    """Count every request the blueprint answers in ai_requests_total{endpoint, outcome}."""
+def count_outcomes(blueprint: Blueprint, endpoints: set[str] | None = None) -> None:
+    """Count the blueprint's scoring requests (all, or these endpoints) in ai_requests_total{endpoint, outcome}."""
 
     def count(response: Response) -> Response:
-        rule = request.url_rule
-        metrics.count_request(rule.rule if rule is not None else request.path, _outcome(response.status_code))
+        if endpoints is None or request.endpoint in endpoints:
+            rule = request.url_rule
+            metrics.count_request(rule.rule if rule is not None else request.path, _outcome(response.status_code))
         return response
 
     blueprint.after_request(count)

@@ -24,6 +24,12 @@ def _skipped(reason: str) -> dict[str, Any]:
     return {"status": "skipped", "reason": reason}
 
 
+# Shared answers for the common cases (a batch may produce thousands).
+_OPTED_OUT = _skipped("the request set dispatch: false")
+_NO_ID = _skipped("no opportunity_id: nothing to dispatch against")
+_PAPER = _skipped("SIMULATION mode: recorded as a paper trade")
+
+
 class Trader:
     """Turns positive decisions into dispatches (LIVE) or paper records (SIMULATION)."""
 
@@ -59,15 +65,16 @@ class Trader:
         if not decision:
             return None
         if not payload.get("dispatch", True):
-            return _skipped("the request set dispatch: false")
-        record = self._record(payload, confidence, model_version, shadow)
-        if not self.settings.live_trading:
-            record["event"] = PAPER_EVENT
-            self.log.append_paper(record)
-            return _skipped("SIMULATION mode: recorded as a paper trade")
+            return _OPTED_OUT
         opportunity_id = payload.get("opportunity_id")
         if opportunity_id is None:
-            return _skipped("no opportunity_id: nothing to dispatch against")
+            return _NO_ID
+        record = self._record(payload, confidence, model_version, shadow)
+        if not self.settings.live_trading:
+            # What LIVE would have dispatched: the same conditions, on paper.
+            record["event"] = PAPER_EVENT
+            self.log.append_paper(record)
+            return _PAPER
         return self._dispatch(opportunity_id, record)
 
     def _dispatch(self, opportunity_id: str, record: dict[str, Any]) -> dict[str, Any]:
