@@ -22,12 +22,9 @@ $(VENV)/.base: setup.cfg setup.py | $(BIN)/python
 	$(PIP) install --quiet -e .
 	touch $@
 
+# The tests run the benchmark harness in smoke mode, so they need its packages too.
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install --quiet -e '.[train,test]'
-	touch $@
-
-$(VENV)/.bench: $(VENV)/.test
-	$(PIP) install --quiet -e '.[bench]'
+	$(PIP) install --quiet -e '.[train,test,bench]'
 	touch $@
 
 ## install: the virtual environment with the service's packages
@@ -57,8 +54,9 @@ test: $(VENV)/.test system-deps
 train: $(VENV)/.test
 	$(BIN)/omni-mev train
 
-## bench: the full benchmark against the FastAPI reference (minutes)
-bench: $(VENV)/.bench system-deps
+## bench: the full benchmark against the FastAPI reference (~10 minutes);
+## writes bench/results/<date>.json and docs/benchmarks.{md,png}
+bench: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.run
 
 clean:

@@ -48,8 +48,10 @@ backlog = 2048
 #
 #   workers - one per CPU by default: inference is CPU-bound and each worker is
 #       single-threaded (ONNX Runtime with 1 intra-op thread).
-#   worker_class - sync: prefork, one request at a time per worker; nginx
-#       buffers requests and responses so slow clients never hold a worker.
+#   worker_class - gunicorn's sync worker (prefork, one request at a time;
+#       nginx buffers requests and responses so slow clients never hold a
+#       worker), closing connections without lingering for the client's FIN:
+#       see omni_mev/workers.py and docs/benchmarks.md for what it saves.
 #   timeout - a worker silent this long is killed and replaced.
 #   graceful_timeout - time to finish in-flight requests on reload/stop.
 #   max_requests / max_requests_jitter - recycle workers now and then (bounded
@@ -58,7 +60,7 @@ backlog = 2048
 #   preload_app - False: the app and its model are built in each worker.
 #
 workers = _settings.workers
-worker_class = "sync"
+worker_class = "omni_mev.workers.PromptCloseSyncWorker"
 timeout = 30
 graceful_timeout = 30
 keepalive = 2

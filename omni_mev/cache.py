@@ -93,6 +93,7 @@ class RedisCache(NullCache):
         self._open_until = 0.0
         self._connected: bool | None = None
         self._pending: tuple[float, float] | None = None
+        self._pending_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
         self._writer = threading.Thread(target=self._write_last, name="redis-last-writer", daemon=True)
@@ -124,15 +125,17 @@ class RedisCache(NullCache):
         return self._call(lambda client: client.ping()) is not _FAILED
 
     def record_last(self, confidence: float) -> None:
-        """Hand the newest confidence to the writer thread; never blocks."""
-        self._pending = (confidence, time.time())
+        """Hand the newest confidence to the writer thread; never waits for Redis."""
+        with self._pending_lock:
+            self._pending = (confidence, time.time())
         self._wake.set()
 
     def _write_last(self) -> None:
         while not self._stopped:
             self._wake.wait()
             self._wake.clear()
-            pending, self._pending = self._pending, None
+            with self._pending_lock:
+                pending, self._pending = self._pending, None
             if pending is None:
                 continue
             confidence, timestamp = pending
@@ -145,8 +148,9 @@ class RedisCache(NullCache):
 
             if self._call(write) is _FAILED:
                 # Keep the value for when the breaker closes, unless a newer one came.
-                if self._pending is None:
-                    self._pending = pending
+                with self._pending_lock:
+                    if self._pending is None:
+                        self._pending = pending
                 time.sleep(min(self._retry_s, 1.0))
                 self._wake.set()
             else:

@@ -71,7 +71,7 @@ def _http_url(name: str, raw: str) -> str | None:
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(f"{name}={raw!r} is not a URL; allowed: http(s)://host[:port][/path]")
     try:
-        parts.port
+        _ = parts.port  # urllib validates the port only when asked
     except ValueError:
         raise ConfigError(f"{name}={raw!r} has a bad port; allowed: 1 to 65535") from None
     return value.rstrip("/")

@@ -31,8 +31,12 @@ INFERENCE_LATENCY_MS = Histogram(
     "ai_inference_latency_ms", "Model inference time per request, milliseconds", buckets=LATENCY_BUCKETS_MS
 )
 REQUESTS = Counter(
-    "ai_requests", "Scoring requests by endpoint and outcome (ok, invalid, error, unavailable)",
+    "ai_requests", "Scoring requests by endpoint and outcome (ok, invalid, unauthorized, error, unavailable)",
     ["endpoint", "outcome"],
+)
+REQUEST_DURATION_MS = Histogram(
+    "ai_request_duration_ms", "Time in the application per scoring request, milliseconds", ["endpoint"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 50.0, 250.0, 1000.0),
 )
 MODEL_FALLBACKS = Counter(
     "ai_model_fallback", "Times a worker fell back to the next model runtime", ["reason", "from_type", "to_type"]
@@ -55,8 +59,12 @@ SHADOW_DIFFERENCE = Histogram(
 )
 SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect the response)")
 
-# Children resolved once: labels() costs a dict lookup and a lock per call.
+# Children resolved once: labels() costs a dict lookup and a lock per call, on
+# the hot path.
 _OUT_OF_RANGE = {name: FEATURE_OUT_OF_RANGE.labels(feature=name) for name in FEATURE_NAMES}
+DECIDED = {True: DECISIONS.labels(decision="true"), False: DECISIONS.labels(decision="false")}
+_REQUEST_CHILDREN: dict[tuple[str, str], Any] = {}
+_DURATION_CHILDREN: dict[str, Any] = {}
 
 
 def multiprocess_dir() -> str | None:
@@ -64,9 +72,26 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_VARIABLE) or None
 
 
-def count_request(endpoint: str, outcome: str) -> None:
-    """One scoring request finished with this outcome."""
-    REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
+def count_request(endpoint: str, outcome: str, duration_ms: float | None = None) -> None:
+    """One scoring request finished with this outcome (and took this long)."""
+    child = _REQUEST_CHILDREN.get((endpoint, outcome))
+    if child is None:
+        child = _REQUEST_CHILDREN[(endpoint, outcome)] = REQUESTS.labels(endpoint=endpoint, outcome=outcome)
+    child.inc()
+    if duration_ms is not None:
+        timer = _DURATION_CHILDREN.get(endpoint)
+        if timer is None:
+            timer = _DURATION_CHILDREN[endpoint] = REQUEST_DURATION_MS.labels(endpoint=endpoint)
+        timer.observe(duration_ms)
+
+
+def count_decisions(decisions: Any) -> None:
+    """ai_decisions_total for a boolean array of decisions."""
+    positive = int(decisions.sum())
+    if positive:
+        DECIDED[True].inc(positive)
+    if positive < len(decisions):
+        DECIDED[False].inc(len(decisions) - positive)
 
 
 def record_fallback(reason: str, from_type: str, to_type: str) -> None:
@@ -204,9 +229,12 @@ def init_app(app: Flask) -> None:
     from prometheus_flask_exporter import PrometheusMetrics
 
     common = {
-        "group_by": "endpoint",  # a bounded label set, unlike raw paths from scanners
-        "excluded_paths": ["^/health$", "^/v2/health/"],
-        "defaults_prefix": "omni_mev",
+        # The exporter's per-request HTTP metrics cost ~45 us per request, a
+        # sixth of a /predict, and its hooks still cost ~18 us on excluded
+        # paths (measured in docs/benchmarks.md). The scoring endpoints have
+        # their own leaner metrics (ai_requests_total, ai_request_duration_ms),
+        # so the exporter serves the registry and the multiprocess HTTP server.
+        "export_defaults": False,
     }
     if multiprocess_dir():
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics

@@ -12,7 +12,6 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from omni_mev.runtime.onnx_runtime import OnnxModel
@@ -59,7 +58,7 @@ def test_live_dispatches_positive_decisions_only(vectors):
                 sent[opportunity] = body
         positive = {i for i, body in sent.items() if body["decision"]}
         assert sorted(engine.ids()) == sorted(positive)
-        for opportunity, body in sent.items():
+        for body in sent.values():
             if body["decision"]:
                 assert body["execution"]["status"] == "dispatched" and body["execution"]["engine_status"] == 202
             else:

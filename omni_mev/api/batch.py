@@ -66,11 +66,8 @@ def predict_batch():
         BODY_HAS_NO_BOOLEANS.reset(token)
     confidences, scored, elapsed = score_batch(batch, scorer())
     decisions = confidences >= settings.threshold
+    metrics.count_decisions(decisions)
     positive = int(decisions.sum())
-    if positive:
-        metrics.DECISIONS.labels(decision="true").inc(positive)
-    if positive < len(decisions):
-        metrics.DECISIONS.labels(decision="false").inc(len(decisions) - positive)
     rounded = np.round(confidences.astype(np.float64), 6).tolist()
     results = [{"decision": d, "confidence": c} for d, c in zip(decisions.tolist(), rounded)]
     for index, opportunity_id in enumerate(batch.ids):

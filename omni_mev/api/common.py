@@ -1,12 +1,15 @@
 """Helpers shared by the blueprints: reading bodies and counting scoring outcomes."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from omni_mev import metrics
 from omni_mev.jsonio import loads_object
+
+_STARTED = "omni_mev.started"
 
 
 def json_object(raw: bytes | None = None) -> dict[str, Any]:
@@ -27,12 +30,22 @@ def _outcome(status: int) -> str:
 
 
 def count_outcomes(blueprint: Blueprint, endpoints: set[str] | None = None) -> None:
-    """Count the blueprint's scoring requests (all, or these endpoints) in ai_requests_total{endpoint, outcome}."""
+    """Count and time the blueprint's scoring requests (all, or these endpoints).
+
+    ai_requests_total{endpoint, outcome} and ai_request_duration_ms{endpoint}.
+    """
+
+    def start() -> None:
+        request.environ[_STARTED] = time.perf_counter()
 
     def count(response: Response) -> Response:
         if endpoints is None or request.endpoint in endpoints:
             rule = request.url_rule
-            metrics.count_request(rule.rule if rule is not None else request.path, _outcome(response.status_code))
+            started = request.environ.get(_STARTED)
+            elapsed = None if started is None else (time.perf_counter() - started) * 1000.0
+            metrics.count_request(rule.rule if rule is not None else request.path, _outcome(response.status_code),
+                                  elapsed)
         return response
 
+    blueprint.before_request(start)
     blueprint.after_request(count)

@@ -26,7 +26,7 @@ def window(payload: dict[str, Any]) -> np.ndarray:
 def decide(confidence: float, settings: Settings) -> dict[str, Any]:
     """The fields every scored item carries."""
     decision = confidence >= settings.threshold
-    metrics.DECISIONS.labels(decision=str(decision).lower()).inc()
+    metrics.DECIDED[decision].inc()
     return {
         "decision": decision,
         "confidence": round(confidence, 6),

@@ -44,6 +44,7 @@ class DecisionLog:
         self._dispatched: set[str] = set()
         self._read_offset = 0
         self._paper: list[bytes] = []
+        self._paper_lock = threading.Lock()  # request thread vs flusher; never held during I/O
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -93,7 +94,9 @@ class DecisionLog:
 
     def append_paper(self, record: dict[str, Any]) -> None:
         """Queue a paper record; a background thread writes them in batches."""
-        self._paper.append(encode(record))
+        line = encode(record)
+        with self._paper_lock:
+            self._paper.append(line)
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="decision-log-flusher", daemon=True)
             self._flusher.start()
@@ -112,9 +115,10 @@ class DecisionLog:
 
     def flush(self) -> None:
         """Write the queued paper records in one write() (no fsync: paper trades only)."""
-        if not self._paper:
+        with self._paper_lock:
+            batch, self._paper = self._paper, []
+        if not batch:
             return
-        batch, self._paper = self._paper, []
         with self._lock:
             fd = self._descriptor()
             fcntl.flock(fd, fcntl.LOCK_EX)

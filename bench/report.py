@@ -1,0 +1,111 @@
+"""Markdown tables and a PNG chart from a benchmark result (bench/run.py writes both)."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def tables(results: dict[str, Any], source: str) -> str:
+    """The generated part of docs/benchmarks.md."""
+    m = results["machine"]
+    lines = [
+        f"Measured {results['date']} ({source}) on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['python']}, {m['wrk']}. Packages: "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
+        "",
+        f"`wrk -t1`, {results['rounds']} rounds of {results['duration_s']:g} s per target and connection count, "
+        "the two targets alternating (A/B, then B/A) so that drift of the machine cancels. Medians over rounds; "
+        "both targets run 2 workers on the same 2 cores as wrk.",
+        "",
+        "### Single-request `/predict`",
+        "",
+        "| connections | target | requests/s | p50 ms | p99 ms | max ms | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    connections = sorted({r["connections"] for r in results["single"]["omni-mev"]})
+    for c in connections:
+        for name in ("omni-mev", "reference"):
+            rows = [r for r in results["single"][name] if r["connections"] == c]
+            lines.append(
+                f"| {c} | {name} | {_median(rows, 'requests_per_s'):,.0f} | {_median(rows, 'p50_ms'):.2f} "
+                f"| {_median(rows, 'p99_ms'):.2f} | {max(r['max_ms'] for r in rows):.1f} "
+                f"| {sum(r['non_2xx'] for r in rows)} | {sum(r['socket_errors'] for r in rows)} |")
+    lines += ["", "omni-mev / reference, per round and median:", "",
+              "| connections | throughput ratio per round | median | p99 ratio (lower is better) median |",
+              "|---|---|---|---|"]
+    for c in connections:
+        ratio = results["ratio"][str(c)]
+        rounds = ", ".join(f"{r['throughput']:.2f}" for r in ratio["per_round"])
+        lines.append(f"| {c} | {rounds} | **{ratio['median_throughput']:.2f}** | {ratio['median_p99']:.2f} |")
+    lines += ["", "### Batches (omni-mev, 8 connections)", "",
+              "`/predict/batch` takes items shaped like `/predict` bodies; V2 infer takes one flat FP32 tensor "
+              "(`[batch, 8]`), which is cheaper to parse.", "",
+              "| endpoint | items per request | requests/s | predictions/s | p50 ms | p99 ms |",
+              "|---|---|---|---|---|---|"]
+    for row in results["batch"]:
+        lines.append(f"| {row['endpoint']} | {row['batch_size']} | {row['requests_per_s']:,.0f} "
+                     f"| {row['predictions_per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
+    lines += ["", "### Variants (omni-mev, `/predict`, 8 connections, one run each)", "",
+              "| variant | requests/s | p50 ms | p99 ms | worker RSS MB | ready s |", "|---|---|---|---|---|---|"]
+    for name, row in results["variants"].items():
+        rss = ", ".join(f"{v:.0f}" for v in row["rss_mb"])
+        lines.append(f"| {name} | {row['requests_per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                     f"| {rss} | {row['ready_s']:.2f} |")
+    rss = results["rss_mb"]
+    ready = results["ready_s"]
+    lines += ["", "### Memory and start-up", "",
+              "| target | worker RSS MB (after the load) | start to first `/health` 200 |", "|---|---|---|",
+              f"| omni-mev | {', '.join(f'{v:.0f}' for v in rss['omni-mev'])} | {ready['omni-mev']:.2f} s |",
+              f"| reference | {', '.join(f'{v:.0f}' for v in rss['reference'])} | {ready['reference']:.2f} s |",
+              "", "![requests/s and p99 by connections](benchmarks.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Requests/s and p99 latency per connection count, both targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    connections = sorted({r["connections"] for r in results["single"]["omni-mev"]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    width = 0.38
+    for offset, name in ((-width / 2, "omni-mev"), (width / 2, "reference")):
+        rows = results["single"][name]
+        rps = [_median([r for r in rows if r["connections"] == c], "requests_per_s") for c in connections]
+        p99 = [_median([r for r in rows if r["connections"] == c], "p99_ms") for c in connections]
+        xs = [i + offset for i in range(len(connections))]
+        left.bar(xs, rps, width, label=name)
+        right.bar(xs, p99, width, label=name)
+    for axis, title in ((left, "requests/s (higher is better)"), (right, "p99 latency ms (lower is better)")):
+        axis.set_xticks(range(len(connections)), [f"{c} conn." for c in connections])
+        axis.set_title(title)
+        axis.legend()
+    fig.suptitle(f"/predict, medians of {results['rounds']} rounds, {results['machine']['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], docs: Path, source: Path) -> None:
+    """Replace the generated section of docs/benchmarks.md and redraw docs/benchmarks.png."""
+    docs.mkdir(parents=True, exist_ok=True)
+    page = docs / "benchmarks.md"
+    text = page.read_text() if page.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    try:
+        label = str(source.relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        label = source.name
+    page.write_text(f"{head}{START}\n{tables(results, label)}{END}{tail}")
+    chart(results, docs / "benchmarks.png")

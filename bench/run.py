@@ -1,0 +1,299 @@
+"""Benchmark omni-mev as deployed against the FastAPI/uvicorn reference, with wrk on loopback.
+
+    python -m bench.run            # the full run (~10 minutes): bench/results/<date>.json, docs/benchmarks.{md,png}
+    python -m bench.run --smoke    # a few seconds per part, to keep the harness working (the test suite runs it)
+
+Every load is bounded by wrk's duration. Servers are started on free loopback
+ports and stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+done = function(summary, latency, requests)
+  io.write(string.format(
+    '@@{"requests": %%d, "duration_us": %%d, "connect_errors": %%d, "read_errors": %%d, "write_errors": %%d, ' ..
+    '"non_2xx": %%d, "timeouts": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d, "mean_us": %%.1f}\\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.status, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One server under test, started in its own process group."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    ready_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        started = time.monotonic()
+        self.process = subprocess.Popen(argv, cwd=ROOT, env={k: v.replace("{port}", str(self.port))
+                                                             for k, v in env.items()},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                    if response.status == 200:
+                        self.ready_s = time.monotonic() - started
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.01)
+        raise TimeoutError(f"{self.name} not ready within {timeout}s")
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the master's children."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        children = [int(p) for p in path.read_text().split()] if path.exists() else []
+        # uvicorn --workers spawns a resource tracker too; keep processes that listen.
+        return [pid for pid in children if "resource_tracker" not in _cmdline(pid)]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path) -> dict[str, Any]:
+    """One wrk run (one thread); its Lua done() prints exact figures as JSON."""
+    script = scratch / f"wrk-{abs(hash(body))}.lua"
+    script.write_text(WRK_SCRIPT % body)
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "5s", "-s", str(script),
+         url], capture_output=True, text=True, timeout=duration_s + 60)
+    line = next((l for l in result.stdout.splitlines() if l.startswith("@@")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {result.stdout}\n{result.stderr}")
+    figures = json.loads(line[2:])
+    seconds = figures["duration_us"] / 1e6
+    errors = figures["connect_errors"] + figures["read_errors"] + figures["write_errors"] + figures["timeouts"]
+    return {
+        "connections": connections,
+        "requests": figures["requests"],
+        "requests_per_s": figures["requests"] / seconds,
+        "p50_ms": figures["p50_us"] / 1000, "p90_ms": figures["p90_us"] / 1000,
+        "p99_ms": figures["p99_us"] / 1000, "max_ms": figures["max_us"] / 1000,
+        "non_2xx": figures["non_2xx"], "socket_errors": errors,
+    }
+
+
+def omni_mev(name: str, env: dict[str, str] | None = None, workers: int = 2) -> Server:
+    """omni-mev exactly as deployed: gunicorn with gunicorn.conf.py, metrics on."""
+    base = {"AI_ENGINE_PORT": "{port}", "AI_ENGINE_WORKERS": str(workers), "PROMETHEUS_PORT": str(free_port()),
+            "OMNI_MEV_ENV_FILE": "/nonexistent", "AI_DECISION_LOG": tempfile.mktemp(suffix=".jsonl")}
+    return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                  {**base, **(env or {})})
+
+
+def reference(workers: int = 2) -> Server:
+    """FastAPI + uvicorn[standard] (uvloop, httptools), same model, same fields."""
+    return Server("reference", [sys.executable, "-m", "uvicorn", "bench.reference.app:app", "--host", "127.0.0.1",
+                                "--port", "{port}", "--workers", str(workers), "--loop", "uvloop", "--http",
+                                "httptools", "--no-access-log", "--log-level", "warning"])
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    memory = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                  if l.startswith("MemTotal"))
+
+    def version(package: str) -> str:
+        try:
+            from importlib.metadata import version as installed
+
+            return installed(package)
+        except Exception:  # noqa: BLE001
+            return "?"
+
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1]
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory / 2**20, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "wrk": wrk_version[0] if wrk_version else "?",
+        "packages": {p: version(p) for p in ("flask", "gunicorn", "onnxruntime", "marshmallow", "orjson", "fastapi",
+                                             "uvicorn", "pydantic", "uvloop", "httptools", "torch")},
+    }
+
+
+def batch_body(size: int) -> str:
+    return json.dumps({"items": [{"features": EXAMPLE}] * size})
+
+
+def v2_body(size: int) -> str:
+    return json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [size, 8],
+                                   "data": EXAMPLE * size}]})
+
+
+def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> dict[str, Any]:
+    """All measurements, as one JSON-able dict."""
+    scratch = Path(tempfile.mkdtemp(prefix="omni-mev-bench-"))
+    predict_body = json.dumps({"features": EXAMPLE})
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "smoke": smoke, "machine": machine(), "rounds": rounds, "duration_s": duration_s,
+                               "wrk_threads": 1}
+    servers: list[Server] = []
+    try:
+        omni, ref = omni_mev("omni-mev").start(), reference().start()
+        servers += [omni, ref]
+        results["ready_s"] = {"omni-mev": omni.ready_s, "reference": ref.ready_s}
+        # Warm both (first requests allocate, JIT-free but cache-cold).
+        for server in (omni, ref):
+            wrk(server.url + "/predict", predict_body, 8, 1, scratch)
+        single: dict[str, list[dict[str, Any]]] = {"omni-mev": [], "reference": []}
+        for round_index in range(rounds):
+            order = (omni, ref) if round_index % 2 == 0 else (ref, omni)
+            for c in connections:
+                for server in order:
+                    run_result = wrk(server.url + "/predict", predict_body, c, duration_s, scratch)
+                    single[server.name].append({"round": round_index, **run_result})
+        results["single"] = single
+        results["ratio"] = {}
+        for c in connections:
+            per_round = []
+            for round_index in range(rounds):
+                a = next(r for r in single["omni-mev"] if r["round"] == round_index and r["connections"] == c)
+                b = next(r for r in single["reference"] if r["round"] == round_index and r["connections"] == c)
+                per_round.append({"throughput": a["requests_per_s"] / b["requests_per_s"],
+                                  "p99": a["p99_ms"] / b["p99_ms"]})
+            results["ratio"][str(c)] = {
+                "per_round": per_round,
+                "median_throughput": statistics.median(r["throughput"] for r in per_round),
+                "median_p99": statistics.median(r["p99"] for r in per_round),
+            }
+        results["rss_mb"] = {"omni-mev": [rss_mb(p) for p in omni.worker_pids()],
+                             "reference": [rss_mb(p) for p in ref.worker_pids()]}
+        ref.stop()
+
+        batch = []
+        for endpoint, path, make_body in (("/predict/batch", "/predict/batch", batch_body),
+                                          ("V2 infer", "/v2/models/lstm_omni/infer", v2_body)):
+            for size in (1, 64, 1024):
+                run_result = wrk(omni.url + path, make_body(size), 8, duration_s, scratch)
+                batch.append({"endpoint": endpoint, "batch_size": size, **run_result,
+                              "predictions_per_s": run_result["requests_per_s"] * size})
+        results["batch"] = batch
+        omni.stop()
+
+        variants = {}
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            time.sleep(0.3)
+            redis_env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port)}
+            for name, env in (("no redis", {}), ("redis, cache off", redis_env),
+                              ("redis, cache on (all hits)", {**redis_env, "AI_CACHE_ENABLED": "true"}),
+                              ("pytorch fallback", {"AI_MODEL_PATH": str(scratch / "absent.onnx"),
+                                                    "AI_TORCH_WEIGHTS_PATH": str(ROOT / "models" / "lstm_omni.pt")})):
+                server = omni_mev(name, env).start()
+                servers.append(server)
+                wrk(server.url + "/predict", predict_body, 8, 1, scratch)
+                variants[name] = {**wrk(server.url + "/predict", predict_body, 8, duration_s, scratch),
+                                  "rss_mb": [rss_mb(p) for p in server.worker_pids()], "ready_s": server.ready_s}
+                server.stop()
+        finally:
+            redis.terminate()
+            redis.wait(10)
+        results["variants"] = variants
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="1 round of 1-second runs, 8 connections")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder for <date>.json")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="folder for benchmarks.md/png ('' to skip)")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk; make bench does it)", file=sys.stderr)
+        return 2
+    if args.smoke:
+        rounds, duration, connections = 1, 1.0, [8]
+    else:
+        rounds, duration, connections = args.rounds, args.duration, [int(c) for c in args.connections.split(",")]
+    results = run(args.smoke, rounds, duration, connections)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{results['date'][:10]}{'-smoke' if args.smoke else ''}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+    if args.docs:
+        from bench.report import write_report
+
+        write_report(results, Path(args.docs), path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

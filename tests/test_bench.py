@@ -1,0 +1,38 @@
+"""The benchmark harness, in its smoke mode: a few seconds, so `make bench` keeps working."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.servers import ROOT
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+def test_smoke_run_writes_results_and_report(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--results", str(tmp_path),
+                             "--docs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("*-smoke.json")
+    results = json.loads(path.read_text())
+    assert results["smoke"] is True and results["machine"]["cores"] >= 1
+    for target in ("omni-mev", "reference"):
+        (run,) = results["single"][target]
+        assert run["requests"] > 0 and run["non_2xx"] == 0 and run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+        assert results["ready_s"][target] > 0 and all(rss > 0 for rss in results["rss_mb"][target])
+    assert [(b["endpoint"], b["batch_size"]) for b in results["batch"]] == [
+        ("/predict/batch", 1), ("/predict/batch", 64), ("/predict/batch", 1024),
+        ("V2 infer", 1), ("V2 infer", 64), ("V2 infer", 1024)]
+    assert all(b["non_2xx"] == 0 and b["predictions_per_s"] == b["requests_per_s"] * b["batch_size"]
+               for b in results["batch"])
+    assert set(results["variants"]) == {"no redis", "redis, cache off", "redis, cache on (all hits)",
+                                        "pytorch fallback"}
+    assert all(v["non_2xx"] == 0 for v in results["variants"].values())
+    # The fallback really ran PyTorch: its workers carry torch.
+    assert min(results["variants"]["pytorch fallback"]["rss_mb"]) > max(results["variants"]["no redis"]["rss_mb"])
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report
+    assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
