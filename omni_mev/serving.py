@@ -23,7 +23,6 @@ from omni_mev.runtime.torch_runtime import TorchModel
 log = logging.getLogger(__name__)
 EXTENSION = "omni_mev.scorer"
 
-# The chain built by gunicorn's post_fork in this worker, picked up by create_app.
 LAST_GOOD_NAME = "last-good.onnx"
 SHADOW_SAMPLES = 16
 
