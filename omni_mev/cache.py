@@ -34,7 +34,6 @@ _FAILED = object()
 class NullCache:
     """What the app uses without Redis: nothing is stored, nothing is connected."""
 
-    enabled = False
     caching = False
 
     @property
@@ -56,9 +55,6 @@ class NullCache:
     def claim(self, key: str, ttl_s: int) -> bool | None:
         return None
 
-    def close(self) -> None:
-        pass
-
 
 def prediction_key(model_version: str, features: np.ndarray) -> str:
     """Cache key: the model version and the exact float32 bytes of the input."""
@@ -68,8 +64,6 @@ def prediction_key(model_version: str, features: np.ndarray) -> str:
 
 class RedisCache(NullCache):
     """Redis behind a circuit breaker, with short timeouts and a coalescing writer."""
-
-    enabled = True
 
     def __init__(self, settings: Settings) -> None:
         import redis
@@ -95,7 +89,6 @@ class RedisCache(NullCache):
         self._pending: tuple[float, float] | None = None
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
-        self._stopped = False
         self._writer = threading.Thread(target=self._write_last, name="redis-last-writer", daemon=True)
         self._writer.start()
 
@@ -131,7 +124,7 @@ class RedisCache(NullCache):
         self._wake.set()
 
     def _write_last(self) -> None:
-        while not self._stopped:
+        while True:
             self._wake.wait()
             self._wake.clear()
             with self._pending_lock:
@@ -178,10 +171,6 @@ class RedisCache(NullCache):
         """SET NX: True if this call claimed the key, False if taken, None if Redis failed."""
         result = self._call(lambda client: client.set(key, "1", nx=True, ex=ttl_s))
         return None if result is _FAILED else bool(result)
-
-    def close(self) -> None:
-        self._stopped = True
-        self._wake.set()
 
 
 def init_app(app: Flask) -> None:

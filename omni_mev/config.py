@@ -198,14 +198,3 @@ def _check(settings: Settings) -> None:
         raise ConfigError("LIVE_TRADING=true needs RUST_ENGINE_URL (http(s)://host:port of the execution engine)")
     if settings.api_keys_file is not None and not settings.api_keys_file.is_file():
         raise ConfigError(f"AI_API_KEYS_FILE={settings.api_keys_file} does not exist; allowed: a readable file")
-
-
-def settings_table() -> list[tuple[str, str, str]]:
-    """(variable, default, description) for the README's configuration table."""
-    rows = []
-    for spec in fields(Settings):
-        default = spec.default
-        if isinstance(default, Path):
-            default = default.relative_to(PROJECT_ROOT) if default.is_relative_to(PROJECT_ROOT) else default
-        rows.append((spec.metadata["env"], "" if default in (None, ()) else str(default), spec.metadata["doc"]))
-    return rows

@@ -27,18 +27,24 @@ LAST_GOOD_NAME = "last-good.onnx"
 SHADOW_SAMPLES = 16
 
 
+def _runtime_files(settings: Settings) -> list[tuple[type[ModelRuntime], Path, str]]:
+    """(runtime class, file, role) in order of preference."""
+    files: list[tuple[type[ModelRuntime], Path, str]] = [
+        (OnnxModel, settings.model_path, "onnx"),
+        (TorchModel, settings.fallback_weights_path, "pytorch"),
+    ]
+    if settings.last_good_dir is not None:
+        files.append((OnnxModel, settings.last_good_dir / LAST_GOOD_NAME, "last-known-good"))
+    return files
+
+
 def build_chain(settings: Settings) -> FallbackChain:
     """ONNX first, the PyTorch weights second, then the last ONNX model that loaded.
 
     The third keeps the previous model serving when a reload brings files that
     fail to load. Fallbacks are counted in metrics.
     """
-    runtimes: list[ModelRuntime] = [
-        OnnxModel(settings.model_path, role="onnx"),
-        TorchModel(settings.fallback_weights_path, role="pytorch"),
-    ]
-    if settings.last_good_dir is not None:
-        runtimes.append(OnnxModel(settings.last_good_dir / LAST_GOOD_NAME, role="last-known-good"))
+    runtimes = [runtime(path, role=role) for runtime, path, role in _runtime_files(settings)]
     return FallbackChain(runtimes, on_fallback=metrics.record_fallback)
 
 
@@ -76,7 +82,7 @@ _worker_models: WorkerModels | None = None
 
 
 def _files(settings: Settings) -> tuple[Path | None, ...]:
-    return (*(r.path for r in build_chain(settings).runtimes), settings.shadow_model_path)
+    return (*(path for _, path, _ in _runtime_files(settings)), settings.shadow_model_path)
 
 
 def _load_shadow(settings: Settings) -> OnnxModel | None:

@@ -1,10 +1,10 @@
-"""The model runtime interface: load, predict, metadata; nothing about HTTP."""
+"""The model runtime interface: load, predict, ready, kind and version; nothing about HTTP."""
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -59,14 +59,3 @@ class ModelRuntime(ABC):
         except Exception as error:  # every library raises its own types
             raise ModelLoadError(f"cannot load {self.path} with {self.kind}: {error}") from error
         self.version = version_of(data)
-
-    def metadata(self) -> dict[str, Any]:
-        """What the API tells about this runtime."""
-        return {
-            "name": MODEL_NAME,
-            "type": self.kind,
-            "version": self.version,
-            "path": str(self.path),
-            "role": self.role,
-            "ready": self.ready,
-        }

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -92,12 +91,3 @@ class FallbackChain:
                 if index is not None:
                     self._notify("runtime", runtime, self.runtimes[index])
         raise ModelUnavailable(self.unavailable_reason)
-
-    def metadata(self) -> dict[str, Any]:
-        """The serving runtime and what happened to the others."""
-        active = self.active
-        return {
-            "serving": active.metadata() if active else None,
-            "runtimes": [r.metadata() for r in self.runtimes],
-            "errors": dict(self.errors),
-        }
