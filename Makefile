@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 
+# The service with both optional parts: the PyTorch fallback and Redis.
 $(VENV)/.base: setup.cfg setup.py | $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e '.[torch,redis]'
 	touch $@
 
 # The tests run the benchmark harness in smoke mode, so they need its packages too.

@@ -48,22 +48,26 @@ backlog = 2048
 #
 #   workers - one per CPU by default: inference is CPU-bound and each worker is
 #       single-threaded (ONNX Runtime with 1 intra-op thread).
-#   worker_class - gunicorn's sync worker (prefork, one request at a time;
-#       nginx buffers requests and responses so slow clients never hold a
-#       worker), closing connections without lingering for the client's FIN:
-#       see omni_mev/workers.py and docs/benchmarks.md for what it saves.
+#   worker_class - omni-mev's own: prefork with one thread per worker, one
+#       request at a time, as gunicorn's sync worker, but an event loop keeps
+#       HTTP/1.1 connections alive and spreads new ones over the workers; its
+#       errors are JSON (see omni_mev/workers.py and docs/benchmarks.md).
+#   worker_connections - open connections a worker keeps at most.
+#   keepalive - seconds an idle connection stays open for its next request.
 #   timeout - a worker silent this long is killed and replaced.
 #   graceful_timeout - time to finish in-flight requests on reload/stop.
 #   max_requests / max_requests_jitter - recycle workers now and then (bounded
 #       memory growth), staggered so they never restart together. Each recycled
 #       worker leaves its Prometheus counter files behind, so this stays high.
-#   preload_app - False: the app and its model are built in each worker.
+#   preload_app - False: the application factory, which loads the model, runs
+#       in each worker.
 #
 workers = _settings.workers
-worker_class = "omni_mev.workers.PromptCloseSyncWorker"
+worker_class = "omni_mev.workers.KeepAliveWorker"
+worker_connections = 1000
 timeout = 30
 graceful_timeout = 30
-keepalive = 2
+keepalive = 5
 max_requests = 100_000
 max_requests_jitter = 10_000
 preload_app = False
@@ -117,21 +121,19 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    """Build this worker's own model: ONNX Runtime session or the PyTorch fallback."""
-    from omni_mev import serving
-
-    # Application logs go where gunicorn's error log goes, at its level.
+    """Application logs go where gunicorn's error log goes, at its level."""
     app_log = logging.getLogger("omni_mev")
     app_log.handlers = list(server.log.error_log.handlers)
     app_log.setLevel(server.log.error_log.level)
     app_log.propagate = False
 
-    chain = serving.load_for_worker(_settings).chain
-    active = chain.active
-    if active is None:
-        server.log.error("worker %d has no model: %s", worker.pid, chain.unavailable_reason)
-    else:
-        server.log.info("worker %d serves %s %s", worker.pid, active.kind, active.version)
+
+def post_worker_init(worker):
+    """Batch the hot path's metric writes; the worker flushes them whenever it is idle."""
+    from omni_mev import metrics
+
+    metrics.buffer_writes()
+    worker.when_idle(metrics.flush)
 
 
 def child_exit(server, worker):

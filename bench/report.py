@@ -13,6 +13,11 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def _cpu(rows: list[dict[str, Any]]) -> str:
+    measured = [r["worker_cpu_us_per_request"] for r in rows if r.get("worker_cpu_us_per_request") is not None]
+    return f"{statistics.median(measured):.0f}" if measured else "n/a"
+
+
 def tables(results: dict[str, Any], source: str) -> str:
     """The generated part of docs/benchmarks.md."""
     m = results["machine"]
@@ -27,8 +32,9 @@ def tables(results: dict[str, Any], source: str) -> str:
         "",
         "### Single-request `/predict`",
         "",
-        "| connections | target | requests/s | p50 ms | p99 ms | max ms | non-2xx | socket errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| connections | target | requests/s | p50 ms | p99 ms | max ms | worker CPU µs per request | non-2xx "
+        "| socket errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     connections = sorted({r["connections"] for r in results["single"]["omni-mev"]})
     for c in connections:
@@ -37,6 +43,7 @@ def tables(results: dict[str, Any], source: str) -> str:
             lines.append(
                 f"| {c} | {name} | {_median(rows, 'requests_per_s'):,.0f} | {_median(rows, 'p50_ms'):.2f} "
                 f"| {_median(rows, 'p99_ms'):.2f} | {max(r['max_ms'] for r in rows):.1f} "
+                f"| {_cpu(rows)} "
                 f"| {sum(r['non_2xx'] for r in rows)} | {sum(r['socket_errors'] for r in rows)} |")
     lines += ["", "omni-mev / reference, per round and median:", "",
               "| connections | throughput ratio per round | median | p99 ratio (lower is better) median |",

@@ -1,27 +1,38 @@
-"""omni-mev: scores DEX arbitrage opportunities with a calibrated LSTM, over HTTP."""
+"""omni-mev: scores DEX arbitrage opportunities with a calibrated LSTM, over HTTP.
+
+Importing the package loads nothing heavy: the runtimes, the predictor and the
+trainer work without Flask; `create_app` brings the web layer in.
+"""
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 __version__ = "1.0.0"
 log = logging.getLogger(__name__)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Application factory: settings, extensions, blueprints, JSON errors.
+    """Application factory: settings, this worker's models and predictor, extensions, blueprints.
 
-    `config` overrides environment variables by name (e.g. {"AI_THRESHOLD": 0.5}).
+    gunicorn runs it in each worker (no `preload_app`), so the models load in
+    the process that serves them. `config` overrides environment variables by
+    name (e.g. {"AI_THRESHOLD": 0.5}).
     """
-    from omni_mev import auth, cache, errors, metrics, serving
-    from omni_mev.api import register_blueprints
+    from flask import Flask
+
+    from omni_mev import auth, cache, metrics
+    from omni_mev.api import PREDICTOR, direct, errors, register_blueprints
+    from omni_mev.api.flask_json import OrjsonProvider
     from omni_mev.config import load_settings
-    from omni_mev.jsonio import OrjsonProvider
-    from omni_mev.trading import trader
+    from omni_mev.predictor import Predictor
+    from omni_mev.runtime.loader import load_worker_models
+    from omni_mev.trading.dispatcher import build_dispatcher
 
     settings = load_settings(config)
     app = Flask(__name__)
@@ -32,10 +43,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         STARTED_AT=time.time(),
     )
     errors.init_app(app)
-    auth.init_app(app)
+    api_keys = auth.init_app(app)
     metrics.init_app(app)
-    cache.init_app(app)
-    serving.init_app(app)
-    trader.init_app(app)
+    redis = cache.init_app(app)
+    app.extensions[PREDICTOR] = Predictor(settings, load_worker_models(settings), redis,
+                                          build_dispatcher(settings, redis))
+    direct.install(app, api_keys)
     register_blueprints(app)
     return app

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import hmac
 import logging
-
-from flask import Flask, request
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from omni_mev.config import Settings
-from omni_mev.errors import Unauthorized, error_response
+from omni_mev.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
+EXTENSION = "omni_mev.auth"
 # Load balancers and orchestrators probe these without credentials.
 OPEN_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready"})
+UNAUTHORIZED = "Missing or invalid API key."
 
 
 def load_keys(settings: Settings) -> tuple[bytes, ...]:
@@ -25,12 +30,12 @@ def load_keys(settings: Settings) -> tuple[bytes, ...]:
     return tuple(k.encode() for k in keys)
 
 
-def presented_key() -> bytes | None:
-    """The key the client sent, if any."""
-    header = request.headers.get("Authorization", "")
+def presented_key(environ: Mapping[str, Any]) -> bytes | None:
+    """The key the client sent in the WSGI environ, if any."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip().encode()
-    key = request.headers.get("X-API-Key")
+    key = environ.get("HTTP_X_API_KEY")
     return key.strip().encode() if key else None
 
 
@@ -44,21 +49,36 @@ def matches(candidate: bytes | None, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
-def init_app(app: Flask) -> None:
+class ApiKeys:
+    """The configured keys; with none, every request is allowed."""
+
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self.keys = keys
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def check(self, environ: Mapping[str, Any]) -> None:
+        """Unauthorized (401) unless the request may pass."""
+        if self.keys and environ.get("PATH_INFO") not in OPEN_PATHS and not matches(presented_key(environ), self.keys):
+            raise Unauthorized(UNAUTHORIZED)
+
+
+def init_app(app: Flask) -> ApiKeys:
     """Require a key on every endpoint but OPEN_PATHS when keys are configured."""
+    from flask import request
+
     settings: Settings = app.config["SETTINGS"]
-    keys = load_keys(settings)
-    app.extensions["omni_mev.auth"] = bool(keys)
-    if not keys:
+    api_keys = app.extensions[EXTENSION] = ApiKeys(load_keys(settings))
+    if not api_keys.enabled:
         where = "loopback only" if settings.host in {"127.0.0.1", "::1", "localhost"} else f"{settings.host}, NOT loopback"
         log.warning("API key authentication is off (no AI_API_KEYS / AI_API_KEYS_FILE); bound to %s", where)
-        return
-    log.info("API key authentication is on (%d key%s)", len(keys), "" if len(keys) == 1 else "s")
+        return api_keys
+    log.info("API key authentication is on (%d key%s)", len(api_keys.keys), "" if len(api_keys.keys) == 1 else "s")
 
     @app.before_request
-    def require_key():
-        if request.path in OPEN_PATHS or matches(presented_key(), keys):
-            return None
-        response, status = error_response(Unauthorized("Missing or invalid API key."))
-        response.headers["WWW-Authenticate"] = 'Bearer realm="omni-mev"'
-        return response, status
+    def require_key() -> None:
+        api_keys.check(request.environ)
+
+    return api_keys

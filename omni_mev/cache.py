@@ -1,11 +1,12 @@
 """Optional Redis extension: last-prediction keys, a prediction cache, shared idempotency.
 
-The service runs without Redis. When REDIS_HOST is set, every call goes through
-a circuit breaker: after a failure Redis is left alone for REDIS_RETRY_S, so a
-dead Redis costs one short timeout per worker per retry period, not one per
-request. The last-prediction keys are written by a background thread that
-keeps only the newest value and writes at most every 0.1 s, so predictions never
-wait for Redis.
+The service runs without Redis: `NullCache` stands in, and both implement the
+`Cache` interface, so the rest of the code never asks which one it has. When
+REDIS_HOST is set, every call goes through a circuit breaker: after a failure
+Redis is left alone for REDIS_RETRY_S, so a dead Redis costs one short timeout
+per worker per retry period, not one per request. The last-prediction keys are
+written by a background thread that keeps only the newest value and writes at
+most every 0.1 s, so predictions never wait for Redis.
 """
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import hashlib
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flask import Flask
 
 from omni_mev import metrics
 from omni_mev.config import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 EXTENSION = "omni_mev.cache"
@@ -30,11 +34,53 @@ CACHE_PREFIX = "ai:cache"
 LAST_WRITE_INTERVAL_S = 0.1
 _FAILED = object()
 
+# Each worker writes the keys on its own schedule: the write only lands if its
+# prediction is at least as new as the one stored, so the keys always hold the
+# newest prediction of all workers (and instances), not the last flush.
+_WRITE_IF_NEWER = """
+local stored = redis.call('GET', KEYS[2])
+if stored and tonumber(stored) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 
-class NullCache:
+
+class Cache(ABC):
+    """What the service asks of Redis; `caching` says whether predictions are cached."""
+
+    caching: bool = False
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """Whether the last call reached Redis."""
+
+    @abstractmethod
+    def ping(self) -> bool:
+        """Reach Redis now (through the breaker)."""
+
+    @abstractmethod
+    def record_last(self, confidence: float) -> None:
+        """The newest confidence, for ai:last_confidence / ai:last_timestamp; never waits."""
+
+    @abstractmethod
+    def get_prediction(self, model_version: str, features: np.ndarray) -> float | None:
+        """A cached confidence for this model and input, if any."""
+
+    @abstractmethod
+    def put_prediction(self, model_version: str, features: np.ndarray, confidence: float) -> None:
+        """Cache a confidence."""
+
+    @abstractmethod
+    def claim(self, key: str, ttl_s: int) -> bool | None:
+        """SET NX: True if this call claimed the key, False if taken, None if unknown (no Redis)."""
+
+
+class NullCache(Cache):
     """What the app uses without Redis: nothing is stored, nothing is connected."""
-
-    caching = False
 
     @property
     def connected(self) -> bool:
@@ -62,7 +108,7 @@ def prediction_key(model_version: str, features: np.ndarray) -> str:
     return f"{CACHE_PREFIX}:{model_version}:{features.shape[1]}:{digest.hexdigest()}"
 
 
-class RedisCache(NullCache):
+class RedisCache(Cache):
     """Redis behind a circuit breaker, with short timeouts and a coalescing writer."""
 
     def __init__(self, settings: Settings) -> None:
@@ -80,6 +126,7 @@ class RedisCache(NullCache):
             # would only multiply the timeout a dead Redis costs.
             retry=Retry(NoBackoff(), 0),
         )
+        self._write_if_newer = self._client.register_script(_WRITE_IF_NEWER)
         self.caching = settings.cache_enabled
         self._ttl_s = settings.cache_ttl_s
         self._retry_s = settings.redis_retry_s
@@ -118,7 +165,6 @@ class RedisCache(NullCache):
         return self._call(lambda client: client.ping()) is not _FAILED
 
     def record_last(self, confidence: float) -> None:
-        """Hand the newest confidence to the writer thread; never waits for Redis."""
         with self._pending_lock:
             self._pending = (confidence, time.time())
         self._wake.set()
@@ -132,14 +178,10 @@ class RedisCache(NullCache):
             if pending is None:
                 continue
             confidence, timestamp = pending
-
-            def write(client: Any) -> None:
-                pipe = client.pipeline(transaction=False)
-                pipe.set(LAST_CONFIDENCE_KEY, repr(confidence))
-                pipe.set(LAST_TIMESTAMP_KEY, repr(timestamp))
-                pipe.execute()
-
-            if self._call(write) is _FAILED:
+            written = self._call(lambda client: self._write_if_newer(
+                keys=[LAST_CONFIDENCE_KEY, LAST_TIMESTAMP_KEY], args=[repr(confidence), repr(timestamp)],
+                client=client))
+            if written is _FAILED:
                 # Keep the value for when the breaker closes, unless a newer one came.
                 with self._pending_lock:
                     if self._pending is None:
@@ -168,25 +210,29 @@ class RedisCache(NullCache):
             self._call(lambda client: client.set(key, repr(confidence), ex=self._ttl_s))
 
     def claim(self, key: str, ttl_s: int) -> bool | None:
-        """SET NX: True if this call claimed the key, False if taken, None if Redis failed."""
         result = self._call(lambda client: client.set(key, "1", nx=True, ex=ttl_s))
         return None if result is _FAILED else bool(result)
 
 
-def init_app(app: Flask) -> None:
+def build_cache(settings: Settings) -> Cache:
     """Redis when REDIS_HOST is set (and the redis package imports), else the null cache."""
-    settings: Settings = app.config["SETTINGS"]
-    cache: NullCache = NullCache()
     if settings.redis_configured:
         try:
-            cache = RedisCache(settings)
+            return RedisCache(settings)
         except ImportError:
-            log.warning("REDIS_HOST is set but the redis package is missing: running without Redis")
+            log.warning("REDIS_HOST is set but the redis package is missing (pip install 'omni-mev[redis]'): "
+                        "running without Redis")
     elif settings.cache_enabled:
         log.warning("AI_CACHE_ENABLED is set without REDIS_HOST: the prediction cache is off")
-    app.extensions[EXTENSION] = cache
+    return NullCache()
 
 
-def cache_of(app: Flask) -> NullCache:
+def init_app(app: Flask) -> Cache:
+    """Attach the app's cache (Redis or null) and return it."""
+    cache = app.extensions[EXTENSION] = build_cache(app.config["SETTINGS"])
+    return cache
+
+
+def cache_of(app: Flask) -> Cache:
     """The app's cache (Redis or null)."""
     return app.extensions[EXTENSION]

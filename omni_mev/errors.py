@@ -1,14 +1,12 @@
-"""Domain errors carry their HTTP status; the handlers here turn every error into JSON."""
+"""Domain errors: each carries its HTTP status and a machine-readable code.
+
+Nothing here knows HTTP frameworks: the runtime, the predictor and the
+trader raise these, and only the HTTP layer (omni_mev.api) turns them into
+responses.
+"""
 from __future__ import annotations
 
-import logging
-import re
 from typing import Any
-
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
 
 
 class OmniMevError(Exception):
@@ -16,6 +14,7 @@ class OmniMevError(Exception):
 
     status = 500
     code = "internal_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -23,6 +22,7 @@ class OmniMevError(Exception):
         self.fields = fields
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON error body: {"error", "message"[, "fields"]}."""
         body: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.fields:
             body["fields"] = self.fields
@@ -30,7 +30,7 @@ class OmniMevError(Exception):
 
 
 class BadRequest(OmniMevError):
-    """The body is not JSON, or not a JSON object."""
+    """The body is not JSON, not a JSON object, or not a well-formed HTTP body."""
 
     status = 400
     code = "bad_request"
@@ -55,6 +55,25 @@ class Unauthorized(OmniMevError):
 
     status = 401
     code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="omni-mev"'}
+
+
+class NotFound(OmniMevError):
+    """No such endpoint or resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(OmniMevError):
+    """The endpoint exists, but not for this method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"Method not allowed here; allowed: {', '.join(allowed)}.")
+        self.headers = {"Allow": ", ".join(allowed)}
 
 
 class ModelUnavailable(OmniMevError):
@@ -62,40 +81,3 @@ class ModelUnavailable(OmniMevError):
 
     status = 503
     code = "model_unavailable"
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def error_response(error: OmniMevError) -> tuple[Response, int]:
-    """The JSON response of a domain error."""
-    return jsonify(error.to_dict()), error.status
-
-
-def _http_error(error: HTTPException) -> tuple[Response, int]:
-    status = error.code or 500
-    messages = {
-        404: "No such endpoint; see /openapi.json for the API.",
-        405: f"Method not allowed here; allowed: {', '.join(sorted(error.valid_methods or []))}."
-        if getattr(error, "valid_methods", None) else "Method not allowed here.",
-        413: "The request body is larger than the service accepts (AI_MAX_BODY_BYTES).",
-    }
-    message = messages.get(status) or error.description or error.name
-    code = PayloadTooLarge.code if status == 413 else _snake(error.name)
-    response = jsonify({"error": code, "message": message})
-    if status == 405 and getattr(error, "valid_methods", None):
-        response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
-    return response, status
-
-
-def _unexpected(error: Exception) -> tuple[Response, int]:
-    log.exception("unhandled error")
-    return jsonify({"error": "internal_error", "message": "The service failed to answer; it is logged."}), 500
-
-
-def init_app(app: Flask) -> None:
-    """Answer every error, expected or not, with JSON."""
-    app.register_error_handler(OmniMevError, error_response)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)

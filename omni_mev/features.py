@@ -21,14 +21,26 @@ MAX_HISTORY = 31
 MAX_SEQUENCE = MAX_HISTORY + 1
 
 
+# The model computes in float32: a value beyond this is not a number it can read.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass(frozen=True)
 class FeatureBounds:
-    """What the API accepts for one feature; `integer` marks counts."""
+    """What the API accepts for one feature; `integer` marks counts.
 
-    minimum: float | None
+    `maximum` None means no physical limit, but never beyond FLOAT32_MAX.
+    """
+
+    minimum: float
     maximum: float | None
     integer: bool = False
     description: str = ""
+
+    @property
+    def upper(self) -> float:
+        """The largest value accepted."""
+        return FLOAT32_MAX if self.maximum is None else self.maximum
 
 
 # Physical bounds, deliberately wider than the typical ranges: a value above the

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask.json.provider import JSONProvider
 
 from omni_mev.errors import BadRequest
 
@@ -22,22 +21,11 @@ def loads_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as error:
         # orjson follows RFC 8259: NaN and Infinity are not JSON and land here too.
         raise BadRequest(f"The body is not valid JSON (NaN and Infinity are not JSON either): {error}.") from None
-    if not isinstance(value, dict):
+    if value.__class__ is not dict:
         raise BadRequest(f"The body must be a JSON object, not {_JSON_TYPES.get(type(value), 'a value')}.")
     return value
 
 
-class OrjsonProvider(JSONProvider):
-    """Flask's JSON provider backed by orjson."""
-
-    mimetype = "application/json"
-
-    def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, option=_OPTIONS).decode()
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
-
-    def response(self, *args: Any, **kwargs: Any):
-        obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj, option=_OPTIONS), mimetype=self.mimetype)
+def dumps(value: Any) -> bytes:
+    """A response body; numpy scalars and arrays included."""
+    return orjson.dumps(value, option=_OPTIONS)

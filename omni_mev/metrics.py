@@ -9,16 +9,38 @@ from __future__ import annotations
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import Metric
 
 from omni_mev.features import FEATURE_NAMES
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    """os.getpid() without the system call: refreshed in each child after fork."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# In multiprocess mode every metric write first asks which process it is in,
+# to switch files after a fork; os.getpid() is a system call, and with seven
+# writes per /predict it cost ~9 µs per request (docs/benchmarks.md).
+os.register_at_fork(after_in_child=_forked)
+if os.environ.get(MULTIPROC_VARIABLE):
+    values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
 # Inference takes ~10-50 us on ONNX and ~100 us on PyTorch: the buckets resolve
 # that range and still catch a pathological millisecond.
 LATENCY_BUCKETS_MS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
@@ -62,9 +84,100 @@ SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect
 # Children resolved once: labels() costs a dict lookup and a lock per call, on
 # the hot path.
 _OUT_OF_RANGE = {name: FEATURE_OUT_OF_RANGE.labels(feature=name) for name in FEATURE_NAMES}
-DECIDED = {True: DECISIONS.labels(decision="true"), False: DECISIONS.labels(decision="false")}
+_DECIDED = {True: DECISIONS.labels(decision="true"), False: DECISIONS.labels(decision="false")}
+_SHADOW_AGREES = {True: SHADOW_AGREEMENT.labels(agree="true"), False: SHADOW_AGREEMENT.labels(agree="false")}
 _REQUEST_CHILDREN: dict[tuple[str, str], Any] = {}
 _DURATION_CHILDREN: dict[str, Any] = {}
+
+
+class DirectWrites:
+    """Every metric write goes to this process's shared file at once."""
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        child.inc(amount)
+
+    def observe(self, histogram: Any, value: float) -> None:
+        histogram.observe(value)
+
+    def set_latest(self, gauge: Any, value: float) -> None:
+        gauge.set(value)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Tally:
+    """Observations of one histogram since the last flush: counts per bucket and their sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        # The first bucket whose upper bound is >= value, as Histogram.observe picks it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class BufferedWrites:
+    """The hot path's writes, held in this process and written together by flush().
+
+    Each write to the shared files takes a lock and packs into an mmap; the
+    seven of a /predict cost ~13 µs (docs/benchmarks.md). The worker flushes
+    whenever it has nothing to do and at least every 50 ms under load, so a
+    scrape sees every request answered more than 50 ms ago, and a worker
+    killed with SIGKILL loses at most that much of its counts. The files hold
+    exactly what direct writes would have written.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}
+        self._tallies: dict[Any, _Tally] = {}
+        self._latest: dict[Any, tuple[float, float]] = {}
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        self._counts[child] = self._counts.get(child, 0.0) + amount
+
+    def observe(self, histogram: Any, value: float) -> None:
+        tally = self._tallies.get(histogram)
+        if tally is None:
+            tally = self._tallies[histogram] = _Tally(histogram._upper_bounds)
+        tally.add(value)
+
+    def set_latest(self, gauge: Any, value: float) -> None:
+        # A "mostrecent" gauge keeps the time of the prediction, not of the flush.
+        self._latest[gauge] = (value, time.time())
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        tallies, self._tallies = self._tallies, {}
+        latest, self._latest = self._latest, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        for histogram, tally in tallies.items():
+            histogram._sum.inc(tally.total)
+            for bucket, count in zip(histogram._buckets, tally.counts):
+                if count:
+                    bucket.inc(count)
+        for gauge, (value, at) in latest.items():
+            gauge._value.set(value, timestamp=at)
+
+
+_writes: DirectWrites | BufferedWrites = DirectWrites()
+
+
+def buffer_writes() -> None:
+    """Hold hot-path writes until flush(); for a server that calls flush() when idle (omni_mev.workers)."""
+    global _writes
+    _writes = BufferedWrites()
+
+
+def flush() -> None:
+    """Write what buffer_writes() held back."""
+    _writes.flush()
 
 
 def multiprocess_dir() -> str | None:
@@ -72,26 +185,63 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_VARIABLE) or None
 
 
-def count_request(endpoint: str, outcome: str, duration_ms: float | None = None) -> None:
-    """One scoring request finished with this outcome (and took this long)."""
+def outcome_of(status: int) -> str:
+    """The ai_requests_total outcome label of an HTTP status."""
+    if status < 400:
+        return "ok"
+    if status == 503:
+        return "unavailable"
+    if status == 401:
+        return "unauthorized"
+    if status < 500:
+        return "invalid"
+    return "error"
+
+
+def count_request(endpoint: str, outcome: str, duration_ms: float) -> None:
+    """One scoring request finished with this outcome and took this long."""
     child = _REQUEST_CHILDREN.get((endpoint, outcome))
     if child is None:
         child = _REQUEST_CHILDREN[(endpoint, outcome)] = REQUESTS.labels(endpoint=endpoint, outcome=outcome)
-    child.inc()
-    if duration_ms is not None:
-        timer = _DURATION_CHILDREN.get(endpoint)
-        if timer is None:
-            timer = _DURATION_CHILDREN[endpoint] = REQUEST_DURATION_MS.labels(endpoint=endpoint)
-        timer.observe(duration_ms)
+    _writes.inc(child)
+    timer = _DURATION_CHILDREN.get(endpoint)
+    if timer is None:
+        timer = _DURATION_CHILDREN[endpoint] = REQUEST_DURATION_MS.labels(endpoint=endpoint)
+    _writes.observe(timer, duration_ms)
+
+
+def observe_inference(elapsed_ms: float) -> None:
+    """One model run took this long (ai_inference_latency_ms)."""
+    _writes.observe(INFERENCE_LATENCY_MS, elapsed_ms)
+
+
+def record_confidence(confidence: float) -> None:
+    """The latest confidence (ai_prediction_confidence)."""
+    _writes.set_latest(PREDICTION_CONFIDENCE, confidence)
+
+
+def count_decision(decision: bool) -> None:
+    """ai_decisions_total for one decision."""
+    _writes.inc(_DECIDED[decision])
 
 
 def count_decisions(decisions: Any) -> None:
     """ai_decisions_total for a boolean array of decisions."""
     positive = int(decisions.sum())
     if positive:
-        DECIDED[True].inc(positive)
+        _writes.inc(_DECIDED[True], positive)
     if positive < len(decisions):
-        DECIDED[False].inc(len(decisions) - positive)
+        _writes.inc(_DECIDED[False], len(decisions) - positive)
+
+
+def count_shadow(agreeing: int, disagreeing: int, differences: Any) -> None:
+    """Shadow decisions that agree or not with the served ones, and confidence differences."""
+    if agreeing:
+        _writes.inc(_SHADOW_AGREES[True], agreeing)
+    if disagreeing:
+        _writes.inc(_SHADOW_AGREES[False], disagreeing)
+    for difference in differences:
+        _writes.observe(SHADOW_DIFFERENCE, float(difference))
 
 
 def record_fallback(reason: str, from_type: str, to_type: str) -> None:

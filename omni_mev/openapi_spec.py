@@ -15,10 +15,8 @@ def _feature_object() -> dict[str, Any]:
     properties = {}
     for name, bounds in FEATURE_BOUNDS.items():
         prop: dict[str, Any] = {"type": "integer" if bounds.integer else "number", "description": bounds.description}
-        if bounds.minimum is not None:
-            prop["minimum"] = bounds.minimum
-        if bounds.maximum is not None:
-            prop["maximum"] = bounds.maximum
+        prop["minimum"] = bounds.minimum
+        prop["maximum"] = bounds.upper
         properties[name] = prop
     return {"type": "object", "properties": properties, "required": list(FEATURE_NAMES),
             "additionalProperties": False}

@@ -173,8 +173,8 @@ def test_wrong_method_and_unknown_route(client):
 
 def test_unexpected_failure_is_json_without_trace(make_app, monkeypatch):
     app = make_app()
-    scorer = app.extensions["omni_mev.scorer"]
-    monkeypatch.setattr(scorer, "score", lambda x: 1 / 0)
+    predictor = app.extensions["omni_mev.predictor"]
+    monkeypatch.setattr(predictor, "predict", lambda opportunity: 1 / 0)
     response = app.test_client().post("/predict", json={"features": EXAMPLE})
     body = _error(response, 500)
     assert "Traceback" not in response.get_data(as_text=True)

@@ -109,8 +109,7 @@ def test_app_request_answered_by_pytorch_when_onnx_fails(make_app, monkeypatch):
     from omni_mev import metrics
 
     app = make_app()
-    scorer = app.extensions["omni_mev.scorer"]
-    onnx_model = scorer.chain.runtimes[0]
+    onnx_model = app.extensions["omni_mev.predictor"].chain.runtimes[0]
     expected = float(onnx_model.predict(EXAMPLE)[0])
 
     def broken(features):

@@ -1,7 +1,19 @@
-"""HTTP API: one blueprint per concern."""
+"""HTTP API: one blueprint per concern; they decode requests, call the predictor and encode answers."""
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from omni_mev.predictor import Predictor
+
+PREDICTOR = "omni_mev.predictor"
+
+
+def predictor_of(app: Flask) -> Predictor:
+    """The app's predictor (one per worker)."""
+    return app.extensions[PREDICTOR]
 
 
 def register_blueprints(app: Flask) -> None:

@@ -3,63 +3,41 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from flask import Blueprint, current_app
+from flask import Blueprint
 
-from omni_mev import metrics
-from omni_mev.api.common import count_outcomes, json_object
-from omni_mev.config import Settings
-from omni_mev.schemas import PredictRequestSchema, load_or_raise
-from omni_mev.serving import Scored, scorer
-from omni_mev.trading.trader import trader
+from omni_mev.api.direct import DirectRequest, direct_route
+from omni_mev.api import predictor_of
+from omni_mev.jsonio import loads_object
+from omni_mev.predictor import Prediction
+from omni_mev.schemas import load_opportunity
 
 bp = Blueprint("predict", __name__)
-count_outcomes(bp)
-_request_schema = PredictRequestSchema()
+CONFIDENCE_DECIMALS = 6
 
 
-def window(payload: dict[str, Any]) -> np.ndarray:
-    """[1, len(history) + 1, 8] float32, the opportunity itself last."""
-    return np.array([[*payload["history"], payload["features"]]], dtype=np.float32)
-
-
-def decide(confidence: float, settings: Settings) -> dict[str, Any]:
-    """The fields every scored item carries."""
-    decision = confidence >= settings.threshold
-    metrics.DECIDED[decision].inc()
-    return {
-        "decision": decision,
-        "confidence": round(confidence, 6),
-        "threshold": settings.threshold,
-        "mode": settings.mode,
+def encode(prediction: Prediction, threshold: float, mode: str) -> dict[str, Any]:
+    """The response body: the contract's fields, then what applies to this answer."""
+    body: dict[str, Any] = {
+        "decision": prediction.decision,
+        "confidence": round(prediction.confidence, CONFIDENCE_DECIMALS),
+        "threshold": threshold,
+        "mode": mode,
+        "inference_time_ms": round(prediction.inference_ms, 4),
+        "model_type": prediction.model_type,
+        "model_version": prediction.model_version,
     }
-
-
-def describe(scored: Scored) -> dict[str, Any]:
-    """Model fields of a response."""
-    fields = {
-        "inference_time_ms": round(scored.inference_ms, 4),
-        "model_type": scored.model_type,
-        "model_version": scored.model_version,
-    }
-    if scored.cached:
-        fields["cached"] = True
-    return fields
-
-
-@bp.post("/predict")
-def predict():
-    """Score one opportunity."""
-    payload = load_or_raise(_request_schema, json_object())
-    settings: Settings = current_app.config["SETTINGS"]
-    scored = scorer().score_one(window(payload))
-    confidence = float(scored.confidences[0])
-    body = decide(confidence, settings)
-    body.update(describe(scored))
-    if "opportunity_id" in payload:
-        body["opportunity_id"] = payload["opportunity_id"]
-    shadow = None if scored.shadow_confidences is None else float(scored.shadow_confidences[0])
-    execution = trader().after_decision(payload, body["decision"], confidence, scored.model_version, shadow)
-    if execution is not None:
-        body["execution"] = execution
+    if prediction.cached:
+        body["cached"] = True
+    if prediction.opportunity_id is not None:
+        body["opportunity_id"] = prediction.opportunity_id
+    if prediction.execution is not None:
+        body["execution"] = prediction.execution
     return body
+
+
+@direct_route(bp, "/predict")
+def predict(request: DirectRequest) -> dict[str, Any]:
+    """Score one opportunity."""
+    opportunity = load_opportunity(loads_object(request.body))
+    predictor = predictor_of(request.app)
+    return encode(predictor.predict(opportunity), predictor.threshold, predictor.settings.mode)

@@ -7,10 +7,10 @@ import time
 from flask import Blueprint, current_app
 
 from omni_mev import metrics
+from omni_mev.api import predictor_of
+from omni_mev.api.errors import error_response
 from omni_mev.cache import cache_of
-from omni_mev.config import Settings
-from omni_mev.errors import ModelUnavailable, error_response
-from omni_mev.serving import scorer
+from omni_mev.errors import ModelUnavailable
 
 bp = Blueprint("status", __name__)
 STARTED_AT_VARIABLE = "OMNI_MEV_STARTED_AT"
@@ -24,26 +24,25 @@ def _started_at() -> float:
 @bp.get("/health")
 def health():
     """200 when this worker has a model; 503 with the reason otherwise. No I/O."""
-    runtime = scorer().serving
-    if runtime is None:
-        return error_response(ModelUnavailable(scorer().chain.unavailable_reason))
-    return {"status": "ok", "model_type": runtime.kind, "model_version": runtime.version}
+    status = predictor_of(current_app).status()
+    if not status.ready:
+        return error_response(ModelUnavailable(status.problem))
+    return {"status": "ok", "model_type": status.kind, "model_version": status.version}
 
 
 @bp.get("/status")
-def status():
+def engine_status():
     """Engine state; total_requests counts scoring requests across all workers."""
-    settings: Settings = current_app.config["SETTINGS"]
-    runtime = scorer().serving
-    summary = metrics.snapshot.get()
+    predictor = predictor_of(current_app)
+    status = predictor.status()
     return {
-        "ai_engine": "online" if runtime is not None else "degraded",
-        "mode": settings.mode,
-        "model_type": runtime.kind if runtime else None,
-        "model_version": runtime.version if runtime else None,
-        "threshold": settings.threshold,
+        "ai_engine": "online" if status.ready else "degraded",
+        "mode": predictor.settings.mode,
+        "model_type": status.kind,
+        "model_version": status.version,
+        "threshold": predictor.threshold,
         "redis_connected": cache_of(current_app).ping(),
-        "total_requests": summary["total_requests"],
+        "total_requests": metrics.snapshot.get()["total_requests"],
         "uptime_s": round(time.time() - _started_at(), 3),
         "worker_pid": os.getpid(),
     }
@@ -52,9 +51,5 @@ def status():
 @bp.get("/metrics_summary")
 def metrics_summary():
     """A JSON digest of the Prometheus metrics, exact across workers, at most ~1 s old."""
-    runtime = scorer().serving
-    return {
-        **metrics.snapshot.get(),
-        "model_type": runtime.kind if runtime else None,
-        "model_version": runtime.version if runtime else None,
-    }
+    status = predictor_of(current_app).status()
+    return {**metrics.snapshot.get(), "model_type": status.kind, "model_version": status.version}

@@ -2,28 +2,30 @@
 from __future__ import annotations
 
 import uuid
-from array import array
+from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from omni_mev import __version__, metrics
-from omni_mev.api.batch import check_batch_size
-from omni_mev.api.common import count_outcomes, json_object
-from omni_mev.config import Settings
+from omni_mev import __version__
+from omni_mev.api import predictor_of
+from omni_mev.api.batch import check_batch_size, may_hold_booleans
+from omni_mev.api.direct import DirectRequest, direct_route
+from omni_mev.api.errors import json_response
+from omni_mev.api.predict import CONFIDENCE_DECIMALS
 from omni_mev.errors import OmniMevError
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
+from omni_mev.jsonio import loads_object
+from omni_mev.predictor import ModelStatus
 from omni_mev.runtime.base import MODEL_NAME
-from omni_mev.schemas import NUMBER_TYPES, flatten_messages, matrix_errors
-from omni_mev.serving import scorer
+from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 INPUT_NAME = "features"
 OUTPUTS = ("confidence", "decision")
-INFER_ENDPOINTS = {"v2.infer", "v2.infer_version"}
-count_outcomes(bp, endpoints=INFER_ENDPOINTS)
 
 
 class V2Error(OmniMevError):
@@ -36,15 +38,22 @@ class V2Error(OmniMevError):
         super().__init__(message)
         self.status = status
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": self.message}
+
+def protocol_error_body(error: OmniMevError) -> dict[str, Any]:
+    """The protocol's error shape, for every error of these routes (not JSON, too large, no model too)."""
+    return {"error": error.message}
 
 
 @bp.errorhandler(OmniMevError)
-def _protocol_error(error: OmniMevError) -> tuple[Response, int]:
-    # Body errors raised by shared helpers (not JSON, too large, no model) keep
-    # their status but take the protocol's shape.
-    return jsonify({"error": error.message}), error.status
+def _protocol_error(error: OmniMevError) -> Response:
+    return json_response(protocol_error_body(error), error.status, error.headers)
+
+
+def _empty_ok() -> Response:
+    """200 with an empty body, as the protocol's health endpoints answer; no body, so no content type."""
+    response = Response(status=200)
+    del response.headers["Content-Type"]
+    return response
 
 
 class RequestInputSchema(Schema):
@@ -85,15 +94,21 @@ class InferenceRequestSchema(Schema):
 _request_schema = InferenceRequestSchema()
 
 
-def _model(name: str, version: str | None = None):
-    """The serving runtime, if `name` (and `version`) designate it; 404 otherwise."""
+def _model(status: ModelStatus, name: str, version: str | None = None) -> ModelStatus:
+    """The serving model's status, if `name` (and `version`) designate it; 404 otherwise."""
     if name != MODEL_NAME:
         raise V2Error(f"Unknown model '{name}'; this server serves '{MODEL_NAME}'.", 404)
-    runtime = scorer().serving
-    if version is not None and (runtime is None or version != runtime.version):
-        serving = runtime.version if runtime else "none"
-        raise V2Error(f"Unknown version '{version}' of '{MODEL_NAME}'; serving version: {serving}.", 404)
-    return runtime
+    if version is not None and version != status.version:
+        raise V2Error(f"Unknown version '{version}' of '{MODEL_NAME}'; serving version: {status.version or 'none'}.",
+                      404)
+    return status
+
+
+def _ready(status: ModelStatus) -> Response:
+    """200 when ready; 400 with the reason otherwise (4xx means false in the protocol)."""
+    if not status.ready:
+        raise V2Error(status.problem)
+    return _empty_ok()
 
 
 def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -109,35 +124,31 @@ def server_metadata():
 @bp.get("/health/live")
 def live():
     """200 with an empty body while the server answers."""
-    return Response(status=200)
+    return _empty_ok()
 
 
 @bp.get("/health/ready")
 def ready():
-    """200 when this worker's model is loaded; 400 with the reason otherwise (4xx means false)."""
-    if scorer().serving is None:
-        raise V2Error(scorer().chain.unavailable_reason)
-    return Response(status=200)
+    """200 when this worker's model is loaded; 400 with the reason otherwise."""
+    return _ready(predictor_of(current_app).status())
 
 
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     """200 when the named model (and version) is ready to infer."""
-    if _model(name, version) is None:
-        raise V2Error(scorer().chain.unavailable_reason)
-    return Response(status=200)
+    return _ready(_model(predictor_of(current_app).status(), name, version))
 
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     """$metadata_model_response."""
-    runtime = _model(name, version)
+    status = _model(predictor_of(current_app).status(), name, version)
     return {
         "name": MODEL_NAME,
-        "versions": [runtime.version] if runtime is not None else [],
-        "platform": "onnxruntime_onnx" if runtime is None or runtime.kind == "onnx" else "pytorch_torchscript",
+        "versions": [status.version] if status.ready else [],
+        "platform": "pytorch_torchscript" if status.kind == "pytorch" else "onnxruntime_onnx",
         "inputs": [_tensor(INPUT_NAME, "FP32", [-1, -1, N_FEATURES])],
         "outputs": [_tensor("confidence", "FP32", [-1, 1]), _tensor("decision", "BOOL", [-1, 1])],
         "parameters": {"feature_order": ",".join(FEATURE_NAMES), "max_sequence": MAX_SEQUENCE,
@@ -145,19 +156,15 @@ def model_metadata(name: str, version: str | None = None):
     }
 
 
-def _flat_numbers(data: list) -> np.ndarray | None:
-    """A flat JSON array of numbers as float64; None if it holds anything else.
-
-    array.array rejects strings and nulls itself and converts faster than
-    np.array; booleans (ints to Python) are caught by the caller's check.
-    """
-    try:
-        return np.frombuffer(array("d", data), dtype=np.float64)
-    except TypeError:
-        return None
+def _numbers_only(data: list, depth: int) -> bool:
+    """Whether every leaf of regularly nested JSON arrays is a number (a boolean is not)."""
+    leaves: Iterable[Any] = data
+    for _ in range(depth - 1):
+        leaves = chain.from_iterable(leaves)
+    return set(map(type, leaves)) <= NUMBER_TYPES
 
 
-def _features(inputs: list[dict[str, Any]], settings: Settings, may_hold_booleans: bool = True) -> np.ndarray:
+def _features(inputs: list[dict[str, Any]], max_batch_size: int, booleans_possible: bool = True) -> np.ndarray:
     """The `features` input as float32 [batch, seq, 8], or a V2Error saying what is wrong."""
     names = [i["name"] for i in inputs]
     unknown = [n for n in names if n != INPUT_NAME]
@@ -174,11 +181,11 @@ def _features(inputs: list[dict[str, Any]], settings: Settings, may_hold_boolean
                       f"or [batch, seq, {N_FEATURES}].")
     if len(shape) == 3 and shape[1] > MAX_SEQUENCE:
         raise V2Error(f"Input '{INPUT_NAME}' has sequence length {shape[1]}; at most {MAX_SEQUENCE}.")
-    check_batch_size(shape[0], settings)
+    check_batch_size(shape[0], max_batch_size)
     data = tensor["data"]
     if not isinstance(data, list):
         raise V2Error(f"Input '{INPUT_NAME}' data must be a JSON array (flat or nested).")
-    values = _flat_numbers(data) if data and not isinstance(data[0], list) else None
+    values = float_values(data) if data and not isinstance(data[0], list) else None
     if values is None:
         try:
             values = np.array(data)
@@ -190,9 +197,9 @@ def _features(inputs: list[dict[str, Any]], settings: Settings, may_hold_boolean
     if values.size != expected:
         raise V2Error(f"Input '{INPUT_NAME}' holds {values.size} values; shape {shape} needs {expected}.")
     # numpy reads strings and nulls into other dtypes, but JSON booleans into
-    # numbers: those are looked for unless the raw body holds no true/false.
-    if values.dtype.kind not in "fi" or (
-            may_hold_booleans and not set(map(type, values.ravel().tolist())) <= NUMBER_TYPES):
+    # numbers: the JSON values themselves are typed unless the raw body holds
+    # no true/false at all.
+    if values.dtype.kind not in "fi" or (booleans_possible and not _numbers_only(data, values.ndim)):
         raise V2Error(f"Input '{INPUT_NAME}' data must hold numbers only (no strings, booleans, nulls or "
                       "ragged arrays).")
     rows = values.astype(np.float64, copy=False).reshape(-1, N_FEATURES)
@@ -206,15 +213,12 @@ def _features(inputs: list[dict[str, Any]], settings: Settings, may_hold_boolean
     return rows.astype(np.float32).reshape(shape[0], shape[1] if len(shape) == 3 else 1, N_FEATURES)
 
 
-@bp.post("/models/<name>/infer")
-@bp.post("/models/<name>/versions/<version>/infer", endpoint="infer_version")
-def infer(name: str, version: str | None = None):
-    """$inference_request -> $inference_response."""
-    _model(name, version)
-    settings: Settings = current_app.config["SETTINGS"]
-    raw = request.get_data(cache=False)
+def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, Any]:
+    """$inference_request -> $inference_response; nothing is dispatched from this protocol."""
+    predictor = predictor_of(request.app)
+    _model(predictor.status(), name, version)
     try:
-        payload = _request_schema.load(json_object(raw))
+        payload = _request_schema.load(loads_object(request.body))
     except ValidationError as error:
         flat = flatten_messages(error.messages)
         raise V2Error("Invalid inference request: "
@@ -223,21 +227,31 @@ def infer(name: str, version: str | None = None):
     unknown = [n for n in wanted if n not in OUTPUTS]
     if unknown:
         raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
-    no_booleans = b"true" not in raw and b"false" not in raw
-    scored = scorer().score(_features(payload["inputs"], settings, may_hold_booleans=not no_booleans))
-    confidences = np.round(scored.confidences.astype(np.float64), 6)
-    decisions = confidences >= settings.threshold
-    metrics.count_decisions(decisions)
-    batch = len(confidences)
+    windows = _features(payload["inputs"], predictor.settings.max_batch_size, may_hold_booleans(request.body))
+    scores, decisions = predictor.infer(windows)
+    batch = len(decisions)
     tensors = {
-        "confidence": {**_tensor("confidence", "FP32", [batch, 1]), "data": confidences.tolist()},
+        "confidence": {**_tensor("confidence", "FP32", [batch, 1]),
+                       "data": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS).tolist()},
         "decision": {**_tensor("decision", "BOOL", [batch, 1]), "data": decisions.tolist()},
     }
     return {
         "model_name": MODEL_NAME,
-        "model_version": scored.model_version,
+        "model_version": scores.model_version,
         "id": payload.get("id") or uuid.uuid4().hex,
-        "parameters": {"threshold": settings.threshold, "mode": settings.mode, "model_type": scored.model_type,
-                       "inference_time_ms": round(scored.inference_ms, 4)},
+        "parameters": {"threshold": predictor.threshold, "mode": predictor.settings.mode,
+                       "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)},
         "outputs": [tensors[n] for n in wanted],
     }
+
+
+@direct_route(bp, "/v2/models/<name>/infer", error_body=protocol_error_body)
+def infer(request: DirectRequest) -> dict[str, Any]:
+    """Inference on the serving model."""
+    return _infer(request, request.params["name"], None)
+
+
+@direct_route(bp, "/v2/models/<name>/versions/<version>/infer", error_body=protocol_error_body)
+def infer_version(request: DirectRequest) -> dict[str, Any]:
+    """Inference on a named version (which must be the serving one)."""
+    return _infer(request, request.params["name"], request.params["version"])

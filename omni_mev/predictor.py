@@ -1,0 +1,279 @@
+"""The service layer: what scoring an opportunity does, with no HTTP in it.
+
+Every scoring endpoint (/predict, /predict/batch, V2 infer) decodes its
+request, calls one method here and encodes the result. This module owns the
+windowing, the scoring through the fallback chain, the shadow comparison, the
+drift counters, the one decision rule and the hand-off to the dispatcher; the
+metrics, the cache and the dispatcher sit on the side.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omni_mev import metrics
+from omni_mev.cache import Cache
+from omni_mev.config import Settings
+from omni_mev.errors import ModelUnavailable
+from omni_mev.features import FEATURE_NAMES
+from omni_mev.runtime.base import ModelRuntime
+from omni_mev.runtime.loader import WorkerModels
+from omni_mev.trading.dispatcher import Dispatcher, Execution, Judged
+
+log = logging.getLogger(__name__)
+SHADOW_SAMPLES = 16
+
+FeatureValues = list[float]
+
+
+@dataclass(frozen=True)
+class Opportunity:
+    """One validated opportunity: the vector, its stream's history (oldest first), id and dispatch flag."""
+
+    features: FeatureValues
+    history: list[FeatureValues] = field(default_factory=list)
+    opportunity_id: str | None = None
+    dispatch: bool = True
+
+    def window(self) -> np.ndarray:
+        """[1, len(history) + 1, 8] float32, the opportunity itself last."""
+        return np.array([[*self.history, self.features]], dtype=np.float32)
+
+
+@dataclass
+class OpportunityBatch:
+    """Validated opportunities: current vectors [n, 8], per-item histories, ids and dispatch flags."""
+
+    features: np.ndarray
+    histories: list[list[FeatureValues]] | None  # None when no item has a history
+    ids: list[str | None]
+    dispatch: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What this worker serves, or why it serves nothing."""
+
+    kind: str | None
+    version: str | None
+    problem: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.kind is not None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Confidences of one or more model runs, and what produced them."""
+
+    confidences: np.ndarray  # float32 [n]
+    model_type: str
+    model_version: str
+    inference_ms: float
+    shadow: np.ndarray | None = None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one opportunity."""
+
+    confidence: float
+    decision: bool
+    model_type: str
+    model_version: str
+    inference_ms: float
+    opportunity_id: str | None = None
+    execution: Execution | None = None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """The answers for a batch, in item order; executions only for items that have one."""
+
+    confidences: np.ndarray  # float32 [n]
+    decisions: np.ndarray  # bool [n]
+    model_type: str
+    model_version: str
+    inference_ms: float
+    ids: list[str | None]
+    executions: dict[int, Execution] = field(default_factory=dict)
+
+
+class Predictor:
+    """Scores opportunities with this worker's models and decides on them."""
+
+    def __init__(self, settings: Settings, models: WorkerModels, cache: Cache, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.threshold = settings.threshold
+        self.chain = models.chain
+        self.shadow = models.shadow
+        self.cache = cache
+        self.dispatcher = dispatcher
+        self._range = models.training_range
+        if self._range is not None:
+            self._low, self._high = self._range[0].tolist(), self._range[1].tolist()
+
+    # What serves
+
+    @property
+    def serving(self) -> ModelRuntime | None:
+        """The runtime answering requests in this worker."""
+        return self.chain.active
+
+    def status(self) -> ModelStatus:
+        """The serving model, or the reason there is none."""
+        runtime = self.chain.active
+        if runtime is None:
+            return ModelStatus(None, None, self.chain.unavailable_reason)
+        return ModelStatus(runtime.kind, runtime.version)
+
+    def require_ready(self) -> ModelRuntime:
+        """The serving runtime; ModelUnavailable (503) when there is none."""
+        runtime = self.chain.active
+        if runtime is None:
+            raise ModelUnavailable(self.chain.unavailable_reason)
+        return runtime
+
+    # The one decision rule
+
+    def decide(self, confidences: np.ndarray) -> np.ndarray:
+        """confidence >= threshold, on the model's float, for every endpoint; rounding is for encoding only."""
+        decisions = confidences.astype(np.float64) >= self.threshold
+        metrics.count_decisions(decisions)
+        return decisions
+
+    # Endpoints' work
+
+    def predict(self, opportunity: Opportunity) -> Prediction:
+        """One opportunity: score (through the cache when enabled), decide, hand to the dispatcher."""
+        scores = self._score_one(opportunity.window())
+        confidence = float(scores.confidences[0])
+        decision = confidence >= self.threshold
+        metrics.count_decision(decision)
+        shadow = None if scores.shadow is None else float(scores.shadow[0])
+        execution = self.dispatcher.after_decision(
+            Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
+                   scores.model_version, shadow), decision)
+        return Prediction(confidence, decision, scores.model_type, scores.model_version, scores.inference_ms,
+                          opportunity.opportunity_id, execution, scores.cached)
+
+    def predict_batch(self, batch: OpportunityBatch) -> BatchPrediction:
+        """Many opportunities: one model run per distinct history length, answers in item order."""
+        scores = self._score_windows(batch)
+        decisions = self.decide(scores.confidences)
+        executions: dict[int, Execution] = {}
+        for index in np.flatnonzero(decisions).tolist():
+            shadow = None if scores.shadow is None else float(scores.shadow[index])
+            execution = self.dispatcher.after_decision(
+                Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
+                       float(scores.confidences[index]), scores.model_version, shadow), True)
+            if execution is not None:
+                executions[index] = execution
+        return BatchPrediction(scores.confidences, decisions, scores.model_type, scores.model_version,
+                               scores.inference_ms, batch.ids, executions)
+
+    def infer(self, windows: np.ndarray) -> tuple[Scores, np.ndarray]:
+        """A tensor [batch, seq, 8] float32 (the V2 protocol): scores and decisions; nothing is dispatched."""
+        scores = self.score(windows)
+        return scores, self.decide(scores.confidences)
+
+    # Scoring
+
+    def score(self, windows: np.ndarray) -> Scores:
+        """Confidences for windows [batch, seq, 8] float32, with the model metrics recorded."""
+        self._count_drift(windows[:, -1, :])
+        return self._recorded(self._run(windows))
+
+    def _run(self, windows: np.ndarray) -> Scores:
+        started = time.perf_counter()
+        confidences, runtime = self.chain.predict(windows)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        metrics.observe_inference(elapsed_ms)
+        shadow = self._shadow(windows, confidences) if self.shadow is not None else None
+        return Scores(confidences, runtime.kind, runtime.version or "unknown", elapsed_ms, shadow)
+
+    def _score_one(self, window: np.ndarray) -> Scores:
+        """score() for a single window [1, seq, 8], through the Redis cache when enabled."""
+        serving = self.chain.active
+        if not self.cache.caching or serving is None:
+            return self.score(window)
+        self._count_drift(window[:, -1, :])
+        hit = self.cache.get_prediction(serving.version, window)
+        if hit is not None:
+            return self._recorded(Scores(np.array([hit], np.float32), serving.kind, serving.version, 0.0,
+                                         cached=True))
+        scores = self._recorded(self._run(window))
+        if scores.model_version == serving.version:
+            self.cache.put_prediction(scores.model_version, window, float(scores.confidences[0]))
+        return scores
+
+    def _score_windows(self, batch: OpportunityBatch) -> Scores:
+        """Windows grouped by history length: items of one length run together."""
+        current = batch.features.astype(np.float32)[:, None, :]
+        if batch.histories is None:
+            return self.score(current)
+        by_length: dict[int, list[int]] = {}
+        for index, history in enumerate(batch.histories):
+            by_length.setdefault(len(history), []).append(index)
+        confidences = np.empty(len(batch), dtype=np.float32)
+        shadow: np.ndarray | None = np.empty(len(batch), dtype=np.float32) if self.shadow is not None else None
+        elapsed = 0.0
+        scores: Scores | None = None
+        for length, indices in by_length.items():
+            windows = current[indices]
+            if length:
+                past = np.array([batch.histories[i] for i in indices], dtype=np.float32)
+                windows = np.concatenate([past, windows], axis=1)
+            scores = self.score(windows)
+            confidences[indices] = scores.confidences
+            if shadow is not None and scores.shadow is not None:
+                shadow[indices] = scores.shadow
+            elif scores.shadow is None:
+                shadow = None  # the shadow failed on a group: no comparison for this batch
+            elapsed += scores.inference_ms
+        return Scores(confidences, scores.model_type, scores.model_version, elapsed, shadow)
+
+    def _shadow(self, windows: np.ndarray, served: np.ndarray) -> np.ndarray | None:
+        """Score with the shadow model and compare; its failures never reach the client."""
+        try:
+            shadow = self.shadow.predict(windows)
+        except Exception:  # noqa: BLE001 - the shadow must not affect the response
+            log.exception("shadow model failed")
+            metrics.SHADOW_ERRORS.inc()
+            return None
+        threshold = self.threshold
+        agree = int(((shadow >= threshold) == (served >= threshold)).sum())
+        # Every item of small requests; an even sample of large batches.
+        step = max(1, len(served) // SHADOW_SAMPLES)
+        metrics.count_shadow(agree, len(served) - agree, (shadow[::step] - served[::step])[:SHADOW_SAMPLES])
+        return shadow
+
+    def _recorded(self, scores: Scores) -> Scores:
+        last = float(scores.confidences[-1])
+        metrics.record_confidence(last)
+        self.cache.record_last(last)
+        return scores
+
+    def _count_drift(self, current: np.ndarray) -> None:
+        """Count inputs outside the training data's observed range, per feature."""
+        if self._range is None:
+            return
+        if len(current) == 1:  # one vector: plain comparisons beat numpy's call overhead
+            row = current[0].tolist()
+            if all(a <= v <= b for a, v, b in zip(self._low, row, self._high)):
+                return
+        lo, hi = self._range
+        outside = (current < lo) | (current > hi)
+        if outside.any():  # rare: count per feature only then
+            counts = outside.sum(axis=0)
+            metrics.count_out_of_range({FEATURE_NAMES[i]: int(counts[i]) for i in np.flatnonzero(counts)})
+

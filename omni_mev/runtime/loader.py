@@ -1,0 +1,113 @@
+"""The worker's models, built once per process from the settings: the fallback chain and the shadow.
+
+Called by the application factory, which gunicorn runs in each worker
+(`preload_app` is off): ONNX Runtime thread pools and torch/OpenMP do not
+survive fork, so nothing here may run in the master.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omni_mev import metrics
+from omni_mev.config import Settings
+from omni_mev.features import FEATURE_NAMES
+from omni_mev.runtime.base import ModelLoadError, ModelRuntime, version_of
+from omni_mev.runtime.chain import FallbackChain
+from omni_mev.runtime.onnx_runtime import OnnxModel
+from omni_mev.runtime.torch_runtime import TorchModel
+
+log = logging.getLogger(__name__)
+LAST_GOOD_NAME = "last-good.onnx"
+
+FeatureRange = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class WorkerModels:
+    """What one worker serves: the fallback chain, the optional shadow model, the training range."""
+
+    chain: FallbackChain
+    shadow: OnnxModel | None
+    training_range: FeatureRange | None
+
+
+def _runtimes(settings: Settings) -> list[ModelRuntime]:
+    """ONNX first, the PyTorch weights second, then the last ONNX model that loaded.
+
+    The third keeps the previous model serving when a reload brings files that
+    fail to load.
+    """
+    runtimes: list[ModelRuntime] = [
+        OnnxModel(settings.model_path, role="onnx"),
+        TorchModel(settings.fallback_weights_path, role="pytorch"),
+    ]
+    if settings.last_good_dir is not None:
+        runtimes.append(OnnxModel(settings.last_good_dir / LAST_GOOD_NAME, role="last-known-good"))
+    return runtimes
+
+
+def build_chain(settings: Settings) -> FallbackChain:
+    """The chain of runtimes; fallbacks are counted in metrics."""
+    return FallbackChain(_runtimes(settings), on_fallback=metrics.record_fallback)
+
+
+def _remember_good(chain: FallbackChain, settings: Settings) -> None:
+    """Keep a copy of the primary ONNX model once it has loaded (atomic replace)."""
+    primary = chain.runtimes[0]
+    if settings.last_good_dir is None or chain.active is not primary:
+        return
+    target = settings.last_good_dir / LAST_GOOD_NAME
+    try:
+        data = primary.path.read_bytes()
+        if version_of(data) != primary.version:
+            return  # replaced since it loaded: the next worker will copy the new one
+        if target.exists() and version_of(target.read_bytes()) == primary.version:
+            return
+        settings.last_good_dir.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.{os.getpid()}")
+        scratch.write_bytes(data)
+        os.replace(scratch, target)
+    except OSError as error:
+        log.warning("cannot keep a last-known-good copy in %s: %s", settings.last_good_dir, error)
+
+
+def _load_shadow(settings: Settings) -> OnnxModel | None:
+    if settings.shadow_model_path is None:
+        return None
+    shadow = OnnxModel(settings.shadow_model_path, role="shadow")
+    try:
+        shadow.load()
+    except ModelLoadError as error:
+        log.error("shadow model not loaded, comparisons are off: %s", error.message)
+        return None
+    log.info("shadow model %s from %s", shadow.version, shadow.path)
+    return shadow
+
+
+def training_range(model_path: Path) -> FeatureRange | None:
+    """The per-feature (min, max) of the training data from the model card, if present."""
+    card = model_path.with_suffix(".json")
+    try:
+        observed = json.loads(card.read_text())["training_range"]
+        lo = np.array([observed[n][0] for n in FEATURE_NAMES], dtype=np.float32)
+        hi = np.array([observed[n][1] for n in FEATURE_NAMES], dtype=np.float32)
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        log.warning("no training range from %s (%s): drift counters stay at 0", card, error)
+        return None
+    return lo, hi
+
+
+def load_worker_models(settings: Settings) -> WorkerModels:
+    """Build and load this worker's models."""
+    chain = build_chain(settings)
+    chain.load()
+    _remember_good(chain, settings)
+    active = chain.active
+    metrics.set_serving_model(active.kind if active else None, active.version if active else None)
+    return WorkerModels(chain, _load_shadow(settings), training_range(settings.model_path))

@@ -1,0 +1,91 @@
+"""Validation rules: the /predict fast path accepts exactly what the marshmallow schema accepts."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from marshmallow import ValidationError
+
+from omni_mev.features import EXAMPLE_FEATURES, FEATURE_NAMES, FLOAT32_MAX
+from omni_mev.schemas import (BatchRequestSchema, PredictRequestSchema, _valid_opportunity, load_opportunity,
+                              matrix_errors, numeric_matrix, parse_vector)
+
+EXAMPLE = list(EXAMPLE_FEATURES)
+ODD_VALUES = [None, True, False, "1.0", -1, 0, 1, 2.5, 7, 1e39, FLOAT32_MAX, 10**400, [], {}, "x" * 129, "", "id-1"]
+
+
+def _mutated(rng: random.Random) -> dict:
+    body: dict = {"features": list(EXAMPLE)}
+    for _ in range(rng.randint(0, 3)):
+        kind = rng.randrange(7)
+        if kind == 0 and isinstance(body.get("features"), list) and len(body["features"]) == 8:
+            body["features"][rng.randrange(8)] = rng.choice(ODD_VALUES)
+        elif kind == 1:
+            body["history"] = [list(EXAMPLE) for _ in range(rng.choice([0, 1, 3, 31, 32]))]
+            if body["history"] and rng.random() < 0.5:
+                body["history"][rng.randrange(len(body["history"]))][rng.randrange(8)] = rng.choice(ODD_VALUES)
+        elif kind == 2:
+            body["opportunity_id"] = rng.choice(ODD_VALUES)
+        elif kind == 3:
+            body["dispatch"] = rng.choice(ODD_VALUES)
+        elif kind == 4:
+            body[rng.choice(["feature", "label", "extra"])] = 1
+        elif kind == 5:
+            body["features"] = rng.choice([EXAMPLE[:7], EXAMPLE + [1.0], dict(zip(FEATURE_NAMES, EXAMPLE)), "x", None])
+        elif kind == 6:
+            body.pop("features", None)
+    return body
+
+
+def test_fast_path_accepts_exactly_what_the_schema_accepts():
+    rng = random.Random(11)
+    schema = PredictRequestSchema()
+    accepted_fast = 0
+    for _ in range(3000):
+        body = _mutated(rng)
+        fast = _valid_opportunity(body)
+        try:
+            slow = schema.load(body)
+        except ValidationError:
+            assert fast is None, body
+            continue
+        if fast is not None:
+            accepted_fast += 1
+            assert fast == slow, body
+        assert load_opportunity(body) == slow
+    assert accepted_fast > 300  # the generator reaches the fast path
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 10**400, float("nan"), float("inf")])
+def test_values_float32_cannot_hold_are_refused(value):
+    vector = [value, *EXAMPLE[1:]]
+    with pytest.raises(ValidationError) as raised:
+        parse_vector(vector)
+    assert list(raised.value.messages) == ["profit_usd"]
+    if isinstance(value, float):
+        assert [name for _, name, _ in matrix_errors(np.array([vector]))] == ["profit_usd"]
+
+
+def test_largest_float32_accepted():
+    assert parse_vector([FLOAT32_MAX, *EXAMPLE[1:]])[0] == FLOAT32_MAX
+
+
+@pytest.mark.parametrize("rows", [[EXAMPLE, EXAMPLE[:7]], [EXAMPLE, "x"], [EXAMPLE, [*EXAMPLE[:7], "1"]],
+                                  [EXAMPLE, [*EXAMPLE[:7], None]], [[*EXAMPLE[:7], 10**400]]])
+def test_numeric_matrix_declines_what_is_not_eight_numbers(rows):
+    assert numeric_matrix(rows) is None
+
+
+def test_numeric_matrix_finds_booleans_unless_told_there_are_none():
+    rows = [EXAMPLE, [*EXAMPLE[:7], True]]
+    assert numeric_matrix(rows) is None
+    assert numeric_matrix(rows, may_hold_booleans=False) is not None  # the caller's promise is trusted
+
+
+def test_batch_schema_rejects_boolean_feature_and_null_id():
+    schema = BatchRequestSchema()
+    for items in ([{"features": [*EXAMPLE[:7], True]}], [{"features": EXAMPLE, "opportunity_id": None}],
+                  [{"features": EXAMPLE, "dispatch": 0}]):
+        with pytest.raises(ValidationError):
+            schema.load({"items": items})
