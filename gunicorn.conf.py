@@ -16,23 +16,24 @@ import logging
 from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
 
-# Directories the workers share. prometheus_client reads its variable when first
-# imported: set it before anything imports it. systemd provides them (runtime
-# and state directories); otherwise private temp dirs, removed on exit. The
-# environment keeps them across HUP reloads, which re-read this file.
-for _variable, _prefix in (("PROMETHEUS_MULTIPROC_DIR", "omni-mev-metrics-"),
-                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-")):
-    if not os.environ.get(_variable):
-        os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
-        os.environ["OMNI_MEV_OWN_DIRS"] = os.environ.get("OMNI_MEV_OWN_DIRS", "") + ":" + os.environ[_variable]
-_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-
 try:
     _settings = load_settings()
     _auth = "on" if load_keys(_settings) else "OFF (no AI_API_KEYS / AI_API_KEYS_FILE)"
 except (ConfigError, OSError) as _error:
     sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
     raise SystemExit(2) from None
+
+# Directories the workers share, made once the settings are known to be good
+# (a refused start leaves nothing behind). prometheus_client reads its variable
+# when first imported: set it before anything imports it. systemd provides them
+# (runtime and state directories); otherwise private temp dirs, removed on
+# exit. The environment keeps them across HUP reloads, which re-read this file.
+for _variable, _prefix in (("PROMETHEUS_MULTIPROC_DIR", "omni-mev-metrics-"),
+                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-")):
+    if not os.environ.get(_variable):
+        os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
+        os.environ["OMNI_MEV_OWN_DIRS"] = os.environ.get("OMNI_MEV_OWN_DIRS", "") + ":" + os.environ[_variable]
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 #
 # Server socket
@@ -87,10 +88,15 @@ limit_request_field_size = 8190
 #   errorlog - stderr (journald under systemd).
 #   accesslog - off by default: nginx logs every request already; set
 #       GUNICORN_ACCESSLOG=- to get them here too.
+#   access_log_format - gunicorn's default without the Basic-auth user name
+#       (%(u)s) and the referrer (%(f)s), and with the path instead of the
+#       request line (%(r)s): an API key sent by mistake as Basic auth or in
+#       the query string never lands in the log.
 #
 errorlog = "-"
 loglevel = _settings.log_level
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 proc_name = "omni-mev"
 
 #

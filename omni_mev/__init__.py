@@ -24,19 +24,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     the process that serves them. `config` overrides environment variables by
     name (e.g. {"AI_THRESHOLD": 0.5}).
     """
-    from flask import Flask
-
     from omni_mev import auth, cache, metrics
     from omni_mev.api import PREDICTOR, direct, errors, register_blueprints
-    from omni_mev.api.flask_json import OrjsonProvider
+    from omni_mev.api.application import Application
     from omni_mev.config import load_settings
     from omni_mev.predictor import Predictor
     from omni_mev.runtime.loader import load_worker_models
     from omni_mev.trading.dispatcher import build_dispatcher
 
     settings = load_settings(config)
-    app = Flask(__name__)
-    app.json = OrjsonProvider(app)
+    app = Application(__name__)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

@@ -77,6 +77,16 @@ def _http_url(name: str, raw: str) -> str | None:
     return value.rstrip("/")
 
 
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"{name}={raw!r} is not allowed; allowed: {', '.join(a or '(unset)' for a in allowed)}")
+        return value
+
+    return parse
+
+
 def _api_keys(name: str, raw: str) -> tuple[str, ...]:
     keys = tuple(k.strip() for k in raw.split(",") if k.strip())
     if any(len(k) < 16 for k in keys):
@@ -126,6 +136,11 @@ class Settings:
     decision_log_path: Path = _setting(
         "AI_DECISION_LOG", _path, PROJECT_ROOT / "logs" / "decisions.jsonl", "append-only JSON-lines decision log"
     )
+    implausible_policy: str = _setting(
+        "AI_IMPLAUSIBLE_POLICY", _choice("", "refuse", "flag"), "",
+        "implausible opportunities: refuse (decision false) or flag (scored and flagged); "
+        "unset = refuse in LIVE, flag in SIMULATION. LIVE never dispatches one either way",
+    )
     shadow_model_path: Path | None = _setting(
         "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"
     )
@@ -153,6 +168,11 @@ class Settings:
     def mode(self) -> str:
         """The mode string every response carries."""
         return "LIVE" if self.live_trading else "SIMULATION"
+
+    @property
+    def refuses_implausible(self) -> bool:
+        """Whether an implausible opportunity gets decision false whatever its confidence."""
+        return self.implausible_policy == "refuse" or (not self.implausible_policy and self.live_trading)
 
     @property
     def fallback_weights_path(self) -> Path:

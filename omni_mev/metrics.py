@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
+from collections import Counter as Occurrences
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,12 @@ SHADOW_AGREEMENT = Counter("ai_shadow_agreement", "Shadow model's decision agree
 SHADOW_DIFFERENCE = Histogram(
     "ai_shadow_confidence_difference", "Shadow confidence minus served confidence",
     buckets=(-0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
+IMPLAUSIBLE = Counter(
+    "ai_implausible", "Scored opportunities failing a plausibility check, by check (docs/model.md)", ["check"]
+)
+IMPLAUSIBLE_REFUSED = Counter(
+    "ai_implausible_refused", "Positive model decisions refused because the opportunity is implausible"
 )
 SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect the response)")
 
@@ -244,6 +251,14 @@ def count_shadow(agreeing: int, disagreeing: int, differences: Any) -> None:
         _writes.observe(SHADOW_DIFFERENCE, float(difference))
 
 
+def count_implausible(checks: Any, refused: int = 0) -> None:
+    """Failed plausibility checks (an iterable of check names, repeats counted) and refusals."""
+    for check, count in Occurrences(checks).items():
+        IMPLAUSIBLE.labels(check=check).inc(count)
+    if refused:
+        IMPLAUSIBLE_REFUSED.inc(refused)
+
+
 def record_fallback(reason: str, from_type: str, to_type: str) -> None:
     """The fallback chain handed over from one runtime to another."""
     MODEL_FALLBACKS.labels(reason=reason, from_type=from_type, to_type=to_type).inc()
@@ -360,6 +375,9 @@ def _summarise(metrics: list[Metric]) -> dict[str, Any]:
                  if s.name.endswith("_total")}
     serving = sorted({(s.labels["type"], s.labels["version"]) for s in _samples(metrics, "ai_model_info")
                       if s.value})
+    implausible = {s.labels["check"]: int(s.value) for s in _samples(metrics, "ai_implausible")
+                   if s.name.endswith("_total") and s.value}
+    refused = sum(int(s.value) for s in _samples(metrics, "ai_implausible_refused") if s.name.endswith("_total"))
     return {
         "total_requests": total,
         "errors": errors,
@@ -371,6 +389,7 @@ def _summarise(metrics: list[Metric]) -> dict[str, Any]:
         "models_serving": [{"type": t, "version": v} for t, v in serving],
         "cache": cache,
         "feature_out_of_range": out_of_range,
+        "implausible": {"checks": implausible, "refused": refused},
     }
 
 

@@ -1,4 +1,10 @@
-"""Builds the OpenAPI 3 document from the marshmallow schemas with apispec."""
+"""The OpenAPI 3.1 document: request schemas from the marshmallow schemas (apispec), answers as the service gives them.
+
+It is checked against the running service in the test suite (schemathesis,
+every check): every answer the service gives is documented, and every request
+the document allows is accepted. OpenAPI 3.1 because its JSON Schema can give
+each position of the list form of `features` its own bounds (`prefixItems`).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,105 +14,269 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
 from omni_mev import __version__, schemas
-from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, N_FEATURES
+from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
+from omni_mev.plausibility import CHECKS
+from omni_mev.runtime.base import MODEL_NAME
+
+REF = "#/components/schemas/"
+# Limits of the default settings; the document describes a service running with them.
+DEFAULT_MAX_BATCH = 4096
 
 
-def _feature_object() -> dict[str, Any]:
-    properties = {}
-    for name, bounds in FEATURE_BOUNDS.items():
-        prop: dict[str, Any] = {"type": "integer" if bounds.integer else "number", "description": bounds.description}
-        prop["minimum"] = bounds.minimum
-        prop["maximum"] = bounds.upper
-        properties[name] = prop
-    return {"type": "object", "properties": properties, "required": list(FEATURE_NAMES),
-            "additionalProperties": False}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
 
 
-def _feature_vector(self, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
-    """apispec attribute function: how FeatureVector and BatchItems look in JSON Schema."""
-    if isinstance(field, schemas.BatchItems):
-        return {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/PredictRequest"},
-                "description": "at most AI_MAX_BATCH_SIZE (default 4096) items"}
-    if not isinstance(field, schemas.FeatureVector):
-        return {}
+def _feature(name: str) -> dict[str, Any]:
+    bounds = FEATURE_BOUNDS[name]
+    return {"type": "integer" if bounds.integer else "number", "minimum": bounds.minimum, "maximum": bounds.upper,
+            "description": f"{name}: {bounds.description}"}
+
+
+def feature_vector() -> dict[str, Any]:
+    """A list in feature order with per-position bounds, or an object keyed by feature name."""
     return {
         "oneOf": [
-            {"type": "array", "items": {"type": "number"}, "minItems": N_FEATURES, "maxItems": N_FEATURES,
-             "description": "in order: " + ", ".join(FEATURE_NAMES)},
-            _feature_object(),
+            {"type": "array", "prefixItems": [_feature(n) for n in FEATURE_NAMES], "minItems": N_FEATURES,
+             "maxItems": N_FEATURES, "description": "in order: " + ", ".join(FEATURE_NAMES)},
+            {"type": "object", "properties": {n: _feature(n) for n in FEATURE_NAMES}, "required": list(FEATURE_NAMES),
+             "additionalProperties": False},
         ],
-        "example": list(EXAMPLE_FEATURES),
+        "examples": [list(EXAMPLE_FEATURES)],
     }
 
 
-def _json(schema: str) -> dict[str, Any]:
+def _attribute_function(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """apispec hook: how the API's own field types look in JSON Schema."""
+    if isinstance(field, schemas.BatchItems):
+        return {"type": "array", "minItems": 1, "maxItems": DEFAULT_MAX_BATCH, "items": _ref("PredictRequest"),
+                "description": "at most AI_MAX_BATCH_SIZE (default 4096) items"}
+    if isinstance(field, schemas.FeatureVector):
+        return {"$ref": REF + "FeatureVector"}
+    return {}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, **_json("Error")}
+def _error(description: str, schema: str = "Error") -> dict[str, Any]:
+    return {"description": description, **_json(_ref(schema))}
 
 
-def build() -> dict[str, Any]:
-    """The whole document as a dict."""
+def _obj(properties: dict[str, Any], required: list[str] | None = None, closed: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required or list(properties)}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+NUMBER = {"type": "number"}
+STRING = {"type": "string"}
+BOOLEAN = {"type": "boolean"}
+PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+MODE = {"type": "string", "enum": ["SIMULATION", "LIVE"]}
+MODEL_TYPE = {"type": "string", "enum": ["onnx", "pytorch"]}
+IMPLAUSIBLE = {"type": "array", "items": {"type": "string", "enum": list(CHECKS)}, "minItems": 1,
+               "description": "the plausibility checks this opportunity fails (docs/model.md)"}
+EXECUTION = _obj({
+    "status": {"type": "string", "enum": ["dispatched", "rejected", "failed", "timeout", "skipped"]},
+    "reason": STRING, "engine_status": {"type": "integer"}, "latency_ms": NUMBER,
+}, required=["status"])
+SCORED_ITEM = {
+    "decision": {**BOOLEAN, "description": "confidence >= threshold, unless refused (see reason)"},
+    "confidence": {**PROBABILITY, "description": "calibrated success probability, 6 decimals"},
+    "plausible": {**BOOLEAN, "description": "false: an opportunity the model cannot judge (docs/model.md)"},
+    "implausible": IMPLAUSIBLE,
+    "reason": {**STRING, "description": "why the decision is false whatever the confidence"},
+    "opportunity_id": STRING,
+    "execution": _ref("Execution"),
+}
+TENSOR_OUT = _obj({"name": {"type": "string", "enum": ["confidence", "decision", "plausible"]},
+                   "datatype": {"type": "string", "enum": ["FP32", "BOOL"]},
+                   "shape": {"type": "array", "items": {"type": "integer"}},
+                   "data": {"type": "array", "items": {"type": ["number", "boolean"]}}})
+TENSOR_META = _obj({"name": STRING, "datatype": STRING, "shape": {"type": "array", "items": {"type": "integer"}}})
+
+
+def _v2_request() -> dict[str, Any]:
+    """$inference_request: one input `features`, FP32, [batch, 8] or [batch, seq, 8], data flat or nested.
+
+    JSON Schema cannot tie the number of values in `data` to `shape`: a request
+    whose data does not fill its shape is answered 400.
+    """
+    batch = {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_BATCH}
+    width = {"type": "integer", "const": N_FEATURES}
+    shape = {"oneOf": [
+        {"type": "array", "prefixItems": [batch, width], "minItems": 2, "maxItems": 2},
+        {"type": "array", "prefixItems": [batch, {"type": "integer", "minimum": 1, "maximum": MAX_SEQUENCE}, width],
+         "minItems": 3, "maxItems": 3},
+    ], "description": f"[batch, {N_FEATURES}] or [batch, seq, {N_FEATURES}]; data must hold batch x seq x "
+                      f"{N_FEATURES} numbers"}
+    data = {"type": "array", "description": "row-major numbers, flat or nested as the shape says", "minItems": 1}
+    tensor = _obj({"name": {"type": "string", "const": "features"}, "shape": shape,
+                   "datatype": {"type": "string", "const": "FP32"}, "parameters": {"type": "object"}, "data": data},
+                  required=["name", "shape", "datatype", "data"], closed=False)
+    output = _obj({"name": {"type": "string", "enum": ["confidence", "decision", "plausible"]},
+                   "parameters": {"type": "object"}}, required=["name"], closed=False)
+    return _obj({"id": STRING, "parameters": {"type": "object"},
+                 "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+                 "outputs": {"type": "array", "items": output}}, required=["inputs"], closed=False)
+
+
+def _components(spec: APISpec) -> None:
+    spec.components.schema("FeatureVector", feature_vector())
+    spec.components.schema("PredictRequest", schema=schemas.PredictRequestSchema)
+    spec.components.schema("BatchRequest", schema=schemas.BatchRequestSchema)
+    spec.components.schema("Execution", EXECUTION)
+    spec.components.schema("PredictResponse", _obj({
+        **SCORED_ITEM, "threshold": PROBABILITY, "mode": MODE,
+        "inference_time_ms": {"type": "number", "minimum": 0, "description": "model time of this request"},
+        "model_type": MODEL_TYPE, "model_version": STRING,
+        "cached": {"type": "boolean", "const": True, "description": "present when served from the Redis cache"},
+    }, required=["decision", "confidence", "threshold", "mode", "inference_time_ms", "model_type", "model_version",
+                 "plausible"]))
+    spec.components.schema("BatchResponse", _obj({
+        "results": {"type": "array", "items": _obj(SCORED_ITEM, required=["decision", "confidence", "plausible"]),
+                    "description": "results[i] answers items[i]"},
+        "count": {"type": "integer", "minimum": 1}, "threshold": PROBABILITY, "mode": MODE,
+        "inference_time_ms": {"type": "number", "minimum": 0}, "model_type": MODEL_TYPE, "model_version": STRING,
+    }))
+    spec.components.schema("Error", _obj({
+        "error": {**STRING, "description": "machine-readable code"},
+        "message": {**STRING, "description": "what is wrong, in a sentence"},
+        "fields": {"type": "object", "additionalProperties": {"type": "array", "items": STRING},
+                   "description": "bad field -> messages, e.g. features.dex_count"},
+    }, required=["error", "message"]))
+    spec.components.schema("V2Error", _obj({"error": STRING}))
+    spec.components.schema("InferenceRequest", _v2_request())
+    spec.components.schema("InferenceResponse", _obj({
+        "model_name": {"type": "string", "const": MODEL_NAME}, "model_version": STRING, "id": STRING,
+        "parameters": _obj({"threshold": PROBABILITY, "mode": MODE, "model_type": MODEL_TYPE,
+                            "inference_time_ms": NUMBER,
+                            "implausible": {"type": "object", "additionalProperties": IMPLAUSIBLE}},
+                           required=["threshold", "mode", "model_type", "inference_time_ms"]),
+        "outputs": {"type": "array", "items": TENSOR_OUT},
+    }))
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+
+
+def _health_and_status(spec: APISpec) -> None:
+    open_access: list[dict[str, list[str]]] = []
+    spec.path(path="/health", operations={"get": {
+        "summary": "200 when this worker has a model, 503 with the reason otherwise (no credentials needed)",
+        "security": open_access,
+        "responses": {
+            "200": {"description": "A model serves", **_json(_obj({
+                "status": {"type": "string", "const": "ok"}, "model_type": MODEL_TYPE, "model_version": STRING}))},
+            "503": _error("No model loaded in this worker; message says why"),
+        }}})
+    maybe_null = {"type": ["string", "null"]}
+    spec.path(path="/status", operations={"get": {
+        "summary": "Engine state and scoring requests counted across workers",
+        "responses": {
+            "200": {"description": "OK", **_json(_obj({
+                "ai_engine": {"type": "string", "enum": ["online", "degraded"]}, "mode": MODE,
+                "model_type": {"type": ["string", "null"], "enum": ["onnx", "pytorch", None]},
+                "model_version": maybe_null, "threshold": PROBABILITY, "redis_connected": BOOLEAN,
+                "total_requests": {"type": "integer", "minimum": 0}, "uptime_s": NUMBER,
+                "worker_pid": {"type": "integer"}}))},
+            "401": _error("Missing or invalid API key"),
+        }}})
+    spec.path(path="/metrics_summary", operations={"get": {
+        "summary": "JSON digest of the Prometheus metrics, exact across workers, at most ~1 s old",
+        "responses": {
+            "200": {"description": "OK", **_json(_obj({
+                "total_requests": {"type": "integer"}, "errors": {"type": "integer"},
+                "requests": {"type": "object"}, "decisions": {"type": "object"},
+                "inference_latency": {"type": "object"}, "last_confidence": {"type": ["number", "null"]},
+                "model_fallbacks": {"type": "integer"}, "models_serving": {"type": "array"},
+                "cache": {"type": "object"}, "feature_out_of_range": {"type": "object"},
+                "implausible": {"type": "object"}, "model_type": {"type": ["string", "null"]},
+                "model_version": maybe_null}, required=["total_requests", "errors"], closed=False))},
+            "401": _error("Missing or invalid API key"),
+        }}})
+    spec.path(path="/openapi.json", operations={"get": {
+        "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3.1", **_json({"type": "object"})},
+                      "401": _error("Missing or invalid API key")}}})
+
+
+def _scoring(spec: APISpec) -> None:
+    common = {
+        "400": _error("The body is not a JSON object, or not well-formed HTTP (a malformed chunked body)"),
+        "401": _error("Missing or invalid API key"),
+        "413": _error("Body over AI_MAX_BODY_BYTES, chunked or not, or more items than AI_MAX_BATCH_SIZE"),
+        "422": _error("Schema violation; `fields` names each bad field"),
+        "503": _error("No model loaded in this worker"),
+    }
+    spec.path(path="/predict", operations={"post": {
+        "summary": "Score one opportunity",
+        "requestBody": {"required": True, **_json(_ref("PredictRequest"))},
+        "responses": {"200": {"description": "Decision and confidence", **_json(_ref("PredictResponse"))},
+                      **common}}})
+    spec.path(path="/predict/batch", operations={"post": {
+        "summary": "Score many opportunities; results in order, one per item",
+        "requestBody": {"required": True, **_json(_ref("BatchRequest"))},
+        "responses": {"200": {"description": "results[i] answers items[i]", **_json(_ref("BatchResponse"))},
+                      **common}}})
+
+
+def _open_inference(spec: APISpec, model_version: str | None) -> None:
+    v2_error = _error('{"error": "..."}', "V2Error")
+    denied = _error("Missing or invalid API key", "V2Error")
+    serving = {"type": "string", "enum": [model_version]} if model_version else STRING
+    version = {"name": "version", "in": "path", "required": True, "schema": serving,
+               "description": "the serving model_version; any other answers 404"}
+    empty_ok = {"description": "Yes (empty body)"}
+    spec.path(path="/v2", operations={"get": {"summary": "Server metadata", "responses": {
+        "200": {"description": "OK", **_json(_obj({"name": STRING, "version": STRING,
+                                                   "extensions": {"type": "array", "items": STRING}}))},
+        "401": denied}}})
+    spec.path(path="/v2/health/live", operations={"get": {
+        "summary": "Liveness (no credentials needed)", "security": [], "responses": {"200": empty_ok}}})
+    spec.path(path="/v2/health/ready", operations={"get": {
+        "summary": "Readiness: 200 when a model is loaded, 400 with the reason otherwise (no credentials needed)",
+        "security": [], "responses": {"200": empty_ok, "400": v2_error}}})
+    metadata = _obj({"name": STRING, "versions": {"type": "array", "items": STRING}, "platform": STRING,
+                     "inputs": {"type": "array", "items": TENSOR_META},
+                     "outputs": {"type": "array", "items": TENSOR_META}, "parameters": {"type": "object"}})
+    base = f"/v2/models/{MODEL_NAME}"
+    for prefix, parameters, extra in ((base, [], {}),
+                                      (base + "/versions/{version}", [version], {"404": v2_error})):
+        spec.path(path=prefix, parameters=parameters, operations={"get": {
+            "summary": "Model metadata", "responses": {
+                "200": {"description": "OK", **_json(metadata)}, "401": denied, **extra}}})
+        spec.path(path=prefix + "/ready", parameters=parameters, operations={"get": {
+            "summary": "Model readiness", "responses": {
+                "200": empty_ok, "400": v2_error, "401": denied, **extra}}})
+        spec.path(path=prefix + "/infer", parameters=parameters, operations={"post": {
+            "summary": "Inference: input 'features' FP32 [batch, 8] or [batch, seq, 8]; outputs 'confidence' FP32, "
+                       "'decision' and 'plausible' BOOL, [batch, 1]; nothing is dispatched",
+            "requestBody": {"required": True, **_json(_ref("InferenceRequest"))},
+            "responses": {
+                "200": {"description": "$inference_response", **_json(_ref("InferenceResponse"))},
+                "400": v2_error, "401": denied,
+                "413": _error("Body or batch over the limits", "V2Error"),
+                "503": _error("No model loaded in this worker", "V2Error"), **extra}}})
+
+
+def build(model_version: str | None = None) -> dict[str, Any]:
+    """The whole document as a dict, for a worker serving this model version (None: none loaded)."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="omni-mev",
         version=__version__,
-        openapi_version="3.0.3",
+        openapi_version="3.1.0",
         plugins=[plugin],
-        info={"description": "Calibrated success probability of DEX arbitrage opportunities."},
+        info={"description": "Calibrated success probability of DEX arbitrage opportunities. With API keys "
+                             "configured, every operation but the health checks needs one."},
+        security=[{"bearer": []}, {"apiKey": []}],
     )
-    plugin.converter.add_attribute_function(_feature_vector)
-    spec.components.schema("PredictRequest", schema=schemas.PredictRequestSchema)
-    spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
-    spec.components.schema("Error", schema=schemas.ErrorSchema)
-    spec.components.schema("BatchRequest", schema=schemas.BatchRequestSchema)
-    spec.path(
-        path="/predict",
-        operations={"post": {
-            "summary": "Score one opportunity",
-            "requestBody": {"required": True, **_json("PredictRequest")},
-            "responses": {
-                "200": {"description": "Decision and confidence", **_json("PredictResponse")},
-                "400": _error("Body is not a JSON object"),
-                "413": _error("Body too large"),
-                "422": _error("Schema violation; `fields` names each bad field"),
-                "503": _error("No model loaded in this worker"),
-            },
-        }},
-    )
-    spec.path(
-        path="/predict/batch",
-        operations={"post": {
-            "summary": "Score many opportunities; results in order, one per item",
-            "requestBody": {"required": True, **_json("BatchRequest")},
-            "responses": {
-                "200": {"description": "results[i] answers items[i] (decision, confidence, opportunity_id, "
-                                       "execution), plus threshold, mode, model_type, model_version",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-                "413": _error("More items than AI_MAX_BATCH_SIZE"),
-                "422": _error("An invalid item; fields are named items.<index>.<field>; nothing is scored"),
-            },
-        }},
-    )
-    v2_object = {"200": {"description": "Open Inference Protocol JSON", "content": {"application/json": {
-        "schema": {"type": "object"}}}}, "400": {"description": '{"error": "..."}'}}
-    for path, method, summary in (
-        ("/v2", "get", "Server metadata (Open Inference Protocol)"),
-        ("/v2/health/live", "get", "Liveness: 200, empty body"),
-        ("/v2/health/ready", "get", "Readiness: 200 when a model is loaded, 400 otherwise"),
-        ("/v2/models/lstm_omni", "get", "Model metadata"),
-        ("/v2/models/lstm_omni/ready", "get", "Model readiness"),
-        ("/v2/models/lstm_omni/infer", "post", "Inference: input 'features' FP32 [batch, 8] or [batch, seq, 8]; "
-                                               "outputs 'confidence' FP32 and 'decision' BOOL, [batch, 1]"),
-    ):
-        spec.path(path=path, operations={method: {"summary": summary, "responses": v2_object}})
-    for path, summary in (
-        ("/health", "200 when a model is loaded, 503 with the reason otherwise"),
-        ("/status", "Engine state and request count across workers"),
-        ("/metrics_summary", "JSON digest of the Prometheus metrics"),
-    ):
-        spec.path(path=path, operations={"get": {"summary": summary, "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    plugin.converter.add_attribute_function(_attribute_function)
+    _components(spec)
+    _scoring(spec)
+    _open_inference(spec, model_version)
+    _health_and_status(spec)
     return spec.to_dict()

@@ -19,9 +19,10 @@ from omni_mev.cache import Cache
 from omni_mev.config import Settings
 from omni_mev.errors import ModelUnavailable
 from omni_mev.features import FEATURE_NAMES
+from omni_mev.plausibility import Checks, Plausibility
 from omni_mev.runtime.base import ModelRuntime
 from omni_mev.runtime.loader import WorkerModels
-from omni_mev.trading.dispatcher import Dispatcher, Execution, Judged
+from omni_mev.trading.dispatcher import Dispatcher, Execution, Judged, implausible_reason
 
 log = logging.getLogger(__name__)
 SHADOW_SAMPLES = 16
@@ -83,7 +84,7 @@ class Scores:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one opportunity."""
+    """The answer for one opportunity; `refusal` says why the decision is false whatever the confidence."""
 
     confidence: float
     decision: bool
@@ -93,11 +94,13 @@ class Prediction:
     opportunity_id: str | None = None
     execution: Execution | None = None
     cached: bool = False
+    implausible: Checks = ()
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
 class BatchPrediction:
-    """The answers for a batch, in item order; executions only for items that have one."""
+    """The answers for a batch, in item order; executions and refusals only for items that have one."""
 
     confidences: np.ndarray  # float32 [n]
     decisions: np.ndarray  # bool [n]
@@ -105,7 +108,15 @@ class BatchPrediction:
     model_version: str
     inference_ms: float
     ids: list[str | None]
+    implausible: list[Checks]
     executions: dict[int, Execution] = field(default_factory=dict)
+    refusals: dict[int, str] = field(default_factory=dict)
+
+
+def refusal_reason(checks: Checks) -> str:
+    """Why a positive model decision became false (AI_IMPLAUSIBLE_POLICY=refuse)."""
+    return (f"implausible opportunity ({', '.join(checks)}): the model cannot judge it; "
+            "decision false whatever the confidence")
 
 
 class Predictor:
@@ -114,10 +125,12 @@ class Predictor:
     def __init__(self, settings: Settings, models: WorkerModels, cache: Cache, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.threshold = settings.threshold
+        self.refuses_implausible = settings.refuses_implausible
         self.chain = models.chain
         self.shadow = models.shadow
         self.cache = cache
         self.dispatcher = dispatcher
+        self.plausibility = Plausibility(models.training_range)
         self._range = models.training_range
         if self._range is not None:
             self._low, self._high = self._range[0].tolist(), self._range[1].tolist()
@@ -133,58 +146,83 @@ class Predictor:
         """The serving model, or the reason there is none."""
         runtime = self.chain.active
         if runtime is None:
-            return ModelStatus(None, None, self.chain.unavailable_reason)
+            return ModelStatus(None, None, self.chain.public_reason)
         return ModelStatus(runtime.kind, runtime.version)
 
-    def require_ready(self) -> ModelRuntime:
-        """The serving runtime; ModelUnavailable (503) when there is none."""
-        runtime = self.chain.active
-        if runtime is None:
-            raise ModelUnavailable(self.chain.unavailable_reason)
-        return runtime
+    # The one decision rule, for one opportunity and for many
 
-    # The one decision rule
+    def decide_one(self, confidence: float, implausible: Checks) -> tuple[bool, bool]:
+        """(decision, refused): the model's float against the threshold, unless an implausible opportunity
+        is refused by policy; `refused` marks a positive model decision on an implausible opportunity."""
+        approved = confidence >= self.threshold
+        refused = approved and bool(implausible)
+        decision = approved and not (refused and self.refuses_implausible)
+        metrics.count_decision(decision)
+        if implausible:
+            metrics.count_implausible(implausible, int(refused))
+        return decision, refused
 
-    def decide(self, confidences: np.ndarray) -> np.ndarray:
-        """confidence >= threshold, on the model's float, for every endpoint; rounding is for encoding only."""
-        decisions = confidences.astype(np.float64) >= self.threshold
+    def decide(self, confidences: np.ndarray, implausible: list[Checks]) -> tuple[np.ndarray, np.ndarray]:
+        """decide_one() for every item: (decisions, refused) as bool arrays."""
+        approved = confidences.astype(np.float64) >= self.threshold
+        if not any(implausible):  # the common case, without a pass over the items
+            metrics.count_decisions(approved)
+            return approved, np.zeros_like(approved)
+        refused = approved & np.fromiter(map(bool, implausible), bool, len(implausible))
+        decisions = approved & ~refused if self.refuses_implausible else approved
         metrics.count_decisions(decisions)
-        return decisions
+        metrics.count_implausible((check for checks in implausible for check in checks), int(refused.sum()))
+        return decisions, refused
 
     # Endpoints' work
 
     def predict(self, opportunity: Opportunity) -> Prediction:
-        """One opportunity: score (through the cache when enabled), decide, hand to the dispatcher."""
+        """One opportunity: check, score (through the cache when enabled), decide, hand to the dispatcher."""
+        implausible = self.plausibility.of_opportunity(opportunity.features, opportunity.history)
         scores = self._score_one(opportunity.window())
         confidence = float(scores.confidences[0])
-        decision = confidence >= self.threshold
-        metrics.count_decision(decision)
+        decision, refused = self.decide_one(confidence, implausible)
         shadow = None if scores.shadow is None else float(scores.shadow[0])
-        execution = self.dispatcher.after_decision(
-            Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
-                   scores.model_version, shadow), decision)
+        judged = Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
+                        scores.model_version, shadow, implausible)
+        refusal = self._refuse(judged) if refused and not decision else None
         return Prediction(confidence, decision, scores.model_type, scores.model_version, scores.inference_ms,
-                          opportunity.opportunity_id, execution, scores.cached)
+                          opportunity.opportunity_id, self.dispatcher.after_decision(judged, decision),
+                          scores.cached, implausible, refusal)
 
     def predict_batch(self, batch: OpportunityBatch) -> BatchPrediction:
         """Many opportunities: one model run per distinct history length, answers in item order."""
-        scores = self._score_windows(batch)
-        decisions = self.decide(scores.confidences)
+        scores, implausible = self._score_windows(batch)
+        decisions, refused = self.decide(scores.confidences, implausible)
         executions: dict[int, Execution] = {}
-        for index in np.flatnonzero(decisions).tolist():
+        refusals: dict[int, str] = {}
+        for index in np.flatnonzero(decisions | refused).tolist():
             shadow = None if scores.shadow is None else float(scores.shadow[index])
-            execution = self.dispatcher.after_decision(
-                Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
-                       float(scores.confidences[index]), scores.model_version, shadow), True)
+            judged = Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
+                            float(scores.confidences[index]), scores.model_version, shadow, implausible[index])
+            if not decisions[index]:
+                refusals[index] = self._refuse(judged)
+                continue
+            execution = self.dispatcher.after_decision(judged, True)
             if execution is not None:
                 executions[index] = execution
         return BatchPrediction(scores.confidences, decisions, scores.model_type, scores.model_version,
-                               scores.inference_ms, batch.ids, executions)
+                               scores.inference_ms, batch.ids, implausible, executions, refusals)
 
-    def infer(self, windows: np.ndarray) -> tuple[Scores, np.ndarray]:
-        """A tensor [batch, seq, 8] float32 (the V2 protocol): scores and decisions; nothing is dispatched."""
+    def infer(self, rows: np.ndarray) -> tuple[Scores, np.ndarray, list[Checks]]:
+        """A tensor [batch, seq, 8] of float64 values as sent (the V2 protocol): scores, decisions, failed
+        checks; nothing is dispatched."""
+        windows = rows.astype(np.float32)
         scores = self.score(windows)
-        return scores, self.decide(scores.confidences)
+        implausible = self.plausibility.of_batch(rows[:, -1, :], rows[:, :-1, :])
+        decisions, _ = self.decide(scores.confidences, implausible)
+        return scores, decisions, implausible
+
+    def _refuse(self, judged: Judged) -> str:
+        """A positive model decision refused by policy: recorded when it could have been acted on."""
+        if judged.dispatch and judged.opportunity_id is not None:
+            self.dispatcher.refuse(judged)
+        return refusal_reason(judged.implausible)
 
     # Scoring
 
@@ -216,23 +254,27 @@ class Predictor:
             self.cache.put_prediction(scores.model_version, window, float(scores.confidences[0]))
         return scores
 
-    def _score_windows(self, batch: OpportunityBatch) -> Scores:
-        """Windows grouped by history length: items of one length run together."""
+    def _score_windows(self, batch: OpportunityBatch) -> tuple[Scores, list[Checks]]:
+        """Windows grouped by history length: items of one length are checked and run together."""
         current = batch.features.astype(np.float32)[:, None, :]
         if batch.histories is None:
-            return self.score(current)
+            return self.score(current), self.plausibility.of_batch(batch.features)
         by_length: dict[int, list[int]] = {}
         for index, history in enumerate(batch.histories):
             by_length.setdefault(len(history), []).append(index)
         confidences = np.empty(len(batch), dtype=np.float32)
         shadow: np.ndarray | None = np.empty(len(batch), dtype=np.float32) if self.shadow is not None else None
+        implausible: list[Checks] = [()] * len(batch)
         elapsed = 0.0
         scores: Scores | None = None
         for length, indices in by_length.items():
             windows = current[indices]
+            past = np.array([batch.histories[i] for i in indices], dtype=np.float64).reshape(len(indices), length,
+                                                                                            current.shape[2])
+            for index, checks in zip(indices, self.plausibility.of_batch(batch.features[indices], past)):
+                implausible[index] = checks
             if length:
-                past = np.array([batch.histories[i] for i in indices], dtype=np.float32)
-                windows = np.concatenate([past, windows], axis=1)
+                windows = np.concatenate([past.astype(np.float32), windows], axis=1)
             scores = self.score(windows)
             confidences[indices] = scores.confidences
             if shadow is not None and scores.shadow is not None:
@@ -240,7 +282,7 @@ class Predictor:
             elif scores.shadow is None:
                 shadow = None  # the shadow failed on a group: no comparison for this batch
             elapsed += scores.inference_ms
-        return Scores(confidences, scores.model_type, scores.model_version, elapsed, shadow)
+        return Scores(confidences, scores.model_type, scores.model_version, elapsed, shadow), implausible
 
     def _shadow(self, windows: np.ndarray, served: np.ndarray) -> np.ndarray | None:
         """Score with the shadow model and compare; its failures never reach the client."""

@@ -139,3 +139,35 @@ def test_redis_killed_mid_traffic_then_back():
             redis_server.stop()
     assert failures == []
     assert done[0] > 250
+
+
+def test_last_keys_never_go_back_in_time(redis_server):
+    from omni_mev.cache import LAST_WRITE_INTERVAL_S
+    from omni_mev.config import load_settings
+
+    cache = RedisCache(load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis_server.port}))
+    write = cache._write_if_newer
+    keys = [LAST_CONFIDENCE_KEY, LAST_TIMESTAMP_KEY]
+    assert write(keys=keys, args=["0.7", "1000.5"]) == 1
+    assert write(keys=keys, args=["0.1", "999.0"]) == 0  # an older prediction, flushed late: ignored
+    assert redis_server.command("GET", LAST_CONFIDENCE_KEY) == "0.7"
+    assert write(keys=keys, args=["0.9", "1001.0"]) == 1
+    assert (redis_server.command("GET", LAST_CONFIDENCE_KEY), redis_server.command("GET", LAST_TIMESTAMP_KEY)) == (
+        "0.9", "1001.0")
+    assert LAST_WRITE_INTERVAL_S > 0
+
+
+def test_last_confidence_is_the_newest_across_two_workers(redis_server):
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port)}
+    with Gunicorn(env, workers=2) as server:
+        seen_pids = set()
+        for round_index in range(12):
+            bodies = []
+            for step in range(6):  # back to back: both workers' writers hold a value at once
+                features = [*EXAMPLE[:5], round(0.05 + 0.013 * step + 0.001 * round_index, 4), *EXAMPLE[6:]]
+                bodies.append(server.post("/predict", {"features": features})[1])
+            seen_pids |= {server.get("/status")[1]["worker_pid"] for _ in range(4)}
+            time.sleep(0.35)  # longer than a writer's pause between writes
+            stored = float(redis_server.command("GET", LAST_CONFIDENCE_KEY))
+            assert stored == pytest.approx(bodies[-1]["confidence"], abs=1e-6), round_index
+    assert len(seen_pids) == 2

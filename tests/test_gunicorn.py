@@ -106,5 +106,5 @@ def test_no_model_at_all_health_503_and_workers_stay_up(tmp_path):
         time.sleep(1.0)
         assert server.alive() and server.worker_pids() == pids  # no crash loop
         status, body, _ = server.post("/predict", {"features": EXAMPLE})
-        assert status == 503 and "nothing.onnx" in body["message"]
+        assert status == 503 and "onnx: its file cannot be read" in body["message"]
         wait_until(lambda: server.get("/status")[1]["ai_engine"] == "degraded", 5, what="status degraded")

@@ -51,7 +51,7 @@ def test_decision_is_the_float_against_the_threshold(tmp_path):
     predictor = make_predictor(tmp_path, AI_THRESHOLD=rounded)
     single = predictor.predict(Opportunity(EXAMPLE))
     batch = predictor.predict_batch(OpportunityBatch(np.array([EXAMPLE]), None, [None], [True]))
-    _, tensor = predictor.infer(window)
+    _, tensor, _ = predictor.infer(window)
     expected = confidence >= rounded
     assert (single.decision, bool(batch.decisions[0]), bool(tensor[0])) == (expected,) * 3
     assert single.confidence == pytest.approx(confidence, abs=1e-7)
@@ -90,7 +90,8 @@ def test_status_without_a_model(tmp_path):
     predictor = make_predictor(tmp_path, AI_MODEL_PATH=tmp_path / "none.onnx",
                                AI_TORCH_WEIGHTS_PATH=tmp_path / "none.pt")
     status = predictor.status()
-    assert not status.ready and status.kind is None and "none.onnx" in status.problem
+    assert not status.ready and status.kind is None and "onnx: its file cannot be read" in status.problem
+    assert str(tmp_path) not in status.problem and "none.onnx" in predictor.chain.unavailable_reason
     from omni_mev.errors import ModelUnavailable
 
     with pytest.raises(ModelUnavailable):

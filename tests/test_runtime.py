@@ -95,6 +95,35 @@ def test_runtime_failure_answers_with_next_and_retries_primary():
     assert chain.active is primary
 
 
+class _AnswersNaN(_FailsOnRequest):
+    """A runtime that loads and answers, but with a confidence that is not a number."""
+
+    def predict(self, features):
+        self.calls += 1
+        return np.full(len(features), np.nan, np.float32)
+
+
+def test_non_finite_confidence_is_a_failure_of_that_runtime():
+    primary = _AnswersNaN()
+    fallback = TorchModel(MODELS / "lstm_omni.pt", role="pytorch")
+    events = []
+    chain = FallbackChain([primary, fallback], on_fallback=lambda *e: events.append(e))
+    chain.load()
+    confidences, runtime = chain.predict(EXAMPLE)
+    assert runtime is fallback and np.isfinite(confidences).all()
+    assert events == [("runtime", "onnx", "pytorch")]
+    assert "not a finite number" in chain.errors["onnx"]
+
+
+def test_every_runtime_non_finite_is_unavailable_not_null():
+    chain = FallbackChain([_AnswersNaN()])
+    chain.load()
+    from omni_mev.errors import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="failed on a request"):
+        chain.predict(EXAMPLE)
+
+
 def test_nothing_loads(tmp_path):
     chain = FallbackChain([OnnxModel(tmp_path / "a.onnx", role="onnx"), TorchModel(tmp_path / "a.pt", role="pytorch")])
     assert chain.load() is None and not chain.ready

@@ -32,11 +32,12 @@ def may_hold_booleans(raw: bytes) -> bool:
     return b"true" in raw or b"false" in raw
 
 
-_DECIDED_AS = {True: b'{"decision":true,"confidence":', False: b'{"decision":false,"confidence":'}
+_DECIDED_AS = {True: b'{"decision":true,"plausible":true,"confidence":',
+               False: b'{"decision":false,"plausible":true,"confidence":'}
 
 
 def _plain_results(decisions: list[bool], confidences: np.ndarray) -> orjson.Fragment:
-    """results as JSON text, for items with neither an id nor an execution (most batches).
+    """results as JSON text, for plausible items with neither an id nor an execution (most batches).
 
     Building 1,024 dicts for orjson to walk again took a tenth of a 1,024-item
     request; the confidences are encoded in one call and spliced instead.
@@ -49,11 +50,17 @@ def encode(prediction: BatchPrediction, threshold: float, mode: str) -> dict[str
     """results[i] answers items[i]."""
     confidences = np.round(prediction.confidences.astype(np.float64), CONFIDENCE_DECIMALS)
     decisions = prediction.decisions.tolist()
-    if prediction.executions or any(i is not None for i in prediction.ids):
-        results: Any = [{"decision": d, "confidence": c} for d, c in zip(decisions, confidences.tolist())]
+    if prediction.executions or any(prediction.implausible) or any(i is not None for i in prediction.ids):
+        results: Any = [{"decision": d, "plausible": not checks, "confidence": c}
+                        for d, checks, c in zip(decisions, prediction.implausible, confidences.tolist())]
+        for index, checks in enumerate(prediction.implausible):
+            if checks:
+                results[index]["implausible"] = list(checks)
         for index, opportunity_id in enumerate(prediction.ids):
             if opportunity_id is not None:
                 results[index]["opportunity_id"] = opportunity_id
+        for index, reason in prediction.refusals.items():
+            results[index]["reason"] = reason
         for index, execution in prediction.executions.items():
             results[index]["execution"] = execution
     else:

@@ -1,23 +1,25 @@
-"""GET /openapi.json: the API described from the marshmallow schemas (built once)."""
+"""GET /openapi.json: the API described from the marshmallow schemas (built once per worker)."""
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
+
+from omni_mev.api import predictor_of
 
 bp = Blueprint("openapi", __name__)
 
 
-@lru_cache(maxsize=1)
-def document() -> dict[str, Any]:
-    """The OpenAPI 3 document; apispec is imported only when someone asks for it."""
+@lru_cache(maxsize=4)
+def document(model_version: str | None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; apispec is imported only when someone asks for it."""
     from omni_mev.openapi_spec import build
 
-    return build()
+    return build(model_version)
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    """The OpenAPI 3 document of this service."""
-    return document()
+    """The OpenAPI 3.1 document of this service."""
+    return document(predictor_of(current_app).status().version)

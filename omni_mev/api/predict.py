@@ -26,6 +26,11 @@ def encode(prediction: Prediction, threshold: float, mode: str) -> dict[str, Any
         "model_type": prediction.model_type,
         "model_version": prediction.model_version,
     }
+    body["plausible"] = not prediction.implausible
+    if prediction.implausible:
+        body["implausible"] = list(prediction.implausible)
+    if prediction.refusal is not None:
+        body["reason"] = prediction.refusal
     if prediction.cached:
         body["cached"] = True
     if prediction.opportunity_id is not None:

@@ -25,7 +25,7 @@ from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matri
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 INPUT_NAME = "features"
-OUTPUTS = ("confidence", "decision")
+OUTPUTS = ("confidence", "decision", "plausible")
 
 
 class V2Error(OmniMevError):
@@ -150,7 +150,8 @@ def model_metadata(name: str, version: str | None = None):
         "versions": [status.version] if status.ready else [],
         "platform": "pytorch_torchscript" if status.kind == "pytorch" else "onnxruntime_onnx",
         "inputs": [_tensor(INPUT_NAME, "FP32", [-1, -1, N_FEATURES])],
-        "outputs": [_tensor("confidence", "FP32", [-1, 1]), _tensor("decision", "BOOL", [-1, 1])],
+        "outputs": [_tensor("confidence", "FP32", [-1, 1]), _tensor("decision", "BOOL", [-1, 1]),
+                    _tensor("plausible", "BOOL", [-1, 1])],
         "parameters": {"feature_order": ",".join(FEATURE_NAMES), "max_sequence": MAX_SEQUENCE,
                        "threshold": current_app.config["SETTINGS"].threshold},
     }
@@ -165,7 +166,7 @@ def _numbers_only(data: list, depth: int) -> bool:
 
 
 def _features(inputs: list[dict[str, Any]], max_batch_size: int, booleans_possible: bool = True) -> np.ndarray:
-    """The `features` input as float32 [batch, seq, 8], or a V2Error saying what is wrong."""
+    """The `features` input as sent (float64) [batch, seq, 8], or a V2Error saying what is wrong."""
     names = [i["name"] for i in inputs]
     unknown = [n for n in names if n != INPUT_NAME]
     if unknown:
@@ -210,7 +211,7 @@ def _features(inputs: list[dict[str, Any]], max_batch_size: int, booleans_possib
             + (f", step {row % shape[1]}" if len(shape) == 3 else "") + f": {name}: {message}"
             for row, name, message in errors)
         raise V2Error(f"Input '{INPUT_NAME}' has invalid values: {details}")
-    return rows.astype(np.float32).reshape(shape[0], shape[1] if len(shape) == 3 else 1, N_FEATURES)
+    return rows.reshape(shape[0], shape[1] if len(shape) == 3 else 1, N_FEATURES)
 
 
 def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, Any]:
@@ -228,19 +229,24 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
     if unknown:
         raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
     windows = _features(payload["inputs"], predictor.settings.max_batch_size, may_hold_booleans(request.body))
-    scores, decisions = predictor.infer(windows)
+    scores, decisions, implausible = predictor.infer(windows)
     batch = len(decisions)
     tensors = {
         "confidence": {**_tensor("confidence", "FP32", [batch, 1]),
                        "data": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS).tolist()},
         "decision": {**_tensor("decision", "BOOL", [batch, 1]), "data": decisions.tolist()},
+        "plausible": {**_tensor("plausible", "BOOL", [batch, 1]), "data": [not checks for checks in implausible]},
     }
+    parameters = {"threshold": predictor.threshold, "mode": predictor.settings.mode,
+                  "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)}
+    failed = {str(index): list(checks) for index, checks in enumerate(implausible) if checks}
+    if failed:
+        parameters["implausible"] = failed
     return {
         "model_name": MODEL_NAME,
         "model_version": scores.model_version,
         "id": payload.get("id") or uuid.uuid4().hex,
-        "parameters": {"threshold": predictor.threshold, "mode": predictor.settings.mode,
-                       "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)},
+        "parameters": parameters,
         "outputs": [tensors[n] for n in wanted],
     }
 

@@ -15,7 +15,15 @@ VERSION_LENGTH = 12
 
 
 class ModelLoadError(ModelUnavailable):
-    """A model file is missing, unreadable or not a usable model."""
+    """A model file is missing, unreadable or not a usable model.
+
+    `message` names the file, for the log; `public` says the same without
+    server paths, for clients.
+    """
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 def version_of(data: bytes) -> str:
@@ -51,11 +59,13 @@ class ModelRuntime(ABC):
         try:
             data = self.path.read_bytes()
         except OSError as error:
-            raise ModelLoadError(f"cannot read {self.path}: {error.strerror or error}") from error
+            reason = error.strerror or type(error).__name__
+            raise ModelLoadError(f"cannot read {self.path}: {reason}", f"its file cannot be read ({reason})") from error
         try:
             self._load(data)
         except ModelLoadError:
             raise
         except Exception as error:  # every library raises its own types
-            raise ModelLoadError(f"cannot load {self.path} with {self.kind}: {error}") from error
+            raise ModelLoadError(f"cannot load {self.path} with {self.kind}: {error}",
+                                 f"its file is not a usable {self.kind} model") from error
         self.version = version_of(data)

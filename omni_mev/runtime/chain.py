@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,7 +23,8 @@ class FallbackChain:
             raise ValueError("a chain needs at least one runtime")
         self.runtimes = list(runtimes)
         self.on_fallback = on_fallback
-        self.errors: dict[str, str] = {}  # role -> why it could not serve
+        self.errors: dict[str, str] = {}  # role -> why it could not serve (for the log: paths included)
+        self.public_errors: dict[str, str] = {}  # role -> the same, for clients
         self._active: int | None = None
 
     @property
@@ -37,9 +39,13 @@ class FallbackChain:
 
     @property
     def unavailable_reason(self) -> str:
-        """Why nothing serves, one sentence."""
-        details = "; ".join(f"{role}: {why}" for role, why in self.errors.items())
-        return f"No model could be loaded ({details})." if details else "No model loaded yet."
+        """Why nothing serves, one sentence, for the log."""
+        return _reason(self.errors)
+
+    @property
+    def public_reason(self) -> str:
+        """Why nothing serves, one sentence without server paths, for clients."""
+        return _reason(self.public_errors)
 
     def load(self) -> ModelRuntime | None:
         """Load the first runtime that can be loaded, starting at the top."""
@@ -62,6 +68,7 @@ class FallbackChain:
                 runtime.load()
             except ModelLoadError as error:
                 self.errors[runtime.role] = error.message
+                self.public_errors[runtime.role] = error.public
                 log.error("model %s (%s) failed to load: %s", runtime.role, runtime.kind, error.message)
                 continue
             return index
@@ -75,19 +82,39 @@ class FallbackChain:
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, ModelRuntime]:
         """Confidences and the runtime that produced them.
 
-        A runtime that raises on a request hands that request to the next one in
-        the chain (loading it if needed); the next request tries the serving
+        A runtime that raises on a request, or answers with a confidence that
+        is not a finite number, hands that request to the next one in the
+        chain (loading it if needed); the next request tries the serving
         runtime again, so one bad request does not demote the whole worker.
         """
         index = self._active
         while index is not None:
             runtime = self.runtimes[index]
             try:
-                return runtime.predict(features), runtime
+                confidences = runtime.predict(features)
             except Exception as error:  # noqa: BLE001 - any runtime failure hands over
                 self.errors[runtime.role] = f"failed on a request: {error}"
                 log.exception("model %s (%s) failed on a request", runtime.role, runtime.kind)
-                index = self._first_loadable(index + 1)
-                if index is not None:
-                    self._notify("runtime", runtime, self.runtimes[index])
-        raise ModelUnavailable(self.unavailable_reason)
+            else:
+                if _finite(confidences):
+                    return confidences, runtime
+                self.errors[runtime.role] = "answered a request with a confidence that is not a finite number"
+                log.error("model %s (%s) answered a non-finite confidence for an input of shape %s",
+                          runtime.role, runtime.kind, features.shape)
+            self.public_errors[runtime.role] = "failed on a request"
+            index = self._first_loadable(index + 1)
+            if index is not None:
+                self._notify("runtime", runtime, self.runtimes[index])
+        raise ModelUnavailable(self.public_reason)
+
+
+def _finite(confidences: np.ndarray) -> bool:
+    # One value: a plain float test; a numpy reduction costs several microseconds there.
+    if len(confidences) == 1:
+        return math.isfinite(confidences[0])
+    return bool(np.isfinite(confidences).all())
+
+
+def _reason(errors: dict[str, str]) -> str:
+    details = "; ".join(f"{role}: {why}" for role, why in errors.items())
+    return f"No model can serve ({details})." if details else "No model loaded yet."

@@ -38,7 +38,8 @@ class OnnxModel(ModelRuntime):
         inputs = session.get_inputs()
         shape = inputs[0].shape if inputs else []
         if len(inputs) != 1 or len(shape) != 3 or shape[2] != N_FEATURES:
-            raise ModelLoadError(f"{self.path} does not take one [batch, seq, {N_FEATURES}] input")
+            raise ModelLoadError(f"{self.path} does not take one [batch, seq, {N_FEATURES}] input",
+                                 f"its model does not take one [batch, seq, {N_FEATURES}] input")
         self._feeds_name = inputs[0].name
         self._output_names = [session.get_outputs()[0].name]
         # The first run allocates; do it now rather than on a client's request.

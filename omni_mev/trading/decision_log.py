@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 DISPATCH_EVENT = "dispatch"
 OUTCOME_EVENT = "outcome"
 PAPER_EVENT = "paper"
+REFUSED_EVENT = "refused"
 PAPER_FLUSH_S = 1.0
 PAPER_BUFFER_LIMIT = 512
 
@@ -93,7 +94,7 @@ class DecisionLog:
             locked.append(record)
 
     def append_paper(self, record: dict[str, Any]) -> None:
-        """Queue a paper record; a background thread writes them in batches."""
+        """Queue a record that moves no money (paper trades, refusals); a background thread writes them."""
         line = encode(record)
         with self._paper_lock:
             self._paper.append(line)

@@ -2,7 +2,9 @@
 
 `LiveDispatcher` (LIVE) and `PaperDispatcher` (SIMULATION) share one interface
 and the rules that come before either acts: a negative decision, a request
-that opted out, or one without an `opportunity_id` is never acted on.
+that opted out, or one without an `opportunity_id` is never acted on, and an
+implausible opportunity (omni_mev.plausibility) is refused, with a `refused`
+record in the decision log; paper trading mirrors what LIVE would do.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from omni_mev import metrics
 from omni_mev.cache import Cache
 from omni_mev.config import Settings
 from omni_mev.features import FEATURE_NAMES
-from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, DecisionLog
+from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, REFUSED_EVENT, DecisionLog
 from omni_mev.trading.engine import EngineClient
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ _NO_ID = skipped("no opportunity_id: nothing to dispatch against")
 _PAPER = skipped("SIMULATION mode: recorded as a paper trade")
 
 
+def implausible_reason(checks: tuple[str, ...]) -> str:
+    """Why an implausible opportunity is not acted on."""
+    return f"implausible opportunity ({', '.join(checks)}): the model cannot judge it; never dispatched"
+
+
 @dataclass(frozen=True)
 class Judged:
     """One scored opportunity, as the dispatcher sees it."""
@@ -48,6 +55,7 @@ class Judged:
     confidence: float
     model_version: str
     shadow_confidence: float | None = None
+    implausible: tuple[str, ...] = ()
 
 
 class Dispatcher(ABC):
@@ -65,7 +73,18 @@ class Dispatcher(ABC):
             return _OPTED_OUT
         if judged.opportunity_id is None:
             return _NO_ID
+        if judged.implausible:
+            return skipped(self.refuse(judged))
         return self._act(judged.opportunity_id, self._record(judged))
+
+    def refuse(self, judged: Judged) -> str:
+        """Record that a positive model decision on an implausible opportunity was refused; the reason."""
+        reason = implausible_reason(judged.implausible)
+        log.info("refused %s: %s", judged.opportunity_id, reason)
+        record = self._record(judged)
+        record.update(event=REFUSED_EVENT, implausible=list(judged.implausible), reason=reason)
+        self.log.append_paper(record)
+        return reason
 
     def _record(self, judged: Judged) -> dict[str, Any]:
         record = {

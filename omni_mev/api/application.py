@@ -1,10 +1,10 @@
-"""Flask's JSON provider backed by orjson, for the endpoints Flask serves."""
+"""The Flask application class: JSON through orjson, and empty answers without a content type."""
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from flask import Response
+from flask import Flask, Response
 from flask.json.provider import JSONProvider
 
 from omni_mev.jsonio import dumps
@@ -24,3 +24,15 @@ class OrjsonProvider(JSONProvider):
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
         return self._app.response_class(dumps(obj), mimetype=self.mimetype)
+
+
+class Application(Flask):
+    """Flask, answering OPTIONS with 204 and the Allow header instead of an empty text/html page."""
+
+    json_provider_class = OrjsonProvider
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response

@@ -1,0 +1,138 @@
+"""The plausibility guard: rules, one verdict on every endpoint, and money never spent on an impossible trade."""
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import numpy as np
+import pytest
+
+from omni_mev.features import EXAMPLE_FEATURES
+from omni_mev.plausibility import CHECKS, Plausibility
+from omni_mev.runtime.loader import training_range
+from tests.conftest import MODELS
+from tests.engine_stub import EngineStub
+from tests.servers import Gunicorn, wait_until
+
+EXAMPLE = list(EXAMPLE_FEATURES)
+SUPPORT = training_range(MODELS / "lstm_omni.onnx")
+# Each is valid input (422 would refuse it) that the shipped model scores near 1.0.
+IMPOSSIBLE = {
+    "zeros": ([0.0, 0.0, 2, 0.0, 0.0, 0.0, 1, 0.0],
+              {"profit_usd", "profit_ratio", "gas_millions", "input_amount_thousands"}),
+    "no return, yet a profit": ([50.0, 0.0, 3, 0.35, 0.87, 0.5, 2, 1.0], {"profit_ratio", "profit_consistency"}),
+    "profit above what the route returns": ([500.0, 1.001, 3, 0.35, 0.99, 0.5, 2, 1.0], {"profit_consistency"}),
+    "beyond anything trained on": ([3e38, 1.01, 3, 0.3, 0.9, 0.5, 2, 1.0], {"profit_usd", "profit_consistency"}),
+}
+
+
+def verdict(rules: Plausibility, *vectors: list[float]) -> tuple[str, ...]:
+    """The checks an opportunity (the last vector, after its history) fails."""
+    *history, current = vectors
+    return rules.of_opportunity(list(current), [list(h) for h in history])
+
+
+@pytest.fixture(scope="module")
+def rules() -> Plausibility:
+    return Plausibility(SUPPORT)
+
+
+def test_the_example_is_plausible(rules):
+    assert verdict(rules, EXAMPLE) == ()
+
+
+@pytest.mark.parametrize("case", IMPOSSIBLE)
+def test_impossible_opportunities_named(rules, case):
+    vector, failed = IMPOSSIBLE[case]
+    assert set(verdict(rules, vector)) == failed
+
+
+def test_route_and_history_checks(rules):
+    assert verdict(rules, [*EXAMPLE[:2], 2, *EXAMPLE[3:6], 3, EXAMPLE[7]]) == ("route_consistency",)
+    assert verdict(rules, IMPOSSIBLE["zeros"][0], EXAMPLE) == ("history",)
+
+
+def test_profit_tolerance_is_a_tenth_of_a_percent_and_a_cent(rules):
+    gross = (1.012 - 1.0) * 1.0 * 1000.0  # what the route returns over its input: 12 USD
+    assert verdict(rules, [gross * 1.001 + 0.0099, *EXAMPLE[1:]]) == ()
+    assert verdict(rules, [gross * 1.001 + 0.02, *EXAMPLE[1:]]) == ("profit_consistency",)
+
+
+def test_without_a_card_only_the_arithmetic_is_checked():
+    rules = Plausibility(None)
+    assert verdict(rules, IMPOSSIBLE["zeros"][0]) == ()
+    assert verdict(rules, IMPOSSIBLE["no return, yet a profit"][0]) == ("profit_consistency",)
+
+
+def test_one_vector_and_many_agree(rules):
+    rng = random.Random(5)
+    choices = [EXAMPLE, *(v for v, _ in IMPOSSIBLE.values())]
+    windows = np.array([[list(rng.choice(choices)) for _ in range(3)] for _ in range(300)], np.float64)
+    for index in rng.sample(range(300), 60):  # nudge values across the support's edges
+        windows[index, rng.randrange(3), rng.choice([1, 3, 7])] *= rng.choice([0.5, 1.0001, 0.9999, 2.0])
+    many = rules.of_batch(windows[:, -1, :], windows[:, :-1, :])
+    assert many == [verdict(rules, *w.tolist()) for w in windows]
+    assert {check for checks in many for check in checks} == set(CHECKS) - {"route_consistency"}
+
+
+def _ids(n: int) -> list[str]:
+    return [f"opp-{uuid.uuid4().hex[:10]}" for _ in range(n)]
+
+
+def _log(server: Gunicorn) -> list[dict]:
+    return [json.loads(line) for line in server.decision_log.read_text().splitlines()] if server.decision_log.exists() else []
+
+
+def test_live_never_dispatches_an_impossible_opportunity():
+    with EngineStub() as engine, Gunicorn({"LIVE_TRADING": "true", "RUST_ENGINE_URL": engine.url}) as server:
+        ids = _ids(len(IMPOSSIBLE))
+        for opportunity_id, (vector, failed) in zip(ids, IMPOSSIBLE.values()):
+            status, body, _ = server.post("/predict", {"features": vector, "opportunity_id": opportunity_id})
+            assert status == 200 and body["mode"] == "LIVE"
+            assert body["decision"] is False and body["confidence"] > 0.9
+            assert body["plausible"] is False and set(body["implausible"]) == failed
+            assert "implausible" in body["reason"] and "execution" not in body
+        batch_ids = _ids(2)
+        _, batch, _ = server.post("/predict/batch", {"items": [
+            {"features": IMPOSSIBLE["zeros"][0], "opportunity_id": batch_ids[0]},
+            {"features": IMPOSSIBLE["zeros"][0], "history": [EXAMPLE], "opportunity_id": batch_ids[1]}]})
+        assert [r["decision"] for r in batch["results"]] == [False, False]
+        assert all("implausible" in r["reason"] for r in batch["results"])
+        # A plausible positive one still goes out: the guard does not stop trading.
+        good = _ids(1)[0]
+        _, body, _ = server.post("/predict", {"features": [*EXAMPLE[:4], 0.99, *EXAMPLE[5:]], "opportunity_id": good})
+        assert body["plausible"] is True
+        expected_dispatches = [good] if body["decision"] else []
+        wait_until(lambda: len([r for r in _log(server) if r["event"] == "refused"]) == len(ids) + 2, 10,
+                   what="refusals logged")
+        refused = {r["opportunity_id"]: r for r in _log(server) if r["event"] == "refused"}
+        metrics = server.get("/metrics_summary")[1]
+    assert engine.ids() == expected_dispatches
+    assert set(refused) == set(ids + batch_ids)
+    assert all(r["reason"].startswith("implausible opportunity") and r["implausible"] for r in refused.values())
+    assert metrics["implausible"]["refused"] >= len(ids) + 2
+
+
+def test_flag_policy_in_live_scores_but_still_does_not_dispatch():
+    env = {"LIVE_TRADING": "true", "AI_IMPLAUSIBLE_POLICY": "flag"}
+    with EngineStub() as engine, Gunicorn({**env, "RUST_ENGINE_URL": engine.url}, workers=1) as server:
+        opportunity_id = _ids(1)[0]
+        _, body, _ = server.post("/predict", {"features": IMPOSSIBLE["zeros"][0], "opportunity_id": opportunity_id})
+        assert body["decision"] is True and body["plausible"] is False
+        assert body["execution"]["status"] == "skipped" and "never dispatched" in body["execution"]["reason"]
+    assert engine.orders == [] and engine.connections == 0
+
+
+def test_simulation_scores_and_flags_on_every_endpoint():
+    vector = IMPOSSIBLE["no return, yet a profit"][0]
+    with Gunicorn(workers=1) as server:
+        _, single, _ = server.post("/predict", {"features": vector})
+        _, batch, _ = server.post("/predict/batch", {"items": [{"features": vector}, {"features": EXAMPLE}]})
+        _, v2, _ = server.post("/v2/models/lstm_omni/infer", {"inputs": [
+            {"name": "features", "datatype": "FP32", "shape": [2, 8], "data": vector + EXAMPLE}]})
+    assert single["decision"] is True and single["implausible"] == ["profit_ratio", "profit_consistency"]
+    assert [r["plausible"] for r in batch["results"]] == [False, True]
+    assert batch["results"][0]["implausible"] == single["implausible"] and batch["results"][0]["decision"] is True
+    plausible = next(o for o in v2["outputs"] if o["name"] == "plausible")
+    assert plausible["data"] == [False, True] and v2["parameters"]["implausible"] == {"0": single["implausible"]}
