@@ -7,11 +7,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc
+SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc postgresql
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench train system-deps clean
+.PHONY: install serve test bench loop train system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,14 @@ install: $(VENV)/.base
 serve: $(VENV)/.base
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## system-deps: what the tests start (redis-server, nginx, wrk, node and rustc for the example clients), when missing
+## system-deps: what the tests start (redis-server, nginx, PostgreSQL, wrk, node and rustc for the example
+## clients), when missing
 system-deps:
 	@missing=""; \
 	for cmd in redis-server nginx wrk openssl systemd-analyze curl node rustc; do \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages for:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -59,6 +61,11 @@ train: $(VENV)/.test
 ## writes bench/results/<date>.json and docs/benchmarks.{md,png}
 bench: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.run
+
+## loop: the closed loop at scale: 20,000 simulated opportunities scored, their outcomes posted, /quality
+## compared with the offline evaluation (figures in docs/operations.md)
+loop: $(VENV)/.test
+	$(BIN)/python -m bench.closed_loop --n 20000
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

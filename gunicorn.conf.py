@@ -119,10 +119,15 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Serve the aggregated metrics of all workers on PROMETHEUS_PORT."""
+    """Serve the aggregated metrics of all workers, and the live quality from the ledger, on PROMETHEUS_PORT."""
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
-    GunicornPrometheusMetrics.start_http_server_when_ready(_settings.prometheus_port, _settings.prometheus_host)
+    exporter = GunicornPrometheusMetrics()
+    if _settings.ledger_url is not None:
+        from omni_mev.ledger.collector import QualityCollector
+
+        exporter.registry.register(QualityCollector(_settings.ledger_url, _settings.threshold))
+    exporter.start_http_server(_settings.prometheus_port, _settings.prometheus_host)
     server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)
 
 

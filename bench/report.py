@@ -66,6 +66,22 @@ def tables(results: dict[str, Any], source: str) -> str:
         rss = ", ".join(f"{v:.0f}" for v in row["rss_mb"])
         lines.append(f"| {name} | {row['requests_per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
                      f"| {rss} | {row['ready_s']:.2f} |")
+    ledger = results.get("ledger")
+    if ledger:
+        lines += ["", "### The outcome ledger (`/predict` with an `opportunity_id`, 8 connections)", "",
+                  "| ledger | requests/s per round | median |", "|---|---|---|"]
+        for name in ("on", "off"):
+            per_round = [r["requests_per_s"] for r in ledger["runs"][name]]
+            lines.append(f"| {name} | {', '.join(f'{v:,.0f}' for v in per_round)} "
+                         f"| {statistics.median(per_round):,.0f} |")
+        lines += ["", f"With the ledger on (SQLite, the default) `/predict` serves "
+                      f"**{ledger['median_ratio']:.3f}×** the requests/s of the same service with it off "
+                      f"(rounds: {', '.join(f'{r:.3f}' for r in ledger['ratio_per_round'])})."]
+    size = results.get("ledger_size")
+    if size:
+        lines += ["", "| ledger on disk (SQLite) | records written | MB per million predictions |", "|---|---|---|"]
+        for name, label in (("steps_1", "single vectors"), ("steps_9", "with 8 steps of history")):
+            lines.append(f"| {label} | {size[name]['records']:,} | {size[name]['mb_per_million']:,} |")
     rss = results["rss_mb"]
     ready = results["ready_s"]
     lines += ["", "### Memory and start-up", "",

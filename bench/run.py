@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]
 WRK_SCRIPT = """
@@ -40,6 +42,16 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
     summary.errors.status, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+# A fresh opportunity_id per request (the ledger keeps one row per scored id, as bots send them).
+UNIQUE_ID_REQUEST = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, string.format([==[%s]==], counter))
 end
 """
 
@@ -136,10 +148,14 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path) -> dict[str, Any]:
-    """One wrk run (one thread); its Lua done() prints exact figures as JSON."""
-    script = scratch / f"wrk-{abs(hash(body))}.lua"
-    script.write_text(WRK_SCRIPT % body)
+def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path,
+        id_template: str | None = None) -> dict[str, Any]:
+    """One wrk run (one thread); its Lua done() prints exact figures as JSON.
+
+    id_template: a body with one %d, filled with a new number per request.
+    """
+    script = scratch / f"wrk-{abs(hash((body, id_template)))}.lua"
+    script.write_text(WRK_SCRIPT % body + (UNIQUE_ID_REQUEST % id_template if id_template else ""))
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "5s", "-s", str(script),
          url], capture_output=True, text=True, timeout=duration_s + 60)
@@ -162,7 +178,8 @@ def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path)
 def omni_mev(name: str, env: dict[str, str] | None = None, workers: int = 2) -> Server:
     """omni-mev exactly as deployed: gunicorn with gunicorn.conf.py, metrics on."""
     base = {"AI_ENGINE_PORT": "{port}", "AI_ENGINE_WORKERS": str(workers), "PROMETHEUS_PORT": str(free_port()),
-            "OMNI_MEV_ENV_FILE": "/nonexistent", "AI_DECISION_LOG": tempfile.mktemp(suffix=".jsonl")}
+            "OMNI_MEV_ENV_FILE": "/nonexistent", "AI_DECISION_LOG": tempfile.mktemp(suffix=".jsonl"),
+            "AI_LEDGER_URL": f"sqlite:///{tempfile.mktemp(suffix='.db')}"}
     return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                   {**base, **(env or {})})
 
@@ -206,6 +223,51 @@ def batch_body(size: int) -> str:
 def v2_body(size: int) -> str:
     return json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [size, 8],
                                    "data": EXAMPLE * size}]})
+
+
+def ledger_cost(scratch: Path, rounds: int, duration_s: float, servers: list[Server]) -> dict[str, Any]:
+    """/predict with a fresh opportunity_id per request, the ledger on (SQLite, the default) against off, A/B."""
+    body = json.dumps({"features": EXAMPLE, "opportunity_id": "bench-ledger-0001"})
+    tag = os.urandom(4).hex()
+    template = json.dumps({"features": EXAMPLE, "opportunity_id": f"bench-{tag}-ROUND-NUMBER"})
+    on = omni_mev("ledger on").start()
+    off = omni_mev("ledger off", {"AI_LEDGER_URL": "off"}).start()
+    servers += [on, off]
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    try:
+        for server in (on, off):
+            wrk(server.url + "/predict", body, 8, 1, scratch)
+        for round_index in range(rounds):
+            for name, server in ((("on", on), ("off", off)) if round_index % 2 == 0 else (("off", off), ("on", on))):
+                ids = template.replace("ROUND", f"{name}{round_index}").replace("NUMBER", "%d")
+                runs[name].append(wrk(server.url + "/predict", body, 8, duration_s, scratch, ids))
+    finally:
+        on.stop()
+        off.stop()
+    ratios = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(runs["on"], runs["off"])]
+    return {"runs": runs, "ratio_per_round": ratios, "median_ratio": statistics.median(ratios)}
+
+
+def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
+    """Bytes on disk per million predictions in a SQLite ledger: single vectors, and 8 steps of history."""
+    from omni_mev.ledger.store import PredictionRow, SqlLedger
+
+    sizes = {}
+    for steps in (1, 9):
+        path = scratch / f"ledger-size-{steps}.db"
+        ledger = SqlLedger(f"sqlite:///{path}")
+        window = (np.tile(np.array(EXAMPLE, np.float32), (steps, 1))).tobytes()
+        now = time.time()
+        for start in range(0, records, 50_000):
+            ledger.record(PredictionRow(f"opp-{i:012d}", now + i * 1e-3, "predict", "SIMULATION", "onnx",
+                                        "9bd6b255bf85", 0.5 + (i % 1000) / 2000, None, 0.78, False, None, steps, window)
+                          for i in range(start, min(start + 50_000, records)))
+            ledger.flush()
+        ledger.engine.dispose()
+        total = sum(f.stat().st_size for f in scratch.glob(f"ledger-size-{steps}.db*"))
+        sizes[f"steps_{steps}"] = {"records": records, "bytes": total,
+                                   "mb_per_million": round(total / records * 1e6 / 2**20, 1)}
+    return sizes
 
 
 def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> dict[str, Any]:
@@ -286,6 +348,8 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
             redis.terminate()
             redis.wait(10)
         results["variants"] = variants
+        results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
+        results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
     finally:
         for server in servers:
             server.stop()

@@ -28,6 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from omni_mev.api import PREDICTOR, direct, errors, register_blueprints
     from omni_mev.api.application import Application
     from omni_mev.config import load_settings
+    from omni_mev.ledger.store import build_ledger
     from omni_mev.predictor import Predictor
     from omni_mev.runtime.loader import load_worker_models
     from omni_mev.trading.dispatcher import build_dispatcher
@@ -44,7 +45,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     redis = cache.init_app(app)
     app.extensions[PREDICTOR] = Predictor(settings, load_worker_models(settings), redis,
-                                          build_dispatcher(settings, redis))
+                                          build_dispatcher(settings, redis),
+                                          build_ledger(settings.ledger_url, settings.ledger_retention_days))
     direct.install(app, api_keys)
     register_blueprints(app)
     return app

@@ -59,6 +59,30 @@ def _decisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace) -> int:
+    from omni_mev.config import load_settings
+    from omni_mev.ledger.quality import quality_report
+    from omni_mev.ledger.report import render, reliability_png
+    from omni_mev.ledger.store import LedgerUnavailable, build_ledger
+
+    settings = load_settings()
+    url = args.url or settings.ledger_url
+    if url is None:
+        print("omni-mev quality: the ledger is off (AI_LEDGER_URL=off); give --url", file=sys.stderr)
+        return 2
+    threshold = settings.threshold if args.threshold is None else args.threshold
+    try:
+        report = quality_report(build_ledger(url, 0.0), args.window, threshold)
+    except LedgerUnavailable as error:
+        print(f"omni-mev quality: {error.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render(report), end="\n" if args.json else "")
+    if args.png:
+        reliability_png(report, Path(args.png))
+        print(f"reliability diagram: {args.png}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser for all subcommands."""
     from omni_mev.training.train import TrainConfig
@@ -81,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     card = commands.add_parser("card", help="print a model card's test metrics as Markdown")
     card.add_argument("card", nargs="?", default="models/lstm_omni.json")
     card.set_defaults(handler=_card)
+
+    quality = commands.add_parser("quality", help="live quality of the confidence, from the outcome ledger")
+    quality.add_argument("--window", default="24h", help="1h, 24h, 7d (or N m/h/d up to 90d)")
+    quality.add_argument("--url", help="ledger database URL (default: AI_LEDGER_URL)")
+    quality.add_argument("--threshold", type=float, help="default: AI_THRESHOLD")
+    quality.add_argument("--png", help="write a reliability diagram here")
+    quality.add_argument("--json", action="store_true", help="machine-readable output")
+    quality.set_defaults(handler=_quality)
 
     decisions = commands.add_parser("decisions", help="summarise a decision log (paper and live trades)")
     decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")

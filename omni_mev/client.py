@@ -20,12 +20,14 @@ Vector = Sequence[float] | Mapping[str, float]
 class OmniMevError(Exception):
     """The service answered with an error: status, code, message and bad fields."""
 
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, list[str]] | None = None,
+                 body: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields or {}
+        self.body = body or {}  # the whole answer, e.g. per-item results of a 409 on /outcomes
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Client:
         if response.status_code >= 400:
             payload = payload if isinstance(payload, dict) else {}
             raise OmniMevError(response.status_code, payload.get("error", "http_error"),
-                               payload.get("message", response.reason), payload.get("fields"))
+                               payload.get("message", response.reason), payload.get("fields"), payload)
         return payload
 
     @staticmethod
@@ -139,6 +141,16 @@ class Client:
                    for r in body["results"]]
         return BatchResult(results, body["threshold"], body["mode"], body["model_type"], body["model_version"],
                            body["inference_time_ms"])
+
+    def post_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Report what happened: dicts with opportunity_id, success (or executed: false), realised_pnl_usd,
+        observed_at. Returns the counts and per-item results; a conflict raises OmniMevError (409)."""
+        return self._call("POST", "/outcomes", [dict(o) for o in outcomes])
+
+    def quality(self, window: str = "1h", model: str | None = None) -> dict[str, Any]:
+        """GET /quality: live AUC, calibration, coverage and PnL over the window (1h, 24h, 7d)."""
+        query = f"?window={window}" + (f"&model={model}" if model else "")
+        return self._call("GET", "/quality" + query)
 
     def health(self) -> bool:
         """True when the answering worker has a model."""

@@ -87,6 +87,20 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _database_url(name: str, raw: str) -> str | None:
+    """A SQLAlchemy URL; "off" (or empty) turns the store off; relative SQLite paths are the project's."""
+    value = raw.strip()
+    if value.lower() in {"", "off", "none"}:
+        return None
+    scheme, separator, rest = value.partition("://")
+    if not separator or not scheme:
+        raise ConfigError(f"{name}={raw!r} is not a database URL; allowed: sqlite:///path, "
+                          "postgresql+psycopg://user@host/db, or off")
+    if scheme.startswith("sqlite") and rest.startswith("/") and not rest.startswith("//"):
+        return f"{scheme}:///{PROJECT_ROOT / rest[1:]}"
+    return value
+
+
 def _api_keys(name: str, raw: str) -> tuple[str, ...]:
     keys = tuple(k.strip() for k in raw.split(",") if k.strip())
     if any(len(k) < 16 for k in keys):
@@ -140,6 +154,14 @@ class Settings:
         "AI_IMPLAUSIBLE_POLICY", _choice("", "refuse", "flag"), "",
         "implausible opportunities: refuse (decision false) or flag (scored and flagged); "
         "unset = refuse in LIVE, flag in SIMULATION. LIVE never dispatches one either way",
+    )
+    ledger_url: str | None = _setting(
+        "AI_LEDGER_URL", _database_url, f"sqlite:///{PROJECT_ROOT / 'logs' / 'ledger.db'}",
+        "prediction ledger (SQLAlchemy URL: SQLite file or PostgreSQL); off = no ledger",
+    )
+    ledger_retention_days: float = _setting(
+        "AI_LEDGER_RETENTION_DAYS", _number(float, 0.0, 36_500.0), 30.0,
+        "days predictions and outcomes stay in the ledger; 0 = forever",
     )
     shadow_model_path: Path | None = _setting(
         "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"

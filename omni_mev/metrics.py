@@ -86,6 +86,14 @@ IMPLAUSIBLE = Counter(
 IMPLAUSIBLE_REFUSED = Counter(
     "ai_implausible_refused", "Positive model decisions refused because the opportunity is implausible"
 )
+LEDGER_RECORDS = Counter("ai_ledger_records", "Predictions written to the ledger")
+LEDGER_PENDING = Gauge(
+    "ai_ledger_pending", "Predictions queued for the ledger and not yet written (all live workers)",
+    multiprocess_mode="livesum",
+)
+LEDGER_WRITE_ERRORS = Counter("ai_ledger_write_errors", "Failed ledger writes (the rows are kept and retried)")
+LEDGER_DROPPED = Counter("ai_ledger_dropped", "Unwritten predictions dropped: the database was unreachable too long")
+OUTCOMES = Counter("ai_outcomes", "Outcomes posted, by result (stored, duplicate, unknown, conflict)", ["result"])
 SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect the response)")
 
 # Children resolved once: labels() costs a dict lookup and a lock per call, on

@@ -117,10 +117,17 @@ def _v2_request() -> dict[str, Any]:
     tensor = _obj({"name": {"type": "string", "const": "features"}, "shape": shape,
                    "datatype": {"type": "string", "const": "FP32"}, "parameters": {"type": "object"}, "data": data},
                   required=["name", "shape", "datatype", "data"], closed=False)
+    ids = _obj({"name": {"type": "string", "const": "opportunity_id"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 2},
+                "datatype": {"type": "string", "const": "BYTES"}, "parameters": {"type": "object"},
+                "data": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}}},
+               required=["name", "shape", "datatype", "data"], closed=False)
     output = _obj({"name": {"type": "string", "enum": ["confidence", "decision", "plausible"]},
                    "parameters": {"type": "object"}}, required=["name"], closed=False)
     return _obj({"id": STRING, "parameters": {"type": "object"},
-                 "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+                 "inputs": {"type": "array", "prefixItems": [tensor, ids], "minItems": 1, "maxItems": 2,
+                            "description": "'features', then optionally 'opportunity_id' (BYTES [batch], one id per "
+                                           "row, kept in the ledger)"},
                  "outputs": {"type": "array", "items": output}}, required=["inputs"], closed=False)
 
 
@@ -149,6 +156,7 @@ def _components(spec: APISpec) -> None:
                    "description": "bad field -> messages, e.g. features.dex_count"},
     }, required=["error", "message"]))
     spec.components.schema("V2Error", _obj({"error": STRING}))
+    spec.components.schema("Outcome", _outcome())
     spec.components.schema("InferenceRequest", _v2_request())
     spec.components.schema("InferenceResponse", _obj({
         "model_name": {"type": "string", "const": MODEL_NAME}, "model_version": STRING, "id": STRING,
@@ -181,7 +189,8 @@ def _health_and_status(spec: APISpec) -> None:
                 "model_type": {"type": ["string", "null"], "enum": ["onnx", "pytorch", None]},
                 "model_version": maybe_null, "threshold": PROBABILITY, "redis_connected": BOOLEAN,
                 "total_requests": {"type": "integer", "minimum": 0}, "uptime_s": NUMBER,
-                "worker_pid": {"type": "integer"}}))},
+                "worker_pid": {"type": "integer"},
+                "ledger": _obj({"enabled": BOOLEAN, "pending": {"type": "integer", "minimum": 0}})}))},
             "401": _error("Missing or invalid API key"),
         }}})
     spec.path(path="/metrics_summary", operations={"get": {
@@ -221,6 +230,75 @@ def _scoring(spec: APISpec) -> None:
         "requestBody": {"required": True, **_json(_ref("BatchRequest"))},
         "responses": {"200": {"description": "results[i] answers items[i]", **_json(_ref("BatchResponse"))},
                       **common}}})
+
+
+def _outcome() -> dict[str, Any]:
+    """OutcomeSchema's rules, the one across fields included: an executed trade carries `success`."""
+    base = {
+        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                           "description": "the id the opportunity was scored with"},
+        "success": {**BOOLEAN, "description": "landed and made a profit after gas"},
+        "realised_pnl_usd": {"type": "number", "minimum": -1e12, "maximum": 1e12},
+        "observed_at": {"type": "string", "format": "date-time", "description": "RFC 3339; default: when received"},
+    }
+    return {"oneOf": [
+        {"type": "object", "properties": {**base, "executed": {"type": "boolean", "const": True}},
+         "required": ["opportunity_id", "success"], "additionalProperties": False,
+         "description": "an executed opportunity (executed may be left out)"},
+        {"type": "object", "properties": {**base, "executed": {"type": "boolean", "const": False},
+                                          "success": {"type": "boolean", "const": False}},
+         "required": ["opportunity_id", "executed"], "additionalProperties": False,
+         "description": "an opportunity that was not executed: no label"},
+    ]}
+
+
+def _ledger(spec: APISpec) -> None:
+    result = _obj({"opportunity_id": STRING, "result": {"type": "string", "enum": ["stored", "duplicate", "unknown",
+                                                                                    "conflict"]},
+                   "status": {"type": "integer", "enum": [200, 201, 404, 409]}, "message": STRING,
+                   "error": STRING}, required=["opportunity_id", "result", "status", "message"])
+    many = _obj({"stored": {"type": "integer"}, "duplicates": {"type": "integer"},
+                 "unknown": {"type": "array", "items": STRING}, "conflicts": {"type": "array", "items": STRING},
+                 "results": {"type": "array", "items": result}, "error": STRING, "message": STRING},
+                required=["stored", "duplicates", "unknown", "conflicts", "results"])
+    outcome = _ref("Outcome")
+    spec.path(path="/outcomes", operations={"post": {
+        "summary": "What happened to judged opportunities: one outcome (object) or up to AI_MAX_BATCH_SIZE (array); "
+                   "the same outcome twice is one outcome",
+        "requestBody": {"required": True, **_json({"oneOf": [outcome, {"type": "array", "items": outcome,
+                                                                       "minItems": 1, "maxItems": DEFAULT_MAX_BATCH}]})},
+        "responses": {
+            "200": {"description": "One: already stored the same. Many: processed; `unknown` lists ids the ledger "
+                                   "does not have", **_json({"oneOf": [result, many]})},
+            "201": {"description": "One: stored", **_json(result)},
+            "400": _error("The body is not JSON, or neither an object nor an array"),
+            "401": _error("Missing or invalid API key"),
+            "404": {"description": "One: no prediction with this opportunity_id", **_json(result)},
+            "409": {"description": "A different outcome for an id is already stored (the others were processed)",
+                    **_json({"oneOf": [result, many]})},
+            "413": _error("More outcomes than AI_MAX_BATCH_SIZE, or a body over AI_MAX_BODY_BYTES"),
+            "422": _error("An invalid outcome; `fields` names it (index.field for an array)"),
+            "503": _error("The ledger is off or its database unreachable; nothing was stored"),
+        }}})
+    quality = {"type": "object", "description": "per model: predictions, labelled, label_coverage, auc, brier, "
+                                                "log_loss, ece, reliability, precision, recall, pnl, approved, rejected"}
+    spec.path(path="/quality", operations={"get": {
+        "summary": "Live quality of the confidence over the outcomes reported for predictions made in the window",
+        "parameters": [
+            {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"],
+                                                         "default": "1h"}},
+            {"name": "model", "in": "query", "schema": {"type": "string", "enum": ["champion", "shadow"]},
+             "description": "default: both, side by side"},
+        ],
+        "responses": {
+            "200": {"description": "The report", **_json(_obj({
+                "window": STRING, "since": NUMBER, "until": NUMBER, "threshold": PROBABILITY,
+                "models": {"type": "object", "properties": {"champion": quality, "shadow": quality},
+                           "additionalProperties": False}}))},
+            "401": _error("Missing or invalid API key"),
+            "422": _error("An unknown window or model"),
+            "503": _error("The ledger is off or its database unreachable"),
+        }}})
 
 
 def _open_inference(spec: APISpec, model_version: str | None) -> None:
@@ -278,5 +356,6 @@ def build(model_version: str | None = None) -> dict[str, Any]:
     _components(spec)
     _scoring(spec)
     _open_inference(spec, model_version)
+    _ledger(spec)
     _health_and_status(spec)
     return spec.to_dict()

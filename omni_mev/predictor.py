@@ -19,6 +19,7 @@ from omni_mev.cache import Cache
 from omni_mev.config import Settings
 from omni_mev.errors import ModelUnavailable
 from omni_mev.features import FEATURE_NAMES
+from omni_mev.ledger.store import Ledger, NullLedger, PredictionRow
 from omni_mev.plausibility import Checks, Plausibility
 from omni_mev.runtime.base import ModelRuntime
 from omni_mev.runtime.loader import WorkerModels
@@ -119,11 +120,18 @@ def refusal_reason(checks: Checks) -> str:
             "decision false whatever the confidence")
 
 
+def _item(values: np.ndarray | None, index: int) -> float | None:
+    return None if values is None else float(values[index])
+
+
 class Predictor:
     """Scores opportunities with this worker's models and decides on them."""
 
-    def __init__(self, settings: Settings, models: WorkerModels, cache: Cache, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, models: WorkerModels, cache: Cache, dispatcher: Dispatcher,
+                 ledger: Ledger | None = None) -> None:
         self.settings = settings
+        self.mode = settings.mode
+        self.ledger = ledger or NullLedger()
         self.threshold = settings.threshold
         self.refuses_implausible = settings.refuses_implausible
         self.chain = models.chain
@@ -179,10 +187,14 @@ class Predictor:
     def predict(self, opportunity: Opportunity) -> Prediction:
         """One opportunity: check, score (through the cache when enabled), decide, hand to the dispatcher."""
         implausible = self.plausibility.of_opportunity(opportunity.features, opportunity.history)
-        scores = self._score_one(opportunity.window())
+        window = opportunity.window()
+        scores = self._score_one(window)
         confidence = float(scores.confidences[0])
         decision, refused = self.decide_one(confidence, implausible)
         shadow = None if scores.shadow is None else float(scores.shadow[0])
+        if opportunity.opportunity_id is not None:
+            self.ledger.record([self._row(opportunity.opportunity_id, "predict", scores, confidence, shadow, decision,
+                                          implausible, window[0])])
         judged = Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
                         scores.model_version, shadow, implausible)
         refusal = self._refuse(judged) if refused and not decision else None
@@ -194,10 +206,11 @@ class Predictor:
         """Many opportunities: one model run per distinct history length, answers in item order."""
         scores, implausible = self._score_windows(batch)
         decisions, refused = self.decide(scores.confidences, implausible)
+        self._record_batch(batch, scores, decisions, implausible)
         executions: dict[int, Execution] = {}
         refusals: dict[int, str] = {}
         for index in np.flatnonzero(decisions | refused).tolist():
-            shadow = None if scores.shadow is None else float(scores.shadow[index])
+            shadow = _item(scores.shadow, index)
             judged = Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
                             float(scores.confidences[index]), scores.model_version, shadow, implausible[index])
             if not decisions[index]:
@@ -209,14 +222,38 @@ class Predictor:
         return BatchPrediction(scores.confidences, decisions, scores.model_type, scores.model_version,
                                scores.inference_ms, batch.ids, implausible, executions, refusals)
 
-    def infer(self, rows: np.ndarray) -> tuple[Scores, np.ndarray, list[Checks]]:
-        """A tensor [batch, seq, 8] of float64 values as sent (the V2 protocol): scores, decisions, failed
-        checks; nothing is dispatched."""
+    def infer(self, rows: np.ndarray, ids: list[str] | None = None) -> tuple[Scores, np.ndarray, list[Checks]]:
+        """A tensor [batch, seq, 8] of float64 values as sent (the V2 protocol), with optional opportunity ids:
+        scores, decisions, failed checks; nothing is dispatched."""
         windows = rows.astype(np.float32)
         scores = self.score(windows)
         implausible = self.plausibility.of_batch(rows[:, -1, :], rows[:, :-1, :])
         decisions, _ = self.decide(scores.confidences, implausible)
+        if ids is not None:
+            self.ledger.record([self._row(opportunity_id, "v2", scores, float(scores.confidences[i]),
+                                          _item(scores.shadow, i), bool(decisions[i]), implausible[i], windows[i])
+                                for i, opportunity_id in enumerate(ids)])
         return scores, decisions, implausible
+
+    def _row(self, opportunity_id: str, endpoint: str, scores: Scores, confidence: float, shadow: float | None,
+             decision: bool, implausible: Checks, window: np.ndarray) -> PredictionRow:
+        """The ledger's record of one judged opportunity; window [steps, 8] float32 as the model read it."""
+        return PredictionRow(opportunity_id, time.time(), endpoint, self.mode, scores.model_type,
+                             scores.model_version, confidence, shadow, self.threshold, decision,
+                             ",".join(implausible) or None, len(window), window.astype("<f4", copy=False).tobytes())
+
+    def _record_batch(self, batch: OpportunityBatch, scores: Scores, decisions: np.ndarray,
+                      implausible: list[Checks]) -> None:
+        rows = []
+        for index, opportunity_id in enumerate(batch.ids):
+            if opportunity_id is None:
+                continue
+            history = batch.histories[index] if batch.histories is not None else []
+            window = np.array([*history, batch.features[index]], dtype=np.float32)
+            rows.append(self._row(opportunity_id, "batch", scores, float(scores.confidences[index]),
+                                  _item(scores.shadow, index), bool(decisions[index]), implausible[index], window))
+        if rows:
+            self.ledger.record(rows)
 
     def _refuse(self, judged: Judged) -> str:
         """A positive model decision refused by policy: recorded when it could have been acted on."""

@@ -1,16 +1,18 @@
 """Marshmallow schemas of the API: validation of requests, and the OpenAPI description."""
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Mapping
 from itertools import chain
 from typing import Any
 
 import numpy as np
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from omni_mev.errors import ValidationFailed
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, FLOAT32_MAX, MAX_HISTORY, N_FEATURES, FeatureBounds
+from omni_mev.ledger.store import Outcome
 from omni_mev.predictor import Opportunity, OpportunityBatch
 
 FeatureValues = list[float]
@@ -347,3 +349,31 @@ def load_or_raise(schema: Schema, data: Any) -> dict[str, Any]:
         names = ", ".join(sorted(flat))
         plural = "field is" if len(flat) == 1 else "fields are"
         raise ValidationFailed(f"{len(flat)} {plural} invalid: {names}", fields=flat) from None
+
+
+class OutcomeSchema(Schema):
+    """One realised outcome (POST /outcomes); loads as a ledger Outcome."""
+
+    opportunity_id = fields.String(required=True, validate=validate.Length(min=1, max=ID_MAX_LENGTH),
+                                   metadata={"description": "the id the opportunity was scored with"})
+    success = StrictBoolean(metadata={"description": "the trade landed and made a profit after gas; "
+                                                     "required when executed"})
+    executed = StrictBoolean(load_default=True,
+                             metadata={"description": "false: the opportunity was not traded (no label)"})
+    realised_pnl_usd = fields.Float(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12),
+                                    metadata={"description": "profit or loss after gas, USD"})
+    observed_at = fields.AwareDateTime(format="iso", metadata={"description": "RFC 3339; default: when received"})
+
+    @validates_schema
+    def _labelled_when_executed(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("executed", True) and "success" not in data:
+            raise ValidationError("Required when the opportunity was executed.", "success")
+        if not data.get("executed", True) and data.get("success"):
+            raise ValidationError("An opportunity that was not executed cannot have succeeded.", "success")
+
+    @post_load
+    def _outcome(self, data: dict[str, Any], **kwargs: Any) -> Outcome:
+        observed = data.get("observed_at")
+        executed = data.get("executed", True)
+        return Outcome(data["opportunity_id"], executed, data.get("success") if executed else None,
+                       data.get("realised_pnl_usd"), observed.timestamp() if observed else time.time())

@@ -20,11 +20,12 @@ _SETTING_VARIABLES = [f.metadata["env"] for f in fields(Settings)]
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests see only the settings they set: no .env, no stray variables, a private decision log."""
+    """Tests see only the settings they set: no .env, no stray variables, a private decision log and ledger."""
     monkeypatch.setenv("OMNI_MEV_ENV_FILE", "/nonexistent/.env")
     for name in _SETTING_VARIABLES + ["PROMETHEUS_MULTIPROC_DIR"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AI_DECISION_LOG", str(tmp_path / "decisions.jsonl"))
+    monkeypatch.setenv("AI_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
 
 
 @pytest.fixture

@@ -115,8 +115,10 @@ class Gunicorn(Process):
         self.metrics_dir = tempfile.mkdtemp(prefix="omni-mev-test-metrics-")
         self.state_dir = Path(tempfile.mkdtemp(prefix="omni-mev-test-state-"))
         self.decision_log = self.state_dir / "decisions.jsonl"
+        self.ledger_url = f"sqlite:///{self.state_dir / 'ledger.db'}"
         base = {
             "AI_DECISION_LOG": str(self.decision_log),
+            "AI_LEDGER_URL": self.ledger_url,
             "AI_ENGINE_HOST": "127.0.0.1",
             "AI_ENGINE_PORT": str(self.port),
             "PROMETHEUS_PORT": str(self.metrics_port),
@@ -272,3 +274,53 @@ class Nginx(Process):
         import ssl
 
         return ssl.create_default_context(cafile=str(self.cert))
+
+
+class PostgresServer(Process):
+    """A throwaway PostgreSQL cluster on a free loopback port (run as the postgres user when the tests run as root).
+
+    fsync is off: the tests kill workers, never the database, and it saves seconds.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="omni-mev-test-pg-"))
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not binaries:
+            raise RuntimeError("PostgreSQL is not installed (make test installs the postgresql package)")
+        self.bin = binaries[-1]
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        data = self.directory / "data"
+        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "omni",
+                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        super().__init__([*self.as_user, str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
+                          "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                          "-c", "max_connections=60"])
+        self.url = f"postgresql+psycopg://omni@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> "PostgresServer":
+        super().start()
+        wait_until(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 30,
+                   what="postgres listening")
+        wait_until(self._accepts_queries, 30, what="postgres ready")
+        return self
+
+    def _accepts_queries(self) -> bool:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(sa.text("select 1")).scalar() == 1
+        finally:
+            engine.dispose()
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -18,10 +18,12 @@ def predictor_of(app: Flask) -> Predictor:
 
 def register_blueprints(app: Flask) -> None:
     """Mount every blueprint on the app."""
-    from omni_mev.api import batch, openapi, predict, status, v2
+    from omni_mev.api import batch, openapi, outcomes, predict, quality, status, v2
 
     app.register_blueprint(predict.bp)
     app.register_blueprint(batch.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(outcomes.bp)
+    app.register_blueprint(quality.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(openapi.bp)

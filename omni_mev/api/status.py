@@ -45,6 +45,7 @@ def engine_status():
         "total_requests": metrics.snapshot.get()["total_requests"],
         "uptime_s": round(time.time() - _started_at(), 3),
         "worker_pid": os.getpid(),
+        "ledger": {"enabled": predictor.settings.ledger_url is not None, "pending": predictor.ledger.pending},
     }
 
 

@@ -21,10 +21,12 @@ from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.jsonio import loads_object
 from omni_mev.predictor import ModelStatus
 from omni_mev.runtime.base import MODEL_NAME
-from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors
+from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors, valid_id
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 INPUT_NAME = "features"
+# Optional: the callers' ids of the opportunities, so that the ledger keeps them.
+ID_INPUT = "opportunity_id"
 OUTPUTS = ("confidence", "decision", "plausible")
 
 
@@ -165,15 +167,36 @@ def _numbers_only(data: list, depth: int) -> bool:
     return set(map(type, leaves)) <= NUMBER_TYPES
 
 
-def _features(inputs: list[dict[str, Any]], max_batch_size: int, booleans_possible: bool = True) -> np.ndarray:
-    """The `features` input as sent (float64) [batch, seq, 8], or a V2Error saying what is wrong."""
+def _inputs(inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the features input, the optional opportunity_id input), each given at most once."""
     names = [i["name"] for i in inputs]
-    unknown = [n for n in names if n != INPUT_NAME]
+    unknown = [n for n in names if n not in (INPUT_NAME, ID_INPUT)]
     if unknown:
-        raise V2Error(f"Unknown input {unknown[0]!r}; the model takes one input, '{INPUT_NAME}'.")
-    if len(names) != 1:
-        raise V2Error(f"Input '{INPUT_NAME}' is given {len(names)} times; give it once.")
-    tensor = inputs[0]
+        raise V2Error(f"Unknown input {unknown[0]!r}; the model takes '{INPUT_NAME}' (and optionally "
+                      f"'{ID_INPUT}').")
+    for name in (INPUT_NAME, ID_INPUT):
+        if names.count(name) > 1:
+            raise V2Error(f"Input '{name}' is given {names.count(name)} times; give it once.")
+    if INPUT_NAME not in names:
+        raise V2Error(f"Input '{INPUT_NAME}' is missing.")
+    by_name = {i["name"]: i for i in inputs}
+    return by_name[INPUT_NAME], by_name.get(ID_INPUT)
+
+
+def _ids(tensor: dict[str, Any] | None, batch: int) -> list[str] | None:
+    """The opportunity ids, BYTES [batch] (or [batch, 1]) of strings of 1 to 128 characters."""
+    if tensor is None:
+        return None
+    data = tensor["data"]
+    if (tensor["datatype"] != "BYTES" or tensor["shape"] not in ([batch], [batch, 1]) or not isinstance(data, list)
+            or len(data) != batch or not all(valid_id(i) for i in data)):
+        raise V2Error(f"Input '{ID_INPUT}' must be BYTES with shape [{batch}], holding one string of 1 to 128 "
+                      f"characters per row of '{INPUT_NAME}'.")
+    return data
+
+
+def _features(tensor: dict[str, Any], max_batch_size: int, booleans_possible: bool = True) -> np.ndarray:
+    """The `features` input as sent (float64) [batch, seq, 8], or a V2Error saying what is wrong."""
     if tensor["datatype"] != "FP32":
         raise V2Error(f"Input '{INPUT_NAME}' has datatype {tensor['datatype']!r}; it must be 'FP32'.")
     shape = tensor["shape"]
@@ -228,8 +251,9 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
     unknown = [n for n in wanted if n not in OUTPUTS]
     if unknown:
         raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
-    windows = _features(payload["inputs"], predictor.settings.max_batch_size, may_hold_booleans(request.body))
-    scores, decisions, implausible = predictor.infer(windows)
+    features, ids = _inputs(payload["inputs"])
+    windows = _features(features, predictor.settings.max_batch_size, may_hold_booleans(request.body))
+    scores, decisions, implausible = predictor.infer(windows, _ids(ids, len(windows)))
     batch = len(decisions)
     tensors = {
         "confidence": {**_tensor("confidence", "FP32", [batch, 1]),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omni_mev.evaluation import reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import OpportunityLSTM
 from omni_mev.training import evaluate
@@ -289,7 +290,7 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     (output_dir / f"{MODEL_NAME}.json").write_text(json.dumps(card, indent=2) + "\n")
     if docs_dir is not None:
         docs_dir.mkdir(parents=True, exist_ok=True)
-        curves = {name: evaluate.reliability_curve(y_test, confidences[name])
+        curves = {name: reliability_curve(y_test, confidences[name])
                   for name in ("lstm_with_history", "lstm_single_vector", "hist_gradient_boosting", "oracle")}
         reliability_png(curves, docs_dir / "reliability.png")
     log.info("wrote %s (version %s) in %.0fs", onnx_path, version[:12], card["training_seconds"])

@@ -1,0 +1,379 @@
+"""The prediction ledger: what the service predicted for each opportunity, and what then happened.
+
+Predictions are recorded off the hot path: a request appends a row to a
+queue, and a thread per worker writes the queue in one transaction every
+FLUSH_S. A process killed with SIGKILL loses at most the rows of its last
+FLUSH_S (plus a transaction in flight). Outcomes are written in the request
+that brings them, and committed before it is answered. SQLite (the default,
+WAL mode) and PostgreSQL run the same code through SQLAlchemy Core.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import sqlalchemy as sa
+
+from omni_mev import metrics
+from omni_mev.errors import OmniMevError
+from omni_mev.features import N_FEATURES
+from omni_mev.ledger.schema import create_engine, create_tables, insert_or_ignore, outcomes, predictions
+
+log = logging.getLogger(__name__)
+FLUSH_S = 0.1
+# Rows held while the database is unreachable; beyond, the oldest are dropped (and counted).
+MAX_PENDING = 200_000
+RETRY_S = 1.0
+PURGE_EVERY_S = 3600.0
+# An outcome may arrive before the prediction it answers has left its worker's queue.
+UNKNOWN_GRACE_S = 3 * FLUSH_S
+STORED, DUPLICATE, UNKNOWN, CONFLICT = 201, 200, 404, 409
+
+
+class LedgerUnavailable(OmniMevError):
+    """The ledger is off, or its database cannot be reached."""
+
+    status = 503
+    code = "ledger_unavailable"
+
+
+class PredictionRow(NamedTuple):
+    """One ledger row (a tuple: built on the hot path)."""
+
+    opportunity_id: str
+    predicted_at: float
+    endpoint: str
+    mode: str
+    model_type: str
+    model_version: str
+    confidence: float
+    shadow_confidence: float | None
+    threshold: float
+    decision: bool
+    implausible: str | None
+    steps: int
+    features: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to an opportunity, as its caller reports it."""
+
+    opportunity_id: str
+    executed: bool
+    success: bool | None
+    realised_pnl_usd: float | None
+    observed_at: float
+
+    def same_as(self, stored: Any) -> bool:
+        """Whether a stored outcome says the same (the time it was observed aside)."""
+        return (bool(stored.executed), stored.success, stored.realised_pnl_usd) == (
+            self.executed, self.success, self.realised_pnl_usd)
+
+
+@dataclass(frozen=True)
+class OutcomeResult:
+    """What became of one posted outcome: stored (201), a duplicate (200), unknown id (404), conflict (409)."""
+
+    opportunity_id: str
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class LedgerRecords:
+    """The latest prediction of each opportunity in a window, with its outcome where one was posted."""
+
+    opportunity_id: list[str]
+    predicted_at: np.ndarray
+    model_version: list[str]
+    confidence: np.ndarray
+    shadow_confidence: np.ndarray  # NaN where no shadow scored it
+    threshold: np.ndarray
+    decision: np.ndarray
+    profit_usd: np.ndarray  # the opportunity's expected profit after gas (a feature)
+    executed: np.ndarray  # bool; False also where no outcome was posted
+    has_outcome: np.ndarray
+    success: np.ndarray  # float: 1, 0, or NaN (no label)
+    realised_pnl_usd: np.ndarray  # NaN where not reported
+    windows: list[np.ndarray]  # [steps, 8] float32 each
+
+    def __len__(self) -> int:
+        return len(self.opportunity_id)
+
+
+class Ledger(ABC):
+    """Where predictions and outcomes are kept."""
+
+    @abstractmethod
+    def record(self, rows: Iterable[PredictionRow]) -> None:
+        """Queue predictions; never waits for the database."""
+
+    @abstractmethod
+    def add_outcomes(self, posted: Sequence[Outcome]) -> list[OutcomeResult]:
+        """Store outcomes, committed before returning; one result per outcome, in order."""
+
+    @abstractmethod
+    def records(self, since: float, until: float | None = None) -> LedgerRecords:
+        """The latest prediction of each opportunity predicted in [since, until], joined to its outcome."""
+
+    def flush(self) -> None:
+        """Write what is queued now."""
+
+    @property
+    def pending(self) -> int:
+        """Predictions queued and not yet written."""
+        return 0
+
+
+class NullLedger(Ledger):
+    """AI_LEDGER_URL=off: predictions are not kept, and the endpoints that need them say so."""
+
+    REASON = "The prediction ledger is off (AI_LEDGER_URL=off); no outcomes or quality figures are kept."
+
+    def record(self, rows: Iterable[PredictionRow]) -> None:
+        pass
+
+    def add_outcomes(self, posted: Sequence[Outcome]) -> list[OutcomeResult]:
+        raise LedgerUnavailable(self.REASON)
+
+    def records(self, since: float, until: float | None = None) -> LedgerRecords:
+        raise LedgerUnavailable(self.REASON)
+
+
+class SqlLedger(Ledger):
+    """The ledger in a SQL database, written by a background thread."""
+
+    def __init__(self, url: str, retention_days: float = 0.0) -> None:
+        self.engine = create_engine(url)
+        # The background writer's own engine: its commits need not wait for the disk (docs/operations.md).
+        self._writer_engine = create_engine(url, synced=False)
+        self._insert_sql, self._as_params = _bulk_insert(self._writer_engine)
+        self._tables_ready = False
+        try:
+            self._ensure_tables()
+        except LedgerUnavailable:
+            pass  # logged; the writer and the endpoints try again
+        self.retention_s = retention_days * 86_400.0
+        self._queue: deque[PredictionRow] = deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def _ensure_tables(self) -> None:
+        if self._tables_ready:
+            return
+        try:
+            create_tables(self.engine)
+        except sa.exc.SQLAlchemyError as error:
+            log.error("ledger: database unreachable (%s): predictions are queued, outcomes refused", error)
+            raise LedgerUnavailable("The ledger's database cannot be reached.") from None
+        self._tables_ready = True
+
+    # Predictions
+
+    def record(self, rows: Iterable[PredictionRow]) -> None:
+        self._queue.extend(rows)
+        if self._writer is None:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
+                self._writer.start()
+                atexit.register(self._flush_at_exit)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _write_loop(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_S)
+            self._wake.clear()
+            try:
+                self.flush()
+                self._purge_if_due()
+            except (sa.exc.SQLAlchemyError, LedgerUnavailable) as error:
+                metrics.LEDGER_WRITE_ERRORS.inc()
+                log.error("ledger: cannot write %d predictions (%s); retrying in %.0fs", self.pending,
+                          type(error).__name__, RETRY_S)
+                time.sleep(RETRY_S)
+
+    def flush(self) -> None:
+        """Write the queued rows in one transaction; on failure they go back to the front of the queue."""
+        count = len(self._queue)
+        if not count:
+            return
+        self._ensure_tables()
+        batch = [self._queue.popleft() for _ in range(count)]
+        try:
+            with self._writer_engine.begin() as connection:
+                # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the
+                # database itself, in the worker that serves requests.
+                connection.exec_driver_sql(self._insert_sql, self._as_params(batch))
+        except sa.exc.SQLAlchemyError:
+            self._queue.extendleft(reversed(batch))
+            self._drop_overflow()
+            metrics.LEDGER_PENDING.set(len(self._queue))
+            raise
+        metrics.LEDGER_RECORDS.inc(count)
+        metrics.LEDGER_PENDING.set(len(self._queue))
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except (sa.exc.SQLAlchemyError, LedgerUnavailable) as error:
+            log.error("ledger: %d predictions not written at exit: %s", self.pending, type(error).__name__)
+
+    def _drop_overflow(self) -> None:
+        excess = len(self._queue) - MAX_PENDING
+        if excess > 0:
+            for _ in range(excess):
+                self._queue.popleft()
+            metrics.LEDGER_DROPPED.inc(excess)
+            log.error("ledger: %d unwritten predictions dropped (more than %d held)", excess, MAX_PENDING)
+
+    def _purge_if_due(self) -> None:
+        now = time.time()
+        if not self.retention_s or now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY_S
+        horizon = now - self.retention_s
+        with self._writer_engine.begin() as connection:
+            gone = connection.execute(predictions.delete().where(predictions.c.predicted_at < horizon)).rowcount
+            connection.execute(outcomes.delete().where(outcomes.c.observed_at < horizon))
+        if gone:
+            log.info("ledger: %d predictions older than the retention removed", gone)
+
+    # Outcomes
+
+    def add_outcomes(self, posted: Sequence[Outcome]) -> list[OutcomeResult]:
+        ids = list(dict.fromkeys(o.opportunity_id for o in posted))
+        self._ensure_tables()
+        try:
+            known = self._known(ids)
+            if len(known) < len(ids):
+                # A prediction from the last moments may still be in a worker's queue.
+                self.flush()
+                time.sleep(UNKNOWN_GRACE_S)
+                known = self._known(ids)
+            fresh = [o for o in _first_per_id(posted) if o.opportunity_id in known]
+            received = time.time()
+            inserted: set[str] = set()
+            with self.engine.begin() as connection:
+                if fresh:
+                    inserted = set(connection.execute(
+                        insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id), [
+                            {"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
+                             "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at,
+                             "received_at": received} for o in fresh]).scalars())
+                stored = {row.opportunity_id: row for row in connection.execute(
+                    sa.select(outcomes).where(outcomes.c.opportunity_id.in_(known)))}
+        except sa.exc.SQLAlchemyError as error:
+            log.error("ledger: cannot store outcomes: %s", error)
+            raise LedgerUnavailable("The ledger's database cannot be reached; nothing was stored, retry.") from None
+        first = {id(o) for o in fresh}
+        return [self._result(o, known, stored, id(o) in first and o.opportunity_id in inserted) for o in posted]
+
+    @staticmethod
+    def _result(outcome: Outcome, known: set[str], stored: dict[str, Any], inserted: bool) -> OutcomeResult:
+        opportunity_id = outcome.opportunity_id
+        if opportunity_id not in known:
+            return OutcomeResult(opportunity_id, UNKNOWN, "No prediction with this opportunity_id in the ledger.")
+        row = stored[opportunity_id]
+        if not outcome.same_as(row):
+            return OutcomeResult(opportunity_id, CONFLICT,
+                                 "A different outcome for this opportunity_id is already stored; it is kept.")
+        if inserted:
+            return OutcomeResult(opportunity_id, STORED, "Stored.")
+        return OutcomeResult(opportunity_id, DUPLICATE, "The same outcome was already stored.")
+
+    def _known(self, ids: list[str]) -> set[str]:
+        with self.engine.connect() as connection:
+            return set(connection.execute(
+                sa.select(predictions.c.opportunity_id).where(predictions.c.opportunity_id.in_(ids)).distinct()
+            ).scalars())
+
+    # Reads
+
+    def records(self, since: float, until: float | None = None) -> LedgerRecords:
+        in_window = predictions.c.predicted_at >= since
+        if until is not None:
+            in_window &= predictions.c.predicted_at <= until
+        latest = sa.select(sa.func.max(predictions.c.id)).where(in_window).group_by(predictions.c.opportunity_id)
+        query = (sa.select(predictions.c.opportunity_id, predictions.c.predicted_at, predictions.c.model_version,
+                           predictions.c.confidence, predictions.c.shadow_confidence, predictions.c.threshold,
+                           predictions.c.decision, predictions.c.steps, predictions.c.features,
+                           outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
+                           outcomes.c.realised_pnl_usd)
+                 .select_from(predictions.outerjoin(outcomes,
+                                                    outcomes.c.opportunity_id == predictions.c.opportunity_id))
+                 .where(predictions.c.id.in_(latest))
+                 .order_by(predictions.c.predicted_at))
+        self._ensure_tables()
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(query).all()
+        except sa.exc.SQLAlchemyError as error:
+            log.error("ledger: cannot read: %s", error)
+            raise LedgerUnavailable("The ledger's database cannot be reached.") from None
+        return _records(rows)
+
+
+def _bulk_insert(engine: sa.Engine) -> tuple[str, Any]:
+    """The INSERT of a prediction row in the engine's dialect, and how to turn rows into its parameters."""
+    compiled = predictions.insert().inline().compile(dialect=engine.dialect, column_keys=list(PredictionRow._fields))
+    if compiled.positional:
+        order = [PredictionRow._fields.index(name) for name in compiled.positiontup]
+        if order == list(range(len(order))):
+            return str(compiled), list  # the rows' tuples as they are
+        return str(compiled), lambda rows: [tuple(row[i] for i in order) for row in rows]
+    return str(compiled), lambda rows: [row._asdict() for row in rows]
+
+
+def _first_per_id(posted: Sequence[Outcome]) -> list[Outcome]:
+    seen: dict[str, Outcome] = {}
+    for outcome in posted:
+        seen.setdefault(outcome.opportunity_id, outcome)
+    return list(seen.values())
+
+
+def _records(rows: list[Any]) -> LedgerRecords:
+    def floats(values: Iterable[Any]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+    windows = [np.frombuffer(r.features, dtype="<f4").reshape(r.steps, N_FEATURES) for r in rows]
+    has_outcome = np.array([r.outcome_id is not None for r in rows], dtype=bool)
+    return LedgerRecords(
+        opportunity_id=[r.opportunity_id for r in rows],
+        predicted_at=floats(r.predicted_at for r in rows),
+        model_version=[r.model_version for r in rows],
+        confidence=floats(r.confidence for r in rows),
+        shadow_confidence=floats(r.shadow_confidence for r in rows),
+        threshold=floats(r.threshold for r in rows),
+        decision=np.array([bool(r.decision) for r in rows], dtype=bool),
+        profit_usd=np.array([float(w[-1, 0]) for w in windows], dtype=np.float64),
+        executed=np.array([bool(r.executed) for r in rows], dtype=bool),
+        has_outcome=has_outcome,
+        success=floats(r.success for r in rows),
+        realised_pnl_usd=floats(r.realised_pnl_usd for r in rows),
+        windows=windows,
+    )
+
+
+def build_ledger(url: str | None, retention_days: float) -> Ledger:
+    """The SQL ledger at `url`, or the null ledger when it is off."""
+    if url is None:
+        return NullLedger()
+    return SqlLedger(url, retention_days)

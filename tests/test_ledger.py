@@ -1,0 +1,261 @@
+"""The outcome ledger: on SQLite and on a real PostgreSQL, through the API and the real gunicorn."""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from omni_mev.features import EXAMPLE_FEATURES
+from omni_mev.ledger.schema import outcomes, predictions
+from omni_mev.ledger.store import (CONFLICT, DUPLICATE, STORED, UNKNOWN, LedgerUnavailable, Outcome, PredictionRow,
+                                   SqlLedger)
+from tests.servers import Gunicorn, Nginx, PostgresServer, free_port, wait_until
+
+EXAMPLE = list(EXAMPLE_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    server = request.getfixturevalue("postgres")
+    engine = sa.create_engine(server.url)
+    with engine.begin() as connection:  # each test starts from empty tables
+        connection.execute(sa.text("DROP TABLE IF EXISTS predictions, outcomes"))
+    engine.dispose()
+    return server.url
+
+
+def row(opportunity_id: str, confidence: float = 0.5, at: float | None = None, steps: int = 1) -> PredictionRow:
+    window = np.tile(np.array(EXAMPLE, np.float32), (steps, 1))
+    return PredictionRow(opportunity_id, time.time() if at is None else at, "predict", "SIMULATION", "onnx",
+                         "9bd6b255bf85", confidence, None, 0.78, confidence >= 0.78, None, steps, window.tobytes())
+
+
+def outcome(opportunity_id: str, success: bool | None = True, pnl: float | None = 1.5, executed: bool = True):
+    return Outcome(opportunity_id, executed, success, pnl, time.time())
+
+
+def test_latest_prediction_per_opportunity_with_its_window_and_outcome(ledger_url):
+    ledger = SqlLedger(ledger_url)
+    ledger.record([row("a", 0.2), row("b", 0.9, steps=4)])
+    ledger.record([row("a", 0.3)])  # re-scored: the latest counts
+    ledger.flush()
+    assert [r.status for r in ledger.add_outcomes([outcome("a", False, -2.0)])] == [STORED]
+    records = ledger.records(time.time() - 60)
+    assert records.opportunity_id == ["b", "a"] or records.opportunity_id == ["a", "b"]
+    by_id = dict(zip(records.opportunity_id, range(len(records))))
+    a, b = by_id["a"], by_id["b"]
+    assert records.confidence[a] == pytest.approx(0.3) and records.success[a] == 0.0
+    assert records.realised_pnl_usd[a] == -2.0 and np.isnan(records.success[b]) and not records.has_outcome[b]
+    assert records.windows[b].shape == (4, 8) and records.windows[b][-1].tolist() == pytest.approx(EXAMPLE)
+    assert records.profit_usd[b] == pytest.approx(EXAMPLE[0])
+
+
+def test_outcomes_are_idempotent_conflicts_refused_unknown_listed(ledger_url):
+    ledger = SqlLedger(ledger_url)
+    ledger.record([row("x"), row("y"), row("z")])
+    # Not flushed on purpose: an outcome may beat its prediction out of the queue.
+    results = ledger.add_outcomes([outcome("x"), outcome("x"), outcome("y", executed=False, success=None, pnl=None),
+                                   outcome("nope")])
+    assert [(r.opportunity_id, r.status) for r in results] == [("x", STORED), ("x", DUPLICATE), ("y", STORED),
+                                                               ("nope", UNKNOWN)]
+    again = ledger.add_outcomes([outcome("x"), outcome("y", success=True), outcome("z", False)])
+    assert [r.status for r in again] == [DUPLICATE, CONFLICT, STORED]
+    with ledger.engine.connect() as connection:
+        stored = {r.opportunity_id: r for r in connection.execute(sa.select(outcomes))}
+    assert set(stored) == {"x", "y", "z"} and stored["y"].executed is False and stored["y"].success is None
+
+
+def test_retention_removes_old_rows(ledger_url):
+    ledger = SqlLedger(ledger_url, retention_days=1)
+    ledger.record([row("old", at=time.time() - 3 * 86_400), row("new")])
+    ledger.flush()
+    ledger._purge_if_due()
+    with ledger.engine.connect() as connection:
+        assert connection.execute(sa.select(predictions.c.opportunity_id)).scalars().all() == ["new"]
+
+
+def test_unreachable_database_keeps_predictions_and_refuses_outcomes():
+    with PostgresServer() as server:
+        ledger = SqlLedger(server.url)
+        ledger.record([row("kept-1")])
+        ledger.flush()
+        server.kill()
+        ledger.record([row("kept-2")])
+        with pytest.raises(sa.exc.SQLAlchemyError):
+            ledger.flush()
+        assert ledger.pending == 1  # back in the queue, for when the database returns
+        with pytest.raises(LedgerUnavailable):
+            ledger.add_outcomes([outcome("kept-1")])
+
+
+def _ledger_rows(url: str) -> list:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.select(predictions).order_by(predictions.c.id)).all()
+    finally:
+        engine.dispose()
+
+
+def _new_ids(n: int) -> list[str]:
+    return [f"opp-{uuid.uuid4().hex[:12]}" for _ in range(n)]
+
+
+def test_every_endpoint_records_what_it_judged_through_gunicorn(model_copy):
+    shadow = str(model_copy)
+    with Gunicorn({"AI_SHADOW_MODEL_PATH": shadow}) as server:
+        single, rejected, batch_a, batch_b, v2_a, v2_b = _new_ids(6)
+        history = [[*EXAMPLE[:5], 0.49, *EXAMPLE[6:]], [*EXAMPLE[:5], 0.495, *EXAMPLE[6:]]]
+        body = server.post("/predict", {"features": EXAMPLE, "history": history, "opportunity_id": single})[1]
+        server.post("/predict", {"features": [*EXAMPLE[:4], 0.01, *EXAMPLE[5:]], "opportunity_id": rejected})
+        server.post("/predict", {"features": EXAMPLE})  # no id: nothing to keep
+        server.post("/predict/batch", {"items": [{"features": EXAMPLE, "opportunity_id": batch_a},
+                                                 {"features": [0, 0, 2, 0, 0, 0, 1, 0], "opportunity_id": batch_b},
+                                                 {"features": EXAMPLE}]})
+        server.post("/v2/models/lstm_omni/infer", {"inputs": [
+            {"name": "features", "datatype": "FP32", "shape": [2, 8], "data": EXAMPLE * 2},
+            {"name": "opportunity_id", "datatype": "BYTES", "shape": [2], "data": [v2_a, v2_b]}]})
+        wait_until(lambda: len(_ledger_rows(server.ledger_url)) == 6, 5, what="six ledger rows")
+        rows = {r.opportunity_id: r for r in _ledger_rows(server.ledger_url)}
+    assert set(rows) == {single, rejected, batch_a, batch_b, v2_a, v2_b}
+    first = rows[single]
+    assert (first.endpoint, first.mode, first.model_type, first.steps) == ("predict", "SIMULATION", "onnx", 3)
+    assert first.confidence == pytest.approx(body["confidence"], abs=1e-6) and first.decision == body["decision"]
+    assert first.shadow_confidence == pytest.approx(first.confidence, abs=1e-6) and first.threshold == 0.78
+    window = np.frombuffer(first.features, "<f4").reshape(3, 8)
+    assert np.allclose(window, np.array([*history, EXAMPLE], np.float32))
+    assert rows[rejected].decision is False
+    assert rows[batch_b].implausible.split(",")[:2] == ["profit_usd", "profit_ratio"] and rows[batch_a].implausible is None
+    assert {rows[v2_a].endpoint, rows[batch_a].endpoint} == {"v2", "batch"}
+
+
+def test_outcomes_endpoint(tmp_path):
+    key = "outcomes-key-0123456789"
+    with Gunicorn({"AI_API_KEYS": key}, workers=1) as server:
+        auth = {"Authorization": f"Bearer {key}"}
+        known = _new_ids(3)
+        for opportunity_id in known:
+            server.post("/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id}, headers=auth)
+        assert server.post("/outcomes", {"opportunity_id": known[0], "success": True})[0] == 401
+        status, body, _ = server.post("/outcomes", {"opportunity_id": known[0], "success": True,
+                                                    "realised_pnl_usd": 3.1, "observed_at": "2026-11-27T10:00:00Z"},
+                                      headers=auth)
+        assert (status, body["result"]) == (201, "stored")
+        assert server.post("/outcomes", {"opportunity_id": known[0], "success": True, "realised_pnl_usd": 3.1},
+                           headers=auth)[:2] == (200, {"opportunity_id": known[0], "result": "duplicate",
+                                                       "status": 200,
+                                                       "message": "The same outcome was already stored."})
+        status, body, _ = server.post("/outcomes", {"opportunity_id": known[0], "success": False}, headers=auth)
+        assert status == 409 and body["error"] == "conflict" and body["opportunity_id"] == known[0]
+        status, body, _ = server.post("/outcomes", {"opportunity_id": "never-scored", "success": True}, headers=auth)
+        assert status == 404 and body["error"] == "unknown_opportunity"
+        status, body, _ = server.post("/outcomes", [
+            {"opportunity_id": known[1], "success": True}, {"opportunity_id": "ghost", "success": False},
+            {"opportunity_id": known[2], "executed": False}], headers=auth)
+        assert status == 200 and (body["stored"], body["unknown"], body["conflicts"]) == (2, ["ghost"], [])
+        status, body, _ = server.post("/outcomes", [{"opportunity_id": known[1], "success": False},
+                                                    {"opportunity_id": known[2], "executed": False}], headers=auth)
+        assert status == 409 and body["conflicts"] == [known[1]] and body["duplicates"] == 1
+        status, body, _ = server.post("/outcomes", [{"opportunity_id": "a"}], headers=auth)
+        assert status == 422 and list(body["fields"]) == ["0.success"]
+        status, body, _ = server.post("/outcomes", [{"opportunity_id": "a", "success": True}] * 4097, headers=auth)
+        assert status == 413
+
+
+def test_no_acknowledged_outcome_lost_when_a_worker_is_killed():
+    with Gunicorn() as server:
+        ids = _new_ids(400)
+        for start in range(0, len(ids), 100):
+            server.post("/predict/batch", {"items": [{"features": EXAMPLE, "opportunity_id": i}
+                                                     for i in ids[start:start + 100]]})
+        acknowledged, failed = [], []
+        stop = threading.Event()
+
+        def stream(part: list[str]) -> None:
+            for opportunity_id in part:
+                if stop.is_set():
+                    return
+                try:
+                    status, _, _ = server.post("/outcomes", {"opportunity_id": opportunity_id, "success": True},
+                                               timeout=10)
+                except (OSError, http.client.HTTPException):
+                    status = 0
+                (acknowledged if status in (200, 201) else failed).append(opportunity_id)
+
+        threads = [threading.Thread(target=stream, args=(ids[k::4],)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(acknowledged) > 60, 30, what="outcomes flowing")
+        os.kill(min(server.worker_pids()), signal.SIGKILL)
+        for thread in threads:
+            thread.join(60)
+        stored = set()
+        engine = sa.create_engine(server.ledger_url)
+        with engine.connect() as connection:
+            stored = set(connection.execute(sa.select(outcomes.c.opportunity_id)).scalars())
+        engine.dispose()
+    assert set(acknowledged) <= stored
+    assert len(acknowledged) + len(failed) == len(ids) and len(failed) <= 4
+
+
+def test_two_instances_behind_nginx_share_one_postgres_ledger(postgres, tmp_path):
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS predictions, outcomes"))
+    env = {"AI_LEDGER_URL": postgres.url}
+    with Gunicorn(env, workers=1) as first, Gunicorn(env, workers=1) as second, \
+            Nginx(tmp_path, [first.port, second.port]) as proxy:
+        context = proxy.ssl_context()
+        ids = _new_ids(40)
+        for opportunity_id in ids:  # both instances predict (nginx alternates)
+            status, _, _ = _https(proxy, "/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id}, context)
+            assert status == 200
+        time.sleep(0.3)
+        for opportunity_id in ids:
+            status, body, _ = _https(proxy, "/outcomes", {"opportunity_id": opportunity_id, "success": True}, context)
+            assert status == 201, body
+        with engine.connect() as connection:
+            predicted = connection.execute(sa.select(predictions.c.opportunity_id)).scalars().all()
+            reported = connection.execute(sa.select(outcomes.c.opportunity_id)).scalars().all()
+        quality = [_https(proxy, "/quality?window=1h", None, context)[1] for _ in range(2)]
+    engine.dispose()
+    assert sorted(predicted) == sorted(ids) and sorted(reported) == sorted(ids)
+    assert all(q["models"]["champion"]["labelled"] == 40 for q in quality)
+
+
+def _https(proxy: Nginx, path: str, body, context):
+    from tests.servers import http
+
+    return http("GET" if body is None else "POST", proxy.https + path, body, context=context)
+
+
+def test_quality_gauges_on_the_metrics_port():
+    import urllib.request
+
+    with Gunicorn(workers=1) as server:
+        ids = _new_ids(20)
+        for k, opportunity_id in enumerate(ids):
+            server.post("/predict", {"features": [*EXAMPLE[:4], k / 20, *EXAMPLE[5:]], "opportunity_id": opportunity_id})
+        time.sleep(0.2)
+        server.post("/outcomes", [{"opportunity_id": i, "success": k % 2 == 0} for k, i in enumerate(ids)])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("ai_quality"))
+    assert float(lines["ai_quality_up"]) == 1.0
+    assert float(lines['ai_quality_labelled{model="champion",window="1h"}']) == 20
+    assert 0.0 <= float(lines['ai_quality_auc{model="champion",window="24h"}']) <= 1.0
+    assert free_port()  # the metrics server stayed up after computing
