@@ -55,9 +55,9 @@ test: $(VENV)/.test system-deps
 
 ## train: retrain the model and rewrite models/ and docs/reliability.png
 train: $(VENV)/.test
-	$(BIN)/omni-mev train
+	$(BIN)/omni-mev train --docs docs
 
-## bench: the full benchmark against the FastAPI reference (~10 minutes);
+## bench: the full benchmark against the FastAPI reference (~15 minutes);
 ## writes bench/results/<date>.json and docs/benchmarks.{md,png}
 bench: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.run

@@ -77,6 +77,21 @@ def tables(results: dict[str, Any], source: str) -> str:
         lines += ["", f"With the ledger on (SQLite, the default) `/predict` serves "
                       f"**{ledger['median_ratio']:.3f}×** the requests/s of the same service with it off "
                       f"(rounds: {', '.join(f'{r:.3f}' for r in ledger['ratio_per_round'])})."]
+    ensemble = results.get("ensemble")
+    if ensemble:
+        lines += ["", "### The ensemble against the LSTM (`/predict`, 8 connections)", "",
+                  f"The ensemble is what `omni-mev train --family ensemble` builds (version "
+                  f"`{ensemble['ensemble_version']}`, {ensemble['trees']} trees blended with the LSTM); the LSTM "
+                  f"is the shipped model.", "",
+                  "| model | µs per prediction (ONNX Runtime, one vector) | requests/s per round | median "
+                  "| worker CPU µs per request (median) |", "|---|---|---|---|---|"]
+        for name in ("ensemble", "lstm"):
+            runs = ensemble["runs"][name]
+            per_round = ", ".join(f"{r['requests_per_s']:,.0f}" for r in runs)
+            lines.append(f"| {name} | {ensemble['prediction_us'][name]:.1f} | {per_round} "
+                         f"| {_median(runs, 'requests_per_s'):,.0f} | {_cpu(runs)} |")
+        lines += ["", f"Serving the ensemble, `/predict` runs at **{ensemble['median_ratio']:.3f}×** the "
+                      f"requests/s of the LSTM (rounds: {', '.join(f'{r:.3f}' for r in ensemble['ratio_per_round'])})."]
     size = results.get("ledger_size")
     if size:
         lines += ["", "| ledger on disk (SQLite) | records written | MB per million predictions |", "|---|---|---|"]

@@ -1,6 +1,6 @@
 """Benchmark omni-mev as deployed against the FastAPI/uvicorn reference, with wrk on loopback.
 
-    python -m bench.run            # the full run (~10 minutes): bench/results/<date>.json, docs/benchmarks.{md,png}
+    python -m bench.run            # the full run (~15 minutes): bench/results/<date>.json, docs/benchmarks.{md,png}
     python -m bench.run --smoke    # a few seconds per part, to keep the harness working (the test suite runs it)
 
 Every load is bounded by wrk's duration. Servers are started on free loopback
@@ -225,27 +225,89 @@ def v2_body(size: int) -> str:
                                    "data": EXAMPLE * size}]})
 
 
+def paired_runs(scratch: Path, rounds: int, duration_s: float, servers: list[Server], envs: dict[str, dict[str, str]],
+                body: str, ids_template: str | None = None) -> dict[str, Any]:
+    """Two configurations of omni-mev, A/B in alternating order per round; ratio of the first to the second.
+
+    ids_template, when given, has ROUND (replaced per configuration and round)
+    and NUMBER (a counter per request), so every request carries a fresh id.
+    """
+    started = {name: omni_mev(name, env).start() for name, env in envs.items()}
+    servers += started.values()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in started}
+    versions = {}
+    try:
+        for name, server in started.items():
+            with urllib.request.urlopen(server.url + "/health", timeout=5) as response:
+                versions[name] = json.loads(response.read())["model_version"]
+            wrk(server.url + "/predict", body, 8, 1, scratch)
+        pairs = list(started.items())
+        for round_index in range(rounds):
+            for name, server in pairs if round_index % 2 == 0 else pairs[::-1]:
+                ids = (ids_template.replace("ROUND", f"{name.replace(' ', '-')}{round_index}").replace("NUMBER", "%d")
+                       if ids_template else None)
+                pids = server.worker_pids()
+                before = cpu_s(pids)
+                result = wrk(server.url + "/predict", body, 8, duration_s, scratch, ids)
+                result["worker_cpu_us_per_request"] = cpu_us_per_request(before, cpu_s(pids), result["requests"])
+                runs[name].append(result)
+    finally:
+        for server in started.values():
+            server.stop()
+    first, second = runs.values()
+    ratios = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(first, second)]
+    return {"runs": runs, "ratio_per_round": ratios, "median_ratio": statistics.median(ratios),
+            "model_versions": versions}
+
+
 def ledger_cost(scratch: Path, rounds: int, duration_s: float, servers: list[Server]) -> dict[str, Any]:
     """/predict with a fresh opportunity_id per request, the ledger on (SQLite, the default) against off, A/B."""
     body = json.dumps({"features": EXAMPLE, "opportunity_id": "bench-ledger-0001"})
-    tag = os.urandom(4).hex()
-    template = json.dumps({"features": EXAMPLE, "opportunity_id": f"bench-{tag}-ROUND-NUMBER"})
-    on = omni_mev("ledger on").start()
-    off = omni_mev("ledger off", {"AI_LEDGER_URL": "off"}).start()
-    servers += [on, off]
-    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    try:
-        for server in (on, off):
-            wrk(server.url + "/predict", body, 8, 1, scratch)
-        for round_index in range(rounds):
-            for name, server in ((("on", on), ("off", off)) if round_index % 2 == 0 else (("off", off), ("on", on))):
-                ids = template.replace("ROUND", f"{name}{round_index}").replace("NUMBER", "%d")
-                runs[name].append(wrk(server.url + "/predict", body, 8, duration_s, scratch, ids))
-    finally:
-        on.stop()
-        off.stop()
-    ratios = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(runs["on"], runs["off"])]
-    return {"runs": runs, "ratio_per_round": ratios, "median_ratio": statistics.median(ratios)}
+    template = json.dumps({"features": EXAMPLE, "opportunity_id": f"bench-{os.urandom(4).hex()}-ROUND-NUMBER"})
+    return paired_runs(scratch, rounds, duration_s, servers, {"on": {}, "off": {"AI_LEDGER_URL": "off"}}, body,
+                       template)
+
+
+def train_ensemble(scratch: Path, smoke: bool) -> Path:
+    """The ensemble `omni-mev train --family ensemble` builds (deterministic: the same graph on any machine)."""
+    output = scratch / "ensemble"
+    small = ["--opportunities", "20000", "--max-epochs", "2", "--batches-per-epoch", "20"] if smoke else []
+    subprocess.run([sys.executable, "-m", "omni_mev.cli", "train", "--family", "ensemble", "--output", str(output),
+                    *small], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    return output / "lstm_omni.onnx"
+
+
+def prediction_us(model_path: Path, repeats: int) -> float:
+    """ONNX Runtime's time for one single-vector prediction, warm: median of 5 blocks."""
+    from omni_mev.runtime.onnx_runtime import OnnxModel
+
+    model = OnnxModel(model_path)
+    model.load()
+    x = np.array([[EXAMPLE]], np.float32)
+    for _ in range(1000):
+        model.predict(x)
+    blocks = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.predict(x)
+        blocks.append((time.perf_counter() - start) / repeats * 1e6)
+    return statistics.median(blocks)
+
+
+def family_cost(scratch: Path, rounds: int, duration_s: float, servers: list[Server], smoke: bool) -> dict[str, Any]:
+    """The ensemble against the shipped LSTM: per prediction in-process, and per /predict as served, A/B."""
+    ensemble = train_ensemble(scratch, smoke)
+    shipped = ROOT / "models" / "lstm_omni.onnx"
+    card = json.loads(ensemble.with_suffix(".json").read_text())
+    body = json.dumps({"features": EXAMPLE})
+    served = paired_runs(scratch, rounds, duration_s, servers,
+                         {"ensemble": {"AI_MODEL_PATH": str(ensemble)}, "lstm": {"AI_MODEL_PATH": str(shipped)}}, body)
+    repeats = 2000 if smoke else 20000
+    return {"ensemble_version": card["version_short"], "trees": card["architecture"]["trees"]["iterations"],
+            "shipped_family": json.loads(shipped.with_suffix(".json").read_text()).get("family", "lstm"),
+            "prediction_us": {"ensemble": prediction_us(ensemble, repeats), "lstm": prediction_us(shipped, repeats)},
+            **served}
 
 
 def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
@@ -260,7 +322,7 @@ def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
         now = time.time()
         for start in range(0, records, 50_000):
             ledger.record(PredictionRow(f"opp-{i:012d}", now + i * 1e-3, "predict", "SIMULATION", "onnx",
-                                        "9bd6b255bf85", 0.5 + (i % 1000) / 2000, None, 0.78, False, None, steps, window)
+                                        "bb504f0433ef", 0.5 + (i % 1000) / 2000, None, 0.78, False, None, steps, window)
                           for i in range(start, min(start + 50_000, records)))
             ledger.flush()
         ledger.engine.dispose()
@@ -349,6 +411,7 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
             redis.wait(10)
         results["variants"] = variants
         results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
+        results["ensemble"] = family_cost(scratch, rounds, duration_s, servers, smoke)
         results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
     finally:
         for server in servers:

@@ -7,31 +7,76 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
+    from omni_mev.training.data import DataError
+    from omni_mev.training.report import served_row
     from omni_mev.training.train import TrainConfig, train
 
     config = TrainConfig(
         seed=args.seed,
         opportunities=args.opportunities,
+        data=args.data,
+        family=args.family,
         hidden_size=args.hidden_size,
         max_epochs=args.max_epochs,
         batches_per_epoch=args.batches_per_epoch,
+        batch_size=args.batch_size,
+        patience=args.patience,
         max_minutes=args.max_minutes,
     )
     command = "omni-mev " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    card = train(config, Path(args.output), Path(args.docs) if args.docs else None, command=command)
-    lstm = card["test_metrics"]["lstm_with_history"]
-    oracle = card["test_metrics"]["oracle"]
-    print(json.dumps({
-        "version": card["version_short"],
-        "auc": round(lstm["auc_roc"], 4),
-        "oracle_auc": round(oracle["auc_roc"], 4),
-        "ece": round(lstm["ece"], 4),
-        "recommended_threshold": card["thresholds"]["recommended"],
-        "seconds": card["training_seconds"],
-    }))
+    docs = Path(args.docs) if args.docs else None
+    try:
+        card = train(config, Path(args.output), docs, command=command, progress=lambda line: print(line, flush=True))
+    except DataError as error:
+        print(f"omni-mev train: {error}", file=sys.stderr)
+        return 2
+    served = card["test_metrics"][served_row(card)]
+    summary = {"version": card["version_short"], "family": card["family"], "auc": round(served["auc_roc"], 4),
+               "ece": round(served["ece"], 4), "recommended_threshold": card["thresholds"].get("recommended"),
+               "stopped_by": card["training"]["stopped_by"], "seconds": card["training_seconds"]}
+    if "oracle" in card["test_metrics"]:
+        summary["oracle_auc"] = round(card["test_metrics"]["oracle"]["auc_roc"], 4)
+    print(json.dumps(summary))
+    return 0
+
+
+def _load_data(command: str, source: str) -> Any:
+    """The Dataset at `source`, or None after printing each problem (the caller exits 2)."""
+    from omni_mev.training.data import DataError, load
+
+    try:
+        return load(source)
+    except DataError as error:
+        print(f"omni-mev {command}: {error}", file=sys.stderr)
+        return None
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    dataset = _load_data("data check", args.source)
+    if dataset is None:
+        return 2
+    print(json.dumps(dataset.describe(), indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from omni_mev.training.evaluate import evaluate_model
+
+    from omni_mev.runtime.base import ModelLoadError
+
+    dataset = _load_data("evaluate", args.data)
+    if dataset is None:
+        return 2
+    try:
+        report = evaluate_model(Path(args.model), dataset, args.threshold)
+    except ModelLoadError as error:
+        print(f"omni-mev evaluate: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -91,16 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-mev", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="simulate, train, calibrate, export to ONNX, write the card")
+    train = commands.add_parser("train", help="train on simulated data or your own outcomes; export to ONNX; "
+                                               "write the card")
+    train.add_argument("--data", help="a CSV or Parquet file of outcomes, or the ledger's URL (docs/model.md); "
+                                      "default: simulate")
+    train.add_argument("--family", choices=["auto", "lstm", "trees", "ensemble"], default=defaults.family,
+                       help="model to ship; auto: the best on the validation period")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--opportunities", type=int, default=defaults.opportunities)
+    train.add_argument("--opportunities", type=int, default=defaults.opportunities,
+                       help="simulated opportunities (without --data)")
     train.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
     train.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     train.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch)
-    train.add_argument("--max-minutes", type=float, default=defaults.max_minutes)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--patience", type=int, default=defaults.patience)
+    train.add_argument("--max-minutes", type=float, default=defaults.max_minutes,
+                       help="a guard only: training stops on epochs or patience, and the card says if this fired")
     train.add_argument("--output", default="models", help="folder for lstm_omni.{onnx,pt,json}")
-    train.add_argument("--docs", default="docs", help="folder for reliability.png ('' to skip)")
+    train.add_argument("--docs", default="", help="folder for reliability.png ('' to skip)")
     train.set_defaults(handler=_train)
+
+    data = commands.add_parser("data", help="training data").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="check a data source; exit 2 with each problem's row and column")
+    check.add_argument("source", help="a CSV or Parquet file, or the ledger's URL")
+    check.set_defaults(handler=_data_check)
+
+    evaluate = commands.add_parser("evaluate", help="the card's metrics for a model on any data")
+    evaluate.add_argument("--model", required=True, help="an ONNX model file")
+    evaluate.add_argument("--data", required=True, help="a CSV or Parquet file, or the ledger's URL")
+    evaluate.add_argument("--threshold", type=float, default=0.78)
+    evaluate.set_defaults(handler=_evaluate)
 
     card = commands.add_parser("card", help="print a model card's test metrics as Markdown")
     card.add_argument("card", nargs="?", default="models/lstm_omni.json")

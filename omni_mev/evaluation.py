@@ -36,10 +36,15 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((np.asarray(p, np.float64) - y) ** 2))
 
 
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean negative log-likelihood (confidences clipped away from 0 and 1)."""
+def log_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each example's negative log-likelihood (confidences clipped away from 0 and 1)."""
     q = np.clip(np.asarray(p, np.float64), _EPSILON, 1 - _EPSILON)
-    return float(-np.mean(np.where(np.asarray(y).astype(bool), np.log(q), np.log1p(-q))))
+    return -np.where(np.asarray(y).astype(bool), np.log(q), np.log1p(-q))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log-likelihood."""
+    return float(np.mean(log_losses(y, p)))
 
 
 def _bins(p: np.ndarray, bins: int) -> np.ndarray:

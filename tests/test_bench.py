@@ -14,7 +14,7 @@ from tests.servers import ROOT
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
 def test_smoke_run_writes_results_and_report(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--results", str(tmp_path),
-                             "--docs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--docs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (path,) = tmp_path.glob("*-smoke.json")
     results = json.loads(path.read_text())
@@ -33,6 +33,12 @@ def test_smoke_run_writes_results_and_report(tmp_path):
     assert all(v["non_2xx"] == 0 for v in results["variants"].values())
     # The fallback really ran PyTorch: its workers carry torch.
     assert min(results["variants"]["pytorch fallback"]["rss_mb"]) > max(results["variants"]["no redis"]["rss_mb"])
+    ensemble = results["ensemble"]
+    # Each side served its own model: the ensemble's version, and the shipped LSTM's.
+    assert ensemble["model_versions"]["ensemble"] == ensemble["ensemble_version"] != ensemble["model_versions"]["lstm"]
+    assert all(r["non_2xx"] == 0 and r["requests"] > 0 for runs in ensemble["runs"].values() for r in runs)
+    assert all(us > 0 for us in ensemble["prediction_us"].values())
     report = (tmp_path / "benchmarks.md").read_text()
+    assert "Serving the ensemble, `/predict` runs at" in report
     assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000

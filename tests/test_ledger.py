@@ -42,7 +42,7 @@ def ledger_url(request, tmp_path):
 def row(opportunity_id: str, confidence: float = 0.5, at: float | None = None, steps: int = 1) -> PredictionRow:
     window = np.tile(np.array(EXAMPLE, np.float32), (steps, 1))
     return PredictionRow(opportunity_id, time.time() if at is None else at, "predict", "SIMULATION", "onnx",
-                         "9bd6b255bf85", confidence, None, 0.78, confidence >= 0.78, None, steps, window.tobytes())
+                         "bb504f0433ef", confidence, None, 0.78, confidence >= 0.78, None, steps, window.tobytes())
 
 
 def outcome(opportunity_id: str, success: bool | None = True, pnl: float | None = 1.5, executed: bool = True):

@@ -28,6 +28,14 @@ def make_predictor(tmp_path: Path, **overrides) -> Predictor:
     return Predictor(settings, load_worker_models(settings), NullCache(), PaperDispatcher(settings))
 
 
+def threshold_splitting(confidence: float) -> float:
+    """A threshold between a confidence and its 6-decimal rounding: comparing the rounded value gives the other answer."""
+    rounded = round(confidence, 6)
+    threshold = rounded if confidence < rounded else confidence
+    assert (confidence >= threshold) != (rounded >= threshold)
+    return threshold
+
+
 def reference_confidence(window: np.ndarray) -> float:
     model = OnnxModel(MODELS / "lstm_omni.onnx")
     model.load()
@@ -46,13 +54,12 @@ def test_importing_runtime_and_predictor_loads_no_web_stack():
 def test_decision_is_the_float_against_the_threshold(tmp_path):
     window = np.array([[EXAMPLE]], np.float32)
     confidence = reference_confidence(window)
-    rounded = round(confidence, 6)
-    assert confidence < rounded  # comparing the rounded value instead would say true
-    predictor = make_predictor(tmp_path, AI_THRESHOLD=rounded)
+    threshold = threshold_splitting(confidence)
+    predictor = make_predictor(tmp_path, AI_THRESHOLD=repr(threshold))
     single = predictor.predict(Opportunity(EXAMPLE))
     batch = predictor.predict_batch(OpportunityBatch(np.array([EXAMPLE]), None, [None], [True]))
     _, tensor, _ = predictor.infer(window)
-    expected = confidence >= rounded
+    expected = confidence >= threshold
     assert (single.decision, bool(batch.decisions[0]), bool(tensor[0])) == (expected,) * 3
     assert single.confidence == pytest.approx(confidence, abs=1e-7)
 
@@ -100,8 +107,7 @@ def test_status_without_a_model(tmp_path):
 
 def test_endpoints_agree_at_the_rounded_confidence_through_gunicorn():
     confidence = reference_confidence(np.array([[EXAMPLE]], np.float32))
-    threshold = round(confidence, 6)
-    assert confidence < threshold
+    threshold = threshold_splitting(confidence)
     with Gunicorn({"AI_THRESHOLD": repr(threshold)}, workers=1) as server:
         single = server.post("/predict", {"features": EXAMPLE})[1]
         batch = server.post("/predict/batch", {"items": [{"features": EXAMPLE}]})[1]["results"][0]
@@ -109,4 +115,4 @@ def test_endpoints_agree_at_the_rounded_confidence_through_gunicorn():
             {"name": "features", "datatype": "FP32", "shape": [1, 8], "data": EXAMPLE}]})[1]
     decisions = {single["decision"], batch["decision"], next(o for o in v2["outputs"] if o["name"] == "decision")["data"][0]}
     assert decisions == {confidence >= threshold}
-    assert single["confidence"] == batch["confidence"] == threshold
+    assert single["confidence"] == batch["confidence"] == round(confidence, 6)

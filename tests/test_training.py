@@ -1,8 +1,11 @@
-"""Training end to end on a tiny budget, export parity, and the shipped artifacts."""
+"""Training end to end on a tiny budget (simulated data and the documented file format), export parity, determinism,
+the families, and the shipped artifacts."""
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -14,10 +17,13 @@ from omni_mev.model.lstm import load_state
 from omni_mev.runtime.onnx_runtime import OnnxModel
 from omni_mev.training.export import export_onnx, parity, random_raw_features
 from omni_mev.training.train import TrainConfig, train
-from tests.conftest import MODELS
+from tests.conftest import MODELS, ROOT
 
 TINY = TrainConfig(opportunities=6_000, hidden_size=8, batch_size=64, max_epochs=2, batches_per_epoch=8,
                    patience=1, threads=1)
+EXAMPLE_DATA = ROOT / "examples" / "data" / "outcomes.csv"
+SMALL = ["--hidden-size", "12", "--max-epochs", "4", "--batches-per-epoch", "20", "--batch-size", "256",
+         "--patience", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,11 @@ def test_tiny_training_writes_all_artifacts(tiny_run):
     assert json.loads((out / "lstm_omni.json").read_text()) == card
     assert (out / "lstm_omni.pt").stat().st_size > 0 and (out / "docs" / "reliability.png").stat().st_size > 0
     assert card["inputs"]["features"]["order"] == list(FEATURE_NAMES)
-    expected = {"lstm_with_history", "lstm_single_vector", "logistic_regression", "hist_gradient_boosting", "oracle"}
+    expected = {"lstm_with_history", "lstm_single_vector", "logistic_regression", "hist_gradient_boosting", "ensemble",
+                "oracle"}
     assert set(card["test_metrics"]) == expected
+    assert card["family"] in ("lstm", "trees", "ensemble") and card["oracle"].startswith("present")
+    assert card["training"]["stopped_by"] in ("max_epochs", "patience")
     for metrics in card["test_metrics"].values():
         assert 0.0 <= metrics["auc_roc"] <= 1.0 and 0.0 <= metrics["ece"] <= 1.0
         assert set(metrics["at"]) == {"recommended", "default"}
@@ -45,13 +54,72 @@ def test_tiny_training_writes_all_artifacts(tiny_run):
 
 
 def test_training_is_deterministic(tiny_run, tmp_path):
-    out, _ = tiny_run
-    train(TINY, tmp_path)
+    out, card = tiny_run
+    again = train(TINY, tmp_path)
+    assert again["version"] == card["version"]  # the same ONNX bytes
     first = torch.load(out / "lstm_omni.pt", weights_only=True)
     second = torch.load(tmp_path / "lstm_omni.pt", weights_only=True)
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omni_mev.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_own_data_from_check_to_evaluation(tmp_path):
+    """docs/model.md's walk-through, one command per step, on the shipped example file."""
+    assert _cli("data", "check", str(EXAMPLE_DATA)).returncode == 0
+    trained = _cli("train", "--data", str(EXAMPLE_DATA), "--output", str(tmp_path), *SMALL)
+    assert trained.returncode == 0, trained.stderr
+    assert "epoch 1/4" in trained.stdout and "at most" in trained.stdout  # one line per epoch, with the ETA
+    summary = json.loads(trained.stdout.splitlines()[-1])
+    card = json.loads((tmp_path / "lstm_omni.json").read_text())
+    assert summary["version"] == card["version_short"] and card["oracle"].startswith("absent")
+    assert "oracle" not in card["test_metrics"] and card["thresholds"]["recommended_rule"].startswith("maximises")
+    assert card["onnx_parity_max_abs_diff"] <= 1e-5
+    evaluated = _cli("evaluate", "--model", str(tmp_path / "lstm_omni.onnx"), "--data", str(EXAMPLE_DATA))
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["opportunities"] == 4000 and report["model_version"] == card["version_short"]
+    assert 0.5 < report["auc_roc"] <= 1.0 and 0.0 <= report["ece"] <= 0.2
+    table = _cli("card", str(tmp_path / "lstm_omni.json"))
+    assert table.returncode == 0 and f"serves **{card['family']}**" in table.stdout
+    assert "Oracle" not in table.stdout and "| Ensemble: LSTM + trees, blended |" in table.stdout
+    served = OnnxModel(tmp_path / "lstm_omni.onnx")
+    served.load()  # the service can serve what training wrote
+    again = _cli("train", "--data", str(EXAMPLE_DATA), "--output", str(tmp_path / "again"), *SMALL)
+    assert json.loads(again.stdout.splitlines()[-1])["version"] == summary["version"]
+
+
+def test_evaluate_names_a_model_it_cannot_load(tmp_path):
+    result = _cli("evaluate", "--model", str(tmp_path / "absent.onnx"), "--data", str(EXAMPLE_DATA))
+    assert result.returncode == 2 and "absent.onnx" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("family", ["trees", "ensemble"])
+def test_every_family_exports_one_servable_graph(tmp_path, family):
+    trained = _cli("train", "--data", str(EXAMPLE_DATA), "--output", str(tmp_path), "--family", family, *SMALL)
+    assert trained.returncode == 0, trained.stderr
+    card = json.loads((tmp_path / "lstm_omni.json").read_text())
+    assert card["family"] == family and card["onnx_parity_max_abs_diff"] <= 1e-5
+    assert set(card["test_metrics"]) >= {"lstm_single_vector", "hist_gradient_boosting", "ensemble"}
+    model = OnnxModel(tmp_path / "lstm_omni.onnx")
+    model.load()
+    x = random_raw_features(np.random.default_rng(1), 5, 4)
+    assert model.predict(x).shape == (5,) and np.all((model.predict(x) > 0) & (model.predict(x) < 1))
+    assert (tmp_path / "lstm_omni.pt").exists()  # the PyTorch fallback: the LSTM member
+
+
+def test_accuracy_on_a_logistic_truth_that_is_not_the_simulator(tmp_path):
+    from bench.logistic_truth import run
+
+    result = run(20_000, seed=3, config_overrides={"hidden_size": 16, "batch_size": 512, "max_epochs": 20,
+                                                    "batches_per_epoch": 60, "patience": 4}, output=tmp_path)
+    assert result["truth_auc"] - result["model_auc"] <= 0.02
+    assert result["model_ece"] <= 0.03
 
 
 def test_export_keeps_batch_and_sequence_dynamic(tmp_path):

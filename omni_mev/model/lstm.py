@@ -127,11 +127,15 @@ class OpportunityLSTM(nn.Module):
         summary = torch.cat([sequence[:, -1, :], channels[:, -1, :]], dim=-1)
         return self.head(summary), single
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def calibrated_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """The logit of the calibrated probability [batch, 1] (what an ensemble blends)."""
         logits, single = self._logits_and_single(raw)
         scale = self.calibration_scale[0] + (self.calibration_scale[1] - self.calibration_scale[0]) * single
         bias = self.calibration_bias[0] + (self.calibration_bias[1] - self.calibration_bias[0]) * single
-        return torch.sigmoid(logits * scale + bias)
+        return logits * scale + bias
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.calibrated_logits(raw))
 
 
 def load_state(source: str | Path | BinaryIO) -> OpportunityLSTM:

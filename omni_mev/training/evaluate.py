@@ -1,6 +1,9 @@
 """Metrics for the model card: discrimination, calibration and the trading threshold."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from omni_mev.evaluation import auc_roc, brier, expected_calibration_error, precision_recall
@@ -49,3 +52,25 @@ def pnl_optimal_threshold(p: np.ndarray, pnl: np.ndarray) -> float:
     # Halfway to the next lower confidence, so the chosen set is stable.
     lower = p[order[best + 1]] if best + 1 < len(p) else 0.0
     return float((p[order[best]] + lower) / 2.0)
+
+
+def evaluate_model(model_path: Path, dataset: Any, threshold: float) -> dict:
+    """The card's metrics of an ONNX model on a dataset, each opportunity scored with all its history."""
+    from omni_mev.evaluation import log_loss
+    from omni_mev.runtime.onnx_runtime import OnnxModel
+
+    model = OnnxModel(model_path)
+    model.load()
+    p = np.empty(len(dataset), dtype=np.float64)
+    for index, windows in dataset.scored_windows():
+        for start in range(0, len(index), 8192):
+            p[index[start:start + 8192]] = model.predict(np.ascontiguousarray(windows[start:start + 8192]))
+    thresholds = {"given": threshold}
+    pnl = np.nan_to_num(dataset.pnl) if dataset.has_pnl else None
+    metrics = summarise(dataset.label, p, thresholds, pnl)
+    metrics["log_loss"] = log_loss(dataset.label, p)
+    report = {"model": str(model_path), "model_version": model.version, "data": dataset.source,
+              "opportunities": len(dataset), "success_rate": float(dataset.label.mean()), **metrics}
+    if dataset.oracle is not None:
+        report["oracle_auc"] = auc_roc(dataset.label, dataset.oracle)
+    return report

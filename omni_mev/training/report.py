@@ -4,33 +4,57 @@ from __future__ import annotations
 from typing import Any
 
 ROWS = (
-    ("lstm_with_history", "LSTM, 31 earlier opportunities + current"),
+    ("lstm_with_history", "LSTM, with history (up to 31 earlier opportunities)"),
     ("lstm_single_vector", "LSTM, single vector (seq = 1)"),
-    ("hist_gradient_boosting", "HistGradientBoosting, single vector"),
+    ("hist_gradient_boosting", "Gradient boosting (trees), single vector"),
+    ("ensemble", "Ensemble: LSTM + trees, blended"),
     ("logistic_regression", "Logistic regression, single vector"),
     ("oracle", "Oracle (true probability)"),
 )
 
+SERVED_ROW = {"lstm": "lstm_with_history", "trees": "hist_gradient_boosting", "ensemble": "ensemble"}
+
+
+def served_row(card: dict[str, Any]) -> str:
+    """The test-metrics row of the model the card's graph serves (the LSTM on single vectors without history)."""
+    row = SERVED_ROW[card.get("family", "lstm")]
+    return row if row in card["test_metrics"] else "lstm_single_vector"
+
 
 def markdown(card: dict[str, Any]) -> str:
-    """Test-set metrics of every model in the card, as Markdown tables."""
+    """Test-set metrics of every model in the card, as a Markdown table.
+
+    Rows a card lacks are left out: real data has no oracle, and data without a
+    stream column has no history.
+    """
     metrics = card["test_metrics"]
-    recommended = card["thresholds"]["recommended"]
+    thresholds = card["thresholds"]
+    points = [("default", thresholds["default"])]
+    if "recommended" in thresholds:
+        points.append(("recommended", thresholds["recommended"]))
+    with_pnl = any("pnl_usd_per_opportunity" in m["at"]["default"] for m in metrics.values())
+    header = ["model", "AUC-ROC", "Brier", "ECE"]
+    for _, value in points:
+        header += [f"P@{value:.3g}", f"R@{value:.3g}", f"F1@{value:.3g}"] + ([f"PnL $/opp @{value:.3g}"] * with_pnl)
+    recommended = (f"recommended threshold {thresholds['recommended']:.3f}" if "recommended" in thresholds
+                   else "no recommended threshold")
     lines = [
-        f"Model version `{card['version'][:12]}` · test set: {card['training']['scored_test_opportunities']:,} "
-        f"opportunities of the last {card['training']['split']['test']:,} (time split) · "
-        f"recommended threshold {recommended:.3f} ({card['thresholds']['recommended_rule']})",
+        f"Model version `{card['version'][:12]}` · serves **{card.get('family', 'lstm')}** · test set: "
+        f"{card['training']['split']['test']:,} opportunities, the last of the time split · "
+        f"{recommended} ({thresholds['recommended_rule']})",
         "",
-        "| model | AUC-ROC | Brier | ECE | P@0.78 | R@0.78 | F1@0.78 | PnL $/opp @0.78 "
-        f"| P@{recommended:.3f} | R@{recommended:.3f} | F1@{recommended:.3f} | PnL $/opp @{recommended:.3f} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for key, label in ROWS:
+        if key not in metrics:
+            continue
         m = metrics[key]
-        d, r = m["at"]["default"], m["at"]["recommended"]
-        lines.append(
-            f"| {label} | {m['auc_roc']:.4f} | {m['brier']:.4f} | {m['ece']:.4f} "
-            f"| {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} | {d['pnl_usd_per_opportunity']:.2f} "
-            f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['pnl_usd_per_opportunity']:.2f} |"
-        )
+        cells = [label, f"{m['auc_roc']:.4f}", f"{m['brier']:.4f}", f"{m['ece']:.4f}"]
+        for name, _ in points:
+            at = m["at"][name]
+            cells += [f"{at['precision']:.3f}", f"{at['recall']:.3f}", f"{at['f1']:.3f}"]
+            if with_pnl:
+                cells.append(f"{at['pnl_usd_per_opportunity']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

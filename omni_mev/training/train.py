@@ -1,22 +1,28 @@
-"""Train the LSTM on simulated streams, calibrate it, compare baselines, export and write the card."""
+"""Train on simulated streams or a user's own outcomes: LSTM, trees, their blend; calibrate, compare, export, card."""
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from omni_mev.evaluation import reliability_curve
+from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import OpportunityLSTM
 from omni_mev.training import evaluate
-from omni_mev.training.export import OPSET, export_onnx, parity, sha256_of
-from omni_mev.training.simulate import OpportunityStream, simulate
+from omni_mev.training.data import Dataset, from_simulation, load
+from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
+from omni_mev.training.ensemble import parity as graph_parity
+from omni_mev.training.export import OPSET, PARITY_SHAPES, export_onnx, random_raw_features, sha256_of
+from omni_mev.training.simulate import simulate
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +30,23 @@ DEFAULT_THRESHOLD = 0.78
 MODEL_NAME = "lstm_omni"
 
 
+FAMILIES = ("lstm", "trees", "ensemble")
+ENSEMBLE_MARGIN_SE = 2.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run; the card records it."""
+    """Everything that determines a training run; the card records it.
+
+    The same seed and data give the same model whatever the machine's speed:
+    training stops on max_epochs or patience. max_minutes is only a guard
+    against a run that would never end; the card says when it stopped one.
+    """
 
     seed: int = 7
-    opportunities: int = 1_000_000
+    opportunities: int = 1_000_000  # simulated, when no data is given
+    data: str | None = None  # a CSV or Parquet file, or the ledger's URL
+    family: str = "auto"  # lstm, trees, ensemble, or auto: the best on validation
     hidden_size: int = 32
     batch_size: int = 1024
     max_epochs: int = 40
@@ -39,109 +56,107 @@ class TrainConfig:
     single_vector_share: float = 0.25  # batches trained on seq = 1
     train_share: float = 0.70
     validation_share: float = 0.15
-    max_minutes: float = 7.0
+    max_minutes: float = 240.0
     threads: int = 2
 
 
-@dataclass
-class Split:
-    """A contiguous time slice of the stream and the indices scored in it."""
-
-    name: str
-    stream: OpportunityStream
-
-    @property
-    def scored(self) -> np.ndarray:
-        """Indices with a full history inside the split, the same for every model."""
-        return np.arange(MAX_SEQUENCE - 1, len(self.stream))
-
-    def windows(self, index: np.ndarray, length: int) -> np.ndarray:
-        """Raw windows [len(index), length, 8], the opportunity itself last."""
-        offsets = np.arange(-length + 1, 1)
-        return self.stream.features[index[:, None] + offsets[None, :]]
-
-
-def split_by_time(stream: OpportunityStream, config: TrainConfig) -> dict[str, Split]:
+def split_by_time(dataset: Dataset, config: TrainConfig) -> dict[str, Dataset]:
     """Train, validation and test in time order: the test set is the future."""
-    n = len(stream)
+    order = np.argsort(dataset.observed_at, kind="stable")
+    n = len(order)
     train_end = int(n * config.train_share)
     validation_end = int(n * (config.train_share + config.validation_share))
     bounds = {"train": (0, train_end), "validation": (train_end, validation_end), "test": (validation_end, n)}
-    return {name: Split(name, stream.slice(lo, hi)) for name, (lo, hi) in bounds.items()}
+    return {name: dataset.subset(order[lo:hi]) for name, (lo, hi) in bounds.items()}
 
 
-def _score(fn, split: Split, length: int, batch: int = 8192) -> np.ndarray:
-    """fn over the split's scored windows of `length`, in batches, as a flat array."""
-    index = split.scored
-    out = []
+def _scored(fn, data: Dataset, length: int | None, batch: int = 8192) -> np.ndarray:
+    """fn over every example of `data`, in batches: with all its history (length None) or `length` steps."""
+    out = np.empty(len(data), dtype=np.float64)
+    groups = data.scored_windows() if length is None else [(np.arange(len(data)), None)]
     with torch.no_grad():
-        for start in range(0, len(index), batch):
-            x = torch.from_numpy(split.windows(index[start:start + batch], length))
-            out.append(fn(x).squeeze(-1).numpy())
-    return np.concatenate(out)
-
-
-def _logits(model: OpportunityLSTM, split: Split, length: int) -> np.ndarray:
-    return _score(model.logits, split, length)
+        for index, windows in groups:
+            for start in range(0, len(index), batch):
+                part = index[start:start + batch]
+                x = windows[start:start + batch] if windows is not None else data.windows(part, length)
+                out[part] = fn(torch.from_numpy(np.ascontiguousarray(x))).squeeze(-1).double().numpy()
+    return out
 
 
 def _bce(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - y * logits))
 
 
-def fit_network(model: OpportunityLSTM, train: Split, validation: Split, config: TrainConfig) -> dict:
+def _batch_windows(train: Dataset, rng: np.random.Generator, config: TrainConfig,
+                   history: np.ndarray, longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """A training batch: a random window length (1 a quarter of the time), examples that have that much history."""
+    length = 1
+    if longest > 1 and rng.uniform() >= config.single_vector_share:
+        length = int(rng.integers(2, longest + 1))
+    eligible = np.flatnonzero(history >= length - 1)
+    index = eligible[rng.integers(0, len(eligible), size=config.batch_size)]
+    return train.windows(index, length), index
+
+
+def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, config: TrainConfig,
+                progress: Callable[[str], None] = log.info) -> dict:
     """Adam on random windows of random length; early stopping on validation loss."""
     rng = np.random.default_rng(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
     loss_fn = nn.BCEWithLogitsLoss()
-    labels = torch.from_numpy(train.stream.label.astype(np.float32))
-    y_val = validation.stream.label[validation.scored]
+    labels = torch.from_numpy(train.label.astype(np.float32))
+    history = train.history_length
+    longest = int(min(MAX_SEQUENCE, history.max() + 1))
+    y_val = validation.label
     best_loss, best_state, best_epoch, stale = np.inf, None, 0, 0
-    history = []
+    epochs = []
+    stopped_by = "max_epochs"
     started = time.monotonic()
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         running = 0.0
         for _ in range(config.batches_per_epoch):
-            if rng.uniform() < config.single_vector_share:
-                length = 1
-            else:
-                length = int(rng.integers(2, MAX_SEQUENCE + 1))
-            index = rng.integers(length - 1, len(train.stream), size=config.batch_size)
-            x = torch.from_numpy(train.windows(index, length))
-            loss = loss_fn(model.logits(x).squeeze(-1), labels[index])
+            windows, index = _batch_windows(train, rng, config, history, longest)
+            loss = loss_fn(model.logits(torch.from_numpy(windows)).squeeze(-1), labels[index])
             optimiser.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             running += loss.item()
         model.eval()
-        val_loss = 0.5 * (
-            _bce(_logits(model, validation, MAX_SEQUENCE), y_val) + _bce(_logits(model, validation, 1), y_val)
-        )
+        val_loss = 0.5 * (_bce(_scored(model.logits, validation, None), y_val)
+                          + _bce(_scored(model.logits, validation, 1), y_val))
         scheduler.step(val_loss)
         elapsed = time.monotonic() - started
-        history.append({"epoch": epoch, "train_loss": running / config.batches_per_epoch,
-                        "validation_loss": val_loss, "seconds": round(elapsed, 1)})
-        log.info("epoch %d train %.4f validation %.4f (%.0fs)", epoch, history[-1]["train_loss"], val_loss, elapsed)
+        epochs.append({"epoch": epoch, "train_loss": running / config.batches_per_epoch,
+                       "validation_loss": val_loss, "seconds": round(elapsed, 1)})
+        remaining = (config.max_epochs - epoch) * elapsed / epoch
+        progress(f"epoch {epoch}/{config.max_epochs}: train loss {epochs[-1]['train_loss']:.4f}, validation loss "
+                 f"{val_loss:.4f}, {elapsed:.0f}s, at most {remaining:.0f}s more (early stopping may end it sooner)")
         if val_loss < best_loss - 1e-5:
             best_loss, best_epoch, stale = val_loss, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if stale >= config.patience or elapsed > config.max_minutes * 60:
+        if stale >= config.patience:
+            stopped_by = "patience"
+            break
+        if elapsed > config.max_minutes * 60:
+            stopped_by = "time_budget"
+            progress(f"stopped by the {config.max_minutes:g}-minute guard: this model depends on the machine's speed")
             break
     model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "best_validation_loss": best_loss, "epochs": history}
+    return {"best_epoch": best_epoch, "best_validation_loss": best_loss, "stopped_by": stopped_by,
+            "epochs": epochs}
 
 
-def calibrate(model: OpportunityLSTM, validation: Split) -> dict:
+def calibrate(model: OpportunityLSTM, validation: Dataset) -> dict:
     """Platt scaling of the logit on validation: one fit with history, one without."""
-    y = validation.stream.label[validation.scored]
+    y = validation.label
     fitted = {}
-    for slot, (name, length) in enumerate((("history", MAX_SEQUENCE), ("single_vector", 1))):
-        scale, bias = _platt(_logits(model, validation, length), y)
+    for slot, (name, length) in enumerate((("history", None), ("single_vector", 1))):
+        scale, bias = _platt(_scored(model.logits, validation, length), y)
         model.calibration_scale[slot] = scale
         model.calibration_bias[slot] = bias
         fitted[name] = {"scale": scale, "bias": bias}
@@ -166,39 +181,116 @@ def _platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return scale, bias
 
 
-def predict(model: OpportunityLSTM, split: Split, length: int) -> np.ndarray:
-    """Calibrated confidences for the split's scored indices."""
-    return _score(model, split, length)
+def _current(data: Dataset) -> np.ndarray:
+    """The opportunities themselves (no history), float32 values as float64."""
+    return data.vectors[data.current].astype(np.float64)
 
 
-def baselines(splits: dict[str, Split], seed: int) -> dict[str, np.ndarray]:
-    """Single-vector baselines trained on the same data: test-set confidences."""
+def fit_trees(train: Dataset, seed: int) -> Any:
+    """Gradient-boosted trees on the current opportunity's raw features, early-stopped on a slice of train."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=500, learning_rate=0.1, early_stopping=True,
+                                          validation_fraction=0.15, random_state=seed).fit(_current(train),
+                                                                                           train.label)
+
+
+def fit_logistic(train: Dataset) -> Any:
+    """Logistic regression on the network's own transforms of the current opportunity: a baseline."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(_derived(train), train.label)
+
+
+def _derived(data: Dataset) -> np.ndarray:
     from omni_mev.model.lstm import derive
 
-    def single(split: Split, logistic: bool) -> np.ndarray:
-        x = split.stream.features
-        if logistic:  # the same log/logit transforms the network uses
-            x = derive(torch.from_numpy(x)[:, None, :])[:, 0, :-2].numpy()
-        return x
+    return derive(torch.from_numpy(data.vectors[data.current])[:, None, :])[:, 0, :-2].numpy()
 
-    train, test = splits["train"], splits["test"]
-    y = train.stream.label
-    logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    logistic.fit(single(train, True), y)
-    # Early stopping on a slice of the training data, as the LSTM stops on validation.
-    boosting = HistGradientBoostingClassifier(
-        max_iter=500, learning_rate=0.1, early_stopping=True, validation_fraction=0.15, random_state=seed
-    )
-    boosting.fit(single(train, False), y)
-    return {
-        "logistic_regression": logistic.predict_proba(single(test, True)[test.scored])[:, 1],
-        "hist_gradient_boosting": boosting.predict_proba(single(test, False)[test.scored])[:, 1],
-    }
+
+@dataclass
+class Members:
+    """The trained models whose confidences the families are made of."""
+
+    lstm: OpportunityLSTM
+    trees: Any
+    blend: Blend | None = None
+
+    def lstm_logit(self, data: Dataset) -> np.ndarray:
+        return _scored(self.lstm.calibrated_logits, data, None)
+
+    def trees_logit(self, data: Dataset) -> np.ndarray:
+        return self.trees.decision_function(_current(data))
+
+    def confidences(self, family: str, data: Dataset) -> np.ndarray:
+        if family == "lstm":
+            return _sigmoid(self.lstm_logit(data))
+        if family == "trees":
+            return _sigmoid(self.trees_logit(data))
+        return self.blend.apply(self.lstm_logit(data), self.trees_logit(data))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def choose_family(members: Members, validation: Dataset, requested: str) -> tuple[str, dict[str, Any]]:
+    """Each family's validation log loss (the blend's cross-fitted on two halves), and the family to ship.
+
+    The ensemble costs more per request and makes the PyTorch fallback a
+    stand-in, so it ships only when it beats the better single member by more
+    than noise: ENSEMBLE_MARGIN_SE standard errors of the paired per-example
+    difference in log loss.
+    """
+    y = validation.label
+    z_lstm, z_trees = members.lstm_logit(validation), members.trees_logit(validation)
+    half = len(y) // 2
+    blended = np.empty(len(y))
+    for fit, score in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+        blended[score] = fit_blend(z_lstm[fit], z_trees[fit], y[fit]).apply(z_lstm[score], z_trees[score])
+    losses = {"lstm": log_losses(y, _sigmoid(z_lstm)), "trees": log_losses(y, _sigmoid(z_trees)),
+              "ensemble": log_losses(y, blended)}
+    single = min(("lstm", "trees"), key=lambda name: losses[name].mean())
+    gain = losses[single] - losses["ensemble"]
+    standard_error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    ensemble_wins = bool(gain.mean() > ENSEMBLE_MARGIN_SE * standard_error)
+    family = requested if requested != "auto" else "ensemble" if ensemble_wins else single
+    report = {name: round(float(value.mean()), 6) for name, value in losses.items()}
+    report["ensemble_gain_over_" + single] = {"mean": round(float(gain.mean()), 6),
+                                              "standard_error": round(standard_error, 6),
+                                              "significant": ensemble_wins}
+    return family, report
+
+
+def export(members: Members, family: str, output_dir: Path, validation: Dataset) -> tuple[Path, float]:
+    """Write the served graph (and the LSTM's weights, the PyTorch fallback); parity against the native models."""
+    from omni_mev.training.ensemble import export_trees
+
+    onnx_path = output_dir / f"{MODEL_NAME}.onnx"
+    torch.save(members.lstm.state_dict(), output_dir / f"{MODEL_NAME}.pt")
+    with tempfile.TemporaryDirectory() as scratch:
+        lstm_path = onnx_path if family == "lstm" else Path(scratch) / "lstm.onnx"
+        export_onnx(members.lstm, lstm_path)
+        if family == "trees":
+            export_trees(members.trees, onnx_path)
+        elif family == "ensemble":
+            export_ensemble(lstm_path, members.trees, members.blend, onnx_path)
+    rng = np.random.default_rng(0)
+    shapes = [random_raw_features(rng, batch, seq) for batch, seq in PARITY_SHAPES]
+    shapes.append(validation.windows(np.arange(min(len(validation), 4096)), 1))
+
+    def native(windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z_lstm = members.lstm.calibrated_logits(torch.from_numpy(windows)).double().numpy().reshape(-1)
+        if family == "lstm":
+            return _sigmoid(z_lstm)
+        if family == "trees":
+            return trees_probability(members.trees, windows)
+        return members.blend.apply(z_lstm, trees_logit(members.trees, windows))
+
+    return onnx_path, graph_parity(onnx_path, native, shapes)
 
 
 def reliability_png(curves: dict[str, list], path: Path) -> None:
@@ -222,82 +314,114 @@ def reliability_png(curves: dict[str, list], path: Path) -> None:
     plt.close(fig)
 
 
+def _normalisation_windows(train: Dataset, seed: int) -> np.ndarray:
+    """Training windows for the standardisation statistics: the longest history enough examples have."""
+    history = train.history_length
+    length = next(k for k in range(MAX_SEQUENCE, 0, -1) if (history >= k - 1).sum() >= min(512, len(train)))
+    eligible = np.flatnonzero(history >= length - 1)
+    return train.windows(eligible[np.random.default_rng(seed).integers(0, len(eligible), 4096)], length)
+
+
 def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
-          command: str = "omni-mev train") -> dict:
+          command: str = "omni-mev train", progress: Callable[[str], None] = log.info) -> dict:
     """Run the whole pipeline and write the ONNX model, the state dict and the card."""
+    if config.family not in (*FAMILIES, "auto"):
+        raise ValueError(f"family {config.family!r}; choose lstm, trees, ensemble or auto")
     started = time.monotonic()
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    stream = simulate(config.opportunities, seed=config.seed)
-    splits = split_by_time(stream, config)
+    dataset = load(config.data) if config.data else from_simulation(simulate(config.opportunities, seed=config.seed))
+    splits = split_by_time(dataset, config)
     train_split, validation, test = splits["train"], splits["validation"], splits["test"]
-    log.info("simulated %d opportunities in %.0fs", len(stream), time.monotonic() - started)
+    progress(f"{len(dataset):,} opportunities from {dataset.source}: train {len(train_split):,}, "
+             f"validation {len(validation):,}, test {len(test):,} (in time order)")
 
     model = OpportunityLSTM(hidden_size=config.hidden_size)
-    sample = np.random.default_rng(config.seed).integers(MAX_SEQUENCE - 1, len(train_split.stream), 4096)
-    model.fit_normalisation(torch.from_numpy(train_split.windows(sample, MAX_SEQUENCE)))
-    fitting = fit_network(model, train_split, validation, config)
+    model.fit_normalisation(torch.from_numpy(_normalisation_windows(train_split, config.seed)))
+    fitting = fit_network(model, train_split, validation, config, progress)
     calibration = calibrate(model, validation)
+    members = Members(model, fit_trees(train_split, config.seed))
+    members.blend = fit_blend(members.lstm_logit(validation), members.trees_logit(validation), validation.label)
+    family, validation_losses = choose_family(members, validation, config.family)
+    progress(f"validation log loss: {validation_losses}; serving {family}")
 
-    # Threshold: maximise simulated PnL on validation (never on test).
-    val_p = predict(model, validation, MAX_SEQUENCE)
-    recommended = evaluate.pnl_optimal_threshold(val_p, validation.stream.pnl_usd[validation.scored])
-    thresholds = {"recommended": recommended, "default": DEFAULT_THRESHOLD}
+    thresholds: dict[str, float] = {"default": DEFAULT_THRESHOLD}
+    if validation.has_pnl:
+        reported = np.isfinite(validation.pnl)
+        thresholds["recommended"] = evaluate.pnl_optimal_threshold(
+            members.confidences(family, validation)[reported], validation.pnl[reported])
 
-    y_test = test.stream.label[test.scored]
-    pnl_test = test.stream.pnl_usd[test.scored]
+    has_history = bool((test.history_length > 0).any())
     confidences = {
-        "lstm_with_history": predict(model, test, MAX_SEQUENCE),
-        "lstm_single_vector": predict(model, test, 1),
-        **baselines(splits, config.seed),
-        "oracle": test.stream.oracle[test.scored],
+        **({"lstm_with_history": members.confidences("lstm", test)} if has_history else {}),
+        "lstm_single_vector": _sigmoid(_scored(model.calibrated_logits, test, 1)),
+        "logistic_regression": fit_logistic(train_split).predict_proba(_derived(test))[:, 1],
+        "hist_gradient_boosting": members.confidences("trees", test),
+        "ensemble": members.confidences("ensemble", test),
+        **({"oracle": test.oracle} if test.oracle is not None else {}),
     }
-    results = {name: evaluate.summarise(y_test, p, thresholds, pnl_test) for name, p in confidences.items()}
+    pnl_test = np.nan_to_num(test.pnl) if test.has_pnl else None
+    results = {name: evaluate.summarise(test.label, p, thresholds, pnl_test) for name, p in confidences.items()}
 
-    onnx_path = output_dir / f"{MODEL_NAME}.onnx"
-    state_path = output_dir / f"{MODEL_NAME}.pt"
-    export_onnx(model, onnx_path)
-    torch.save(model.state_dict(), state_path)
-    max_diff = parity(model, onnx_path)
+    onnx_path, max_diff = export(members, family, output_dir, validation)
     version = sha256_of(onnx_path)
-
     card = {
         "name": MODEL_NAME,
         "version": version,
         "version_short": version[:12],
         "created_by": command,
+        "family": family,
         "framework": {"torch": torch.__version__.split("+")[0], "onnx_opset": OPSET},
         "inputs": {
             "features": {"shape": ["batch", "seq", len(FEATURE_NAMES)], "dtype": "float32",
                          "order": list(FEATURE_NAMES), "max_seq": MAX_SEQUENCE},
         },
         "outputs": {"confidence": {"shape": ["batch", 1], "dtype": "float32"}},
-        "architecture": {"type": "LSTM", "hidden_size": config.hidden_size, "layers": 1,
-                         "normalisation": "inside the graph (log/logit transforms, training statistics)"},
-        "training": {"config": asdict(config), "data": stream.describe(),
-                     "split": {name: len(s.stream) for name, s in splits.items()},
-                     "scored_test_opportunities": int(len(y_test)),
-                     **fitting, "calibration": calibration},
-        "thresholds": {"recommended": round(recommended, 4), "default": DEFAULT_THRESHOLD,
-                       "recommended_rule": "maximises simulated PnL on the validation period"},
+        "architecture": {
+            "lstm": {"hidden_size": config.hidden_size, "layers": 1,
+                     "normalisation": "inside the graph (log/logit transforms, training statistics)"},
+            "trees": {"type": "HistGradientBoostingClassifier", "iterations": int(members.trees.n_iter_),
+                      "reads": "the current opportunity's 8 raw features"},
+            "ensemble": {"blend": asdict(members.blend),
+                         "rule": "sigmoid(lstm * lstm_logit + trees * trees_logit + bias), fitted on validation"},
+            "served": family,
+            "pytorch_fallback": "the LSTM alone" + ("" if family == "lstm" else
+                                                    f" (a degraded stand-in for the {family} model)"),
+        },
+        "training": {"config": asdict(config), "data": _data_summary(dataset),
+                     "split": {name: len(part) for name, part in splits.items()},
+                     "validation_log_loss": validation_losses, **fitting, "calibration": calibration},
+        "thresholds": {**{k: round(v, 4) for k, v in thresholds.items()}, "recommended_rule": (
+            "maximises realised PnL on the validation period" if "recommended" in thresholds
+            else "none: the data has no realised_pnl_usd; keep a threshold of your own")},
         "test_metrics": results,
-        "training_range": _observed_range(train_split.stream.features),
+        "oracle": "present: the simulator's true probability" if test.oracle is not None else
+                  "absent: real outcomes have no known true probability",
+        "training_range": _observed_range(train_split.vectors[train_split.current]),
         "onnx_parity_max_abs_diff": max_diff,
         "training_seconds": round(time.monotonic() - started, 1),
     }
     (output_dir / f"{MODEL_NAME}.json").write_text(json.dumps(card, indent=2) + "\n")
     if docs_dir is not None:
         docs_dir.mkdir(parents=True, exist_ok=True)
-        curves = {name: reliability_curve(y_test, confidences[name])
-                  for name in ("lstm_with_history", "lstm_single_vector", "hist_gradient_boosting", "oracle")}
+        curves = {name: reliability_curve(test.label, p) for name, p in confidences.items()
+                  if name in ("lstm_with_history", "lstm_single_vector", "hist_gradient_boosting", "ensemble",
+                              "oracle")}
         reliability_png(curves, docs_dir / "reliability.png")
-    log.info("wrote %s (version %s) in %.0fs", onnx_path, version[:12], card["training_seconds"])
+    progress(f"wrote {onnx_path} ({family}, version {version[:12]}) in {card['training_seconds']:.0f}s")
     return card
 
 
+def _data_summary(dataset: Dataset) -> dict[str, Any]:
+    summary = dataset.describe()
+    summary.pop("feature_ranges")
+    return summary
+
+
 def _observed_range(features: np.ndarray) -> dict[str, list[float]]:
-    """Per-feature minimum and maximum of the training data: the drift bounds."""
+    """Per-feature minimum and maximum of the training data: the drift and plausibility bounds."""
     lo, hi = features.min(axis=0), features.max(axis=0)
     return {name: [float(a), float(b)] for name, a, b in zip(FEATURE_NAMES, lo, hi)}

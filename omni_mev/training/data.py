@@ -1,0 +1,347 @@
+"""Training data: a documented format for a user's own outcomes, read from CSV, Parquet or the ledger, and checked.
+
+A file has one row per opportunity:
+
+| column | required | |
+|---|---|---|
+| the 8 feature names (profit_usd, ...) | yes | the values the service was sent, within the API's bounds |
+| opportunity_id | yes | unique |
+| observed_at | yes | RFC 3339 with an offset; rows of one stream in time order |
+| success | yes | true/false (or 1/0): the trade landed and made a profit after gas |
+| stream | no | what a history window groups by (a pool pair, a scanner); without it rows are single vectors |
+| realised_pnl_usd | no | profit or loss after gas; enables a PnL-based threshold |
+
+Other columns are ignored (and listed). The outcome ledger is a source too,
+given as its SQLAlchemy URL: every prediction with an executed outcome, with
+the input window the model read.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, MAX_HISTORY, N_FEATURES
+
+REQUIRED = (*FEATURE_NAMES, "opportunity_id", "observed_at", "success")
+OPTIONAL = ("stream", "realised_pnl_usd")
+MAX_REPORTED_PROBLEMS = 25
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class DataError(Exception):
+    """The data cannot be trained on; each problem names its row (1 = the first data row) and column."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(shown)
+                         + (f"\n  ... and {more} more" if more else ""))
+        self.problems = problems
+
+
+@dataclass
+class Dataset:
+    """Labelled opportunities and the windows the model reads for them.
+
+    `vectors` holds every feature vector, history steps included, each linked
+    to the one before it in its stream or window (`prev`, -1 at the start).
+    Example i is vectors[current[i]], after the vectors its links lead to.
+    """
+
+    source: str
+    vectors: np.ndarray  # [m, 8] float32
+    prev: np.ndarray  # [m] int64
+    current: np.ndarray  # [n] int64
+    label: np.ndarray  # [n] int8
+    observed_at: np.ndarray  # [n] float64, epoch seconds
+    opportunity_id: np.ndarray  # [n] object
+    pnl: np.ndarray  # [n] float64, NaN where not reported
+    oracle: np.ndarray | None = None  # the true probability, for simulated data
+    ignored_columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def __post_init__(self) -> None:
+        # Earlier steps each vector has (links point backwards, so one pass in order).
+        depth = np.zeros(len(self.vectors), np.int64)
+        for v in np.flatnonzero(self.prev >= 0):
+            depth[v] = min(depth[self.prev[v]] + 1, MAX_HISTORY)
+        self._depth = depth
+
+    @property
+    def history_length(self) -> np.ndarray:
+        """How many earlier opportunities each example has (0 to 31)."""
+        return self._depth[self.current]
+
+    @property
+    def has_pnl(self) -> bool:
+        return bool(np.isfinite(self.pnl).any())
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        """Examples `index` (vectors shared)."""
+        return replace(self, current=self.current[index], label=self.label[index],
+                       observed_at=self.observed_at[index], opportunity_id=self.opportunity_id[index],
+                       pnl=self.pnl[index], oracle=None if self.oracle is None else self.oracle[index])
+
+    def windows(self, index: np.ndarray, length: int) -> np.ndarray:
+        """Raw windows [len(index), length, 8] for examples with at least length - 1 earlier ones."""
+        steps = [self.current[index]]
+        for _ in range(length - 1):
+            steps.append(self.prev[steps[-1]])
+        return self.vectors[np.stack(steps[::-1], axis=1)]
+
+    def scored_windows(self, length_cap: int = MAX_HISTORY + 1) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(example indices, windows) grouped by window length: each example with all its history (up to the cap)."""
+        lengths = np.minimum(self.history_length, length_cap - 1) + 1
+        return [(index, self.windows(index, int(length)))
+                for length in np.unique(lengths) for index in [np.flatnonzero(lengths == length)]]
+
+    def describe(self) -> dict[str, Any]:
+        """What `omni-mev data check` reports."""
+        current = self.vectors[self.current]
+        span = (float(self.observed_at.min()), float(self.observed_at.max())) if len(self) else (0.0, 0.0)
+        return {
+            "source": self.source,
+            "rows": len(self),
+            "time_span": {"from": _iso(span[0]), "to": _iso(span[1]), "days": round((span[1] - span[0]) / 86_400, 3)},
+            "success_rate": round(float(self.label.mean()), 4) if len(self) else None,
+            "labels": {"success": int(self.label.sum()), "failure": int(len(self) - self.label.sum())},
+            "with_history": int((self.history_length > 0).sum()),
+            "realised_pnl_reported": int(np.isfinite(self.pnl).sum()),
+            "feature_ranges": {name: [float(current[:, i].min()), float(current[:, i].max())]
+                               for i, name in enumerate(FEATURE_NAMES)} if len(self) else {},
+            "duplicate_ids": len(self) - len(set(self.opportunity_id.tolist())),
+            "ignored_columns": self.ignored_columns,
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _float(raw: Any) -> float | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def _timestamp(raw: Any) -> float | None:
+    if isinstance(raw, dt.datetime):
+        return raw.timestamp() if raw.tzinfo is not None else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def _boolean(raw: Any) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, (int, float)) and raw in (0, 1):
+        return bool(raw)
+    text = str(raw).strip().lower() if raw is not None else ""
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _check_feature(name: str, value: float | None) -> str | None:
+    bounds = FEATURE_BOUNDS[name]
+    if value is None or math.isnan(value):
+        return "missing or not a number"
+    if not bounds.minimum <= value <= bounds.upper:
+        return f"{value!r} is outside {bounds.minimum:g}..{bounds.upper:.6g}"
+    if bounds.integer and value != int(value):
+        return f"{value!r} is not an integer"
+    return None
+
+
+def from_columns(source: str, columns: dict[str, list[Any]], row_offset: int = 0) -> Dataset:
+    """Check and build a Dataset from column lists (rows in file order); DataError listing every problem."""
+    problems: list[tuple[int, str]] = []  # (row, message): reported in row order
+    missing = [name for name in REQUIRED if name not in columns]
+    if missing:
+        raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing])
+    n = len(columns["opportunity_id"])
+    ignored = sorted(set(columns) - set(REQUIRED) - set(OPTIONAL))
+
+    def report(row: int, column: str, message: str) -> None:
+        problems.append((row, f"row {row + 1 + row_offset}, column {column}: {message}"))
+
+    vectors = np.zeros((n, N_FEATURES), dtype=np.float64)
+    for j, name in enumerate(FEATURE_NAMES):
+        for i, raw in enumerate(columns[name]):
+            value = _float(raw)
+            problem = _check_feature(name, value)
+            if problem:
+                report(i, name, problem)
+            else:
+                vectors[i, j] = value
+    ids = []
+    for i, raw in enumerate(columns["opportunity_id"]):
+        text = "" if raw is None else str(raw).strip()
+        if not 0 < len(text) <= 128:
+            report(i, "opportunity_id", "must be 1 to 128 characters")
+        ids.append(text)
+    first_row: dict[str, int] = {}
+    for i, opportunity_id in enumerate(ids):
+        if opportunity_id and opportunity_id in first_row:
+            earlier = first_row[opportunity_id] + 1 + row_offset
+            report(i, "opportunity_id", f"{opportunity_id!r} already at row {earlier}")
+        first_row.setdefault(opportunity_id, i)
+
+    def parsed(column: str, parse: Callable[[Any], Any], expected: str, dtype: type) -> np.ndarray:
+        values = np.zeros(n, dtype=dtype)
+        for i, raw in enumerate(columns[column]):
+            value = parse(raw)
+            if value is None:
+                report(i, column, f"{raw!r} is not {expected}")
+            else:
+                values[i] = value
+        return values
+
+    times = parsed("observed_at", _timestamp, "an RFC 3339 time with an offset", np.float64)
+    labels = parsed("success", _boolean, "true/false", np.int8)
+    pnl = np.full(n, np.nan)
+    for i, raw in enumerate(columns.get("realised_pnl_usd", [None] * n)):
+        value = _float(raw)
+        if value is None and raw not in (None, "") and not (isinstance(raw, float) and math.isnan(raw)):
+            report(i, "realised_pnl_usd", f"{raw!r} is not a number")
+        elif value is not None and math.isfinite(value):
+            pnl[i] = value
+    streams = [None if s is None or str(s).strip() == "" else str(s) for s in columns.get("stream", [None] * n)]
+    last_seen: dict[str | None, int] = {}
+    for i, stream in enumerate(streams):
+        if stream in last_seen and times[i] < times[last_seen[stream]]:
+            what = f"stream {stream!r}" if stream is not None else "the file (no stream column)"
+            report(i, "observed_at",
+                   f"time goes backwards in {what} (row {last_seen[stream] + 1 + row_offset} is later)")
+        last_seen[stream] = i
+    if n == 0:
+        raise DataError(source, ["no rows"])
+    if not problems and len(set(labels.tolist())) < 2:
+        raise DataError(source, [f"column success: every row is {bool(labels[0])}; training needs successes and "
+                                 "failures"])
+    if problems:
+        raise DataError(source, [message for _, message in sorted(problems, key=lambda problem: problem[0])])
+    return Dataset(source, vectors.astype(np.float32), _links(streams), np.arange(n), labels, times,
+                   np.array(ids, dtype=object), pnl, ignored_columns=ignored)
+
+
+def _links(streams: list[str | None]) -> np.ndarray:
+    """Each row's previous row in its stream (-1 for the first, and for rows without a stream)."""
+    prev = np.full(len(streams), -1, np.int64)
+    last: dict[str, int] = {}
+    for i, stream in enumerate(streams):
+        if stream is not None:
+            prev[i] = last.get(stream, -1)
+            last[stream] = i
+    return prev
+
+
+def read_csv(path: Path) -> Dataset:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise DataError(str(path), ["the file is empty (no header row)"])
+        columns: dict[str, list[Any]] = {name.strip(): [] for name in reader.fieldnames}
+        for row in reader:
+            for name, value in row.items():
+                if name is not None:
+                    columns[name.strip()].append(value)
+    return from_columns(str(path), columns)
+
+
+def read_parquet(path: Path) -> Dataset:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(str(path), ["reading Parquet needs pyarrow (pip install 'omni-mev[train]')"]) from None
+    return from_columns(str(path), pq.read_table(path).to_pydict())
+
+
+def read_ledger(url: str) -> Dataset:
+    """Every prediction in the ledger with an executed outcome: its window, label and realised PnL."""
+    import sqlalchemy as sa
+
+    from omni_mev.ledger.schema import outcomes, predictions
+    from omni_mev.ledger.store import create_engine
+
+    latest = sa.select(sa.func.max(predictions.c.id)).group_by(predictions.c.opportunity_id)
+    query = (sa.select(predictions.c.opportunity_id, predictions.c.predicted_at, predictions.c.steps,
+                       predictions.c.features, outcomes.c.success, outcomes.c.realised_pnl_usd)
+             .select_from(predictions.join(outcomes, outcomes.c.opportunity_id == predictions.c.opportunity_id))
+             .where(predictions.c.id.in_(latest), outcomes.c.executed.is_(True), outcomes.c.success.is_not(None))
+             .order_by(predictions.c.predicted_at))
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+    except sa.exc.SQLAlchemyError as error:
+        raise DataError(url, [f"cannot read the ledger: {type(error).__name__}: {error}"]) from None
+    finally:
+        engine.dispose()
+    if not rows or len({bool(r.success) for r in rows}) < 2:
+        raise DataError(url, [f"{len(rows)} labelled predictions; training needs successes and failures"])
+    vectors, prev, current = [], [], []
+    for r in rows:
+        window = np.frombuffer(r.features, dtype="<f4").reshape(r.steps, N_FEATURES)
+        start = len(vectors)
+        vectors.extend(window)
+        prev.extend([-1, *range(start, start + r.steps - 1)])
+        current.append(start + r.steps - 1)
+    return Dataset(url, np.array(vectors, np.float32), np.array(prev, np.int64), np.array(current),
+                   np.array([int(r.success) for r in rows], np.int8), np.array([r.predicted_at for r in rows]),
+                   np.array([r.opportunity_id for r in rows], dtype=object),
+                   np.array([np.nan if r.realised_pnl_usd is None else r.realised_pnl_usd for r in rows]))
+
+
+def load(source: str) -> Dataset:
+    """A CSV or Parquet file, or the ledger at a database URL."""
+    if "://" in source:
+        return read_ledger(source)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(source, ["no such file"])
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return read_parquet(path)
+    return read_csv(path)
+
+
+def from_simulation(stream: Any, start_epoch: float = 1.7e9) -> Dataset:
+    """The simulator's stream as one stream of a Dataset, with its oracle."""
+    n = len(stream)
+    return Dataset(f"simulator (seed {stream.seed})", stream.features.astype(np.float32), np.arange(n) - 1,
+                   np.arange(n), stream.label.astype(np.int8),
+                   start_epoch + stream.timestamp_s, np.array([f"sim-{i}" for i in range(n)], dtype=object),
+                   stream.pnl_usd.astype(np.float64), oracle=stream.oracle)
+
+
+def write_csv(dataset: Dataset, path: Path, stream_name: str = "simulated") -> None:
+    """The dataset in the documented CSV format (with a stream column when it has history)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*FEATURE_NAMES, "opportunity_id", "observed_at", "success", "stream", "realised_pnl_usd"])
+        for i in range(len(dataset)):
+            vector = dataset.vectors[dataset.current[i]]
+            writer.writerow([*(f"{float(v):.7g}" for v in vector), dataset.opportunity_id[i],
+                             _iso_precise(dataset.observed_at[i]), "true" if dataset.label[i] else "false",
+                             stream_name, "" if math.isnan(dataset.pnl[i]) else f"{dataset.pnl[i]:.4f}"])
+
+
+def _iso_precise(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,118 @@
+"""The training data format: the example file passes, and bad data gets errors naming row and column (exit 2)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omni_mev.training.data import DataError, load
+from tests.servers import ROOT
+
+EXAMPLE_DATA = ROOT / "examples" / "data" / "outcomes.csv"
+
+
+def _rows(path: Path = EXAMPLE_DATA, n: int = 60) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))[:n]
+
+
+def _write(path: Path, rows: list[dict[str, str]], drop: str | None = None) -> Path:
+    names = [name for name in rows[0] if name != drop]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _check(source: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omni_mev.cli", "data", "check", source], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_example_file_passes_and_is_described():
+    result = _check(str(EXAMPLE_DATA))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 4000 and report["duplicate_ids"] == 0 and report["ignored_columns"] == []
+    assert 0.3 < report["success_rate"] < 0.7 and report["labels"]["success"] + report["labels"]["failure"] == 4000
+    assert report["with_history"] == 3999 and report["realised_pnl_reported"] == 4000
+    assert report["time_span"]["days"] > 0 and set(report["feature_ranges"]) >= {"profit_usd", "dex_count"}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda rows: rows[4].update(profit_usd="nan"), "row 5, column profit_usd: missing or not a number"),
+    (lambda rows: rows[6].update(gas_millions=""), "row 7, column gas_millions: missing or not a number"),
+    (lambda rows: rows[2].update(dex_count="7"), "row 3, column dex_count: 7.0 is outside 1..4"),
+    (lambda rows: rows[2].update(route_complexity="2.5"), "row 3, column route_complexity: 2.5 is not an integer"),
+    (lambda rows: rows[8].update(time_of_day="1e39"), "row 9, column time_of_day"),
+    (lambda rows: rows[9].update(opportunity_id=rows[3]["opportunity_id"]),
+     "row 10, column opportunity_id: 'sim-3' already at row 4"),
+    (lambda rows: rows[12].update(observed_at="2023-01-01T00:00:00+00:00"),
+     "row 13, column observed_at: time goes backwards in stream 'simulated'"),
+    (lambda rows: rows[5].update(observed_at="yesterday"), "row 6, column observed_at: 'yesterday' is not an RFC 3339"),
+    (lambda rows: rows[5].update(observed_at="2023-11-15T00:00:00"), "row 6, column observed_at"),
+    (lambda rows: rows[7].update(success="maybe"), "row 8, column success: 'maybe' is not true/false"),
+    (lambda rows: rows[7].update(realised_pnl_usd="lots"), "row 8, column realised_pnl_usd: 'lots' is not a number"),
+    (lambda rows: [row.update(success="true") for row in rows], "column success: every row is True"),
+])
+def test_bad_data_names_row_and_column(tmp_path, change, expected):
+    rows = _rows()
+    change(rows)
+    path = _write(tmp_path / "bad.csv", rows)
+    with pytest.raises(DataError) as raised:
+        load(str(path))
+    assert any(expected in problem for problem in raised.value.problems), raised.value.problems
+    result = _check(str(path))
+    assert result.returncode == 2 and expected in result.stderr
+
+
+def test_missing_columns_listed(tmp_path):
+    path = _write(tmp_path / "bad.csv", _rows(), drop="success")
+    result = _check(str(path))
+    assert result.returncode == 2 and "column success: missing" in result.stderr
+
+
+def test_every_problem_reported_at_once(tmp_path):
+    rows = _rows()
+    rows[1].update(profit_usd="-5")
+    rows[3].update(success="")
+    problems = pytest.raises(DataError, load, str(_write(tmp_path / "bad.csv", rows))).value.problems
+    assert [p.split(":")[0] for p in problems] == ["row 2, column profit_usd", "row 4, column success"]
+
+
+def test_without_stream_rows_are_single_vectors_and_extra_columns_ignored(tmp_path):
+    rows = _rows(n=200)
+    for row in rows:
+        row["note"] = "x"
+    dataset = load(str(_write(tmp_path / "plain.csv", rows, drop="stream")))
+    assert dataset.history_length.max() == 0 and dataset.ignored_columns == ["note"]
+
+
+def test_parquet_reads_the_same_as_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(n=300)
+    table = pa.table({name: [row[name] for row in rows] for name in rows[0]})
+    pq.write_table(table, tmp_path / "outcomes.parquet")
+    from_parquet = load(str(tmp_path / "outcomes.parquet"))
+    from_csv = load(str(_write(tmp_path / "same.csv", rows)))
+    assert np.array_equal(from_parquet.vectors, from_csv.vectors) and np.array_equal(from_parquet.label,
+                                                                                     from_csv.label)
+    assert np.array_equal(from_parquet.windows(np.arange(40, 50), 8), from_csv.windows(np.arange(40, 50), 8))
+
+
+def test_history_windows_follow_each_stream(tmp_path):
+    rows = _rows(n=40)
+    for i, row in enumerate(rows):
+        row["stream"] = "a" if i % 2 == 0 else "b"
+    dataset = load(str(_write(tmp_path / "two.csv", rows)))
+    window = dataset.windows(np.array([10]), 3)[0]  # row 11 (stream a): rows 7, 9, 11
+    expected = np.array([[float(rows[k][name]) for name in list(rows[0])[:8]] for k in (6, 8, 10)], np.float32)
+    assert np.array_equal(window, expected) and dataset.history_length[10] == 5
