@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc post
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench loop train system-deps clean
+.PHONY: install serve test bench loop shift train system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: $(VENV)/.test system-deps
 ## compared with the offline evaluation (figures in docs/operations.md)
 loop: $(VENV)/.test
 	$(BIN)/python -m bench.closed_loop --n 20000
+
+## shift: the champion/challenger loop on a regime shift, at scale (figures and docs/regime_shift.png in
+## docs/model.md; writes bench/results/regime-shift-<date>.json)
+shift: $(VENV)/.test
+	$(BIN)/python -m bench.regime_shift
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

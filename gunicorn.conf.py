@@ -7,6 +7,7 @@ imported here: this file runs in the master, which must never load the model
 """
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -121,7 +122,11 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Serve the aggregated metrics of all workers, and the live quality from the ledger, on PROMETHEUS_PORT."""
+    """Serve the aggregated metrics of all workers, and the live quality from the ledger, on PROMETHEUS_PORT.
+
+    With a model registry, reload (as HUP does) when its aliases change: a
+    promotion or a rollback reaches the workers without a signal from outside.
+    """
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
     exporter = GunicornPrometheusMetrics()
@@ -129,6 +134,13 @@ def when_ready(server):
         from omni_mev.ledger.collector import QualityCollector
 
         exporter.registry.register(QualityCollector(_settings.ledger_url, _settings.threshold))
+    if _settings.model_registry is not None:
+        from omni_mev.registry.collector import RegistryCollector
+        from omni_mev.registry.watcher import AliasWatcher
+
+        exporter.registry.register(RegistryCollector(_settings.model_registry))
+        AliasWatcher(_settings.model_registry, on_change=lambda: os.kill(os.getpid(), signal.SIGHUP)).start()
+        server.log.info("serving the champion of %s; reloading when its aliases change", _settings.model_registry)
     exporter.start_http_server(_settings.prometheus_port, _settings.prometheus_host)
     server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)
 

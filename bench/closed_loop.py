@@ -33,6 +33,26 @@ def windows(features: np.ndarray, history: int = HISTORY) -> list[np.ndarray]:
     return [features[max(0, i - history):i + 1] for i in range(len(features))]
 
 
+def score_stream(client: Any, steps: list[np.ndarray], ids: list[str]) -> np.ndarray:
+    """Each window scored by the service (its last step the opportunity), in batches; the confidences."""
+    served: list[float] = []
+    for start in range(0, len(ids), BATCH):
+        items = [{"features": w[-1].tolist(), "history": w[:-1].tolist(), "opportunity_id": ids[i]}
+                 for i, w in zip(range(start, start + BATCH), steps[start:start + BATCH])]
+        served += [r.confidence for r in client.predict_batch(items).results]
+    return np.array(served)
+
+
+def post_outcomes(client: Any, ids: list[str], stream: Any) -> None:
+    """Every opportunity's simulated outcome (the bot executed them all), in batches; all must be stored."""
+    for start in range(0, len(ids), BATCH):
+        answer = client.post_outcomes([
+            {"opportunity_id": ids[i], "success": bool(stream.label[i]), "realised_pnl_usd": float(stream.pnl_usd[i])}
+            for i in range(start, min(start + BATCH, len(ids)))])
+        if answer["unknown"] or answer["conflicts"]:
+            raise RuntimeError(f"outcomes not stored: {answer['unknown'][:3]} {answer['conflicts'][:3]}")
+
+
 def run_loop(client: Any, n: int, seed: int, run_id: str | None = None) -> dict[str, Any]:
     """Drive the service at `client` (omni_mev.client.Client) with n simulated opportunities; compare."""
     from omni_mev.evaluation import auc_roc, expected_calibration_error
@@ -44,18 +64,9 @@ def run_loop(client: Any, n: int, seed: int, run_id: str | None = None) -> dict[
     ids = [f"loop-{run_id}-{i}" for i in range(n)]
     steps = windows(stream.features)
     started = time.monotonic()
-    served: list[float] = []
-    for start in range(0, n, BATCH):
-        items = [{"features": w[-1].tolist(), "history": w[:-1].tolist(), "opportunity_id": ids[i]}
-                 for i, w in zip(range(start, start + BATCH), steps[start:start + BATCH])]
-        served += [r.confidence for r in client.predict_batch(items).results]
+    served = score_stream(client, steps, ids)
     scored_s = time.monotonic() - started
-    for start in range(0, n, BATCH):
-        answer = client.post_outcomes([
-            {"opportunity_id": ids[i], "success": bool(stream.label[i]), "realised_pnl_usd": float(stream.pnl_usd[i])}
-            for i in range(start, min(start + BATCH, n))])
-        if answer["unknown"] or answer["conflicts"]:
-            raise RuntimeError(f"outcomes not stored: {answer['unknown'][:3]} {answer['conflicts'][:3]}")
+    post_outcomes(client, ids, stream)
     live = client.quality("1h")["models"]["champion"]
 
     model_path = ROOT / "models" / "lstm_omni.onnx"

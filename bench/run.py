@@ -322,7 +322,8 @@ def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
         now = time.time()
         for start in range(0, records, 50_000):
             ledger.record(PredictionRow(f"opp-{i:012d}", now + i * 1e-3, "predict", "SIMULATION", "onnx",
-                                        "bb504f0433ef", 0.5 + (i % 1000) / 2000, None, 0.78, False, None, steps, window)
+                                        "bb504f0433ef", 0.5 + (i % 1000) / 2000, None, None, 0.78, False, None,
+                                        steps, window)
                           for i in range(start, min(start + 50_000, records)))
             ledger.flush()
         ledger.engine.dispose()

@@ -130,6 +130,7 @@ def _quality(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser for all subcommands."""
+    from omni_mev.registry.cli import add_commands as add_registry_commands
     from omni_mev.training.train import TrainConfig
 
     defaults = TrainConfig()
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")
     decisions.add_argument("--json", action="store_true", help="machine-readable output")
     decisions.set_defaults(handler=_decisions)
+    add_registry_commands(commands)
     return parser
 
 

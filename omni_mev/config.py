@@ -50,9 +50,14 @@ def _port(name: str, raw: str) -> int:
     return _number(int, 1, 65535)(name, raw)
 
 
-def _path(name: str, raw: str) -> Path:
+def project_path(raw: str) -> Path:
+    """A path from a setting: relative paths are the project's, wherever the command runs."""
     path = Path(raw.strip()).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _path(name: str, raw: str) -> Path:
+    return project_path(raw)
 
 
 def _text(name: str, raw: str) -> str:
@@ -99,6 +104,23 @@ def _database_url(name: str, raw: str) -> str | None:
     if scheme.startswith("sqlite") and rest.startswith("/") and not rest.startswith("//"):
         return f"{scheme}:///{PROJECT_ROOT / rest[1:]}"
     return value
+
+
+def _window(name: str, raw: str) -> str:
+    from omni_mev.windows import ALLOWED, parse_window
+
+    if parse_window(raw) is None:
+        raise ConfigError(f"{name}={raw!r} is not a time window; allowed: {ALLOWED}")
+    return raw.strip()
+
+
+def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
+    """`parse`, or None for an empty value or "off"."""
+
+    def optional(name: str, raw: str) -> Any:
+        return None if raw.strip().lower() in {"", "off", "none"} else parse(name, raw)
+
+    return optional
 
 
 def _api_keys(name: str, raw: str) -> tuple[str, ...]:
@@ -166,6 +188,47 @@ class Settings:
     shadow_model_path: Path | None = _setting(
         "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"
     )
+    model_registry: Path | None = _setting(
+        "AI_MODEL_REGISTRY", _path, None,
+        "model registry: serve its champion, score its challenger as the shadow (instead of AI_MODEL_PATH)",
+    )
+    promote_window: str = _setting(
+        "AI_PROMOTE_WINDOW", _window, "7d", "the promotion gate compares the models on outcomes of this recent window"
+    )
+    promote_min_outcomes: int = _setting(
+        "AI_PROMOTE_MIN_OUTCOMES", _number(int, 1, None), 500,
+        "labelled outcomes both models scored before the gate decides",
+    )
+    promote_min_auc_gain: float = _setting(
+        "AI_PROMOTE_MIN_AUC_GAIN", _number(float, -1.0, 1.0), 0.005, "AUC the challenger must gain over the champion"
+    )
+    promote_max_brier_increase: float = _setting(
+        "AI_PROMOTE_MAX_BRIER_INCREASE", _number(float, 0.0, 1.0), 0.0, "Brier score the challenger may lose"
+    )
+    promote_max_ece_increase: float = _setting(
+        "AI_PROMOTE_MAX_ECE_INCREASE", _number(float, 0.0, 1.0), 0.0, "calibration error the challenger may add"
+    )
+    retrain_window: str = _setting(
+        "AI_RETRAIN_WINDOW", _window, "7d", "omni-mev retrain trains on the labelled outcomes of this recent window"
+    )
+    retrain_min_outcomes: int = _setting(
+        "AI_RETRAIN_MIN_OUTCOMES", _number(int, 50, None), 2000, "labelled outcomes needed to train a challenger"
+    )
+    retrain_every: str | None = _setting(
+        "AI_RETRAIN_EVERY", _optional(_window), "7d",
+        "train a challenger when the last one is older than this; off = only when live quality falls",
+    )
+    retrain_quality_window: str = _setting(
+        "AI_RETRAIN_QUALITY_WINDOW", _window, "24h", "the window of live quality the triggers below read"
+    )
+    retrain_below_auc: float | None = _setting(
+        "AI_RETRAIN_BELOW_AUC", _optional(_number(float, 0.0, 1.0)), None,
+        "train a challenger when the champion's live AUC falls below this (unset = off)",
+    )
+    retrain_above_ece: float | None = _setting(
+        "AI_RETRAIN_ABOVE_ECE", _optional(_number(float, 0.0, 1.0)), None,
+        "train a challenger when the champion's live calibration error rises above this (unset = off)",
+    )
     redis_host: str | None = _setting("REDIS_HOST", _optional_text, None, "Redis host; unset = no Redis")
     redis_port: int = _setting("REDIS_PORT", _port, 6379, "Redis port")
     prometheus_port: int = _setting("PROMETHEUS_PORT", _port, 9090, "port of the metrics HTTP server")
@@ -217,21 +280,52 @@ def _read_env_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"{ENV_FILE_VARIABLE}: cannot read {path}: {error.strerror}") from None
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from .env, then the environment, then `overrides` (tests), validated."""
+def raw_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables as given: .env, then the environment over it; nothing parsed."""
     environ = os.environ if environ is None else environ
     env_file = Path(environ.get(ENV_FILE_VARIABLE, ".env"))
     values: dict[str, str] = _read_env_file(env_file) if env_file.is_file() else {}
     values.update(environ)
+    return values
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from .env, then the environment, then `overrides` (tests), validated."""
+    values = raw_values(environ)
     values.update({k: str(v) for k, v in (overrides or {}).items()})
     parsed: dict[str, Any] = {}
     for spec in fields(Settings):
         name = spec.metadata["env"]
         if name in values:
             parsed[spec.name] = spec.metadata["parse"](name, values[name])
+    if "model_registry" in parsed:
+        parsed.update(_registry_models(parsed["model_registry"], values))
     settings = Settings(**parsed)
     _check(settings)
     return settings
+
+
+def _registry_models(root: Path, values: Mapping[str, str]) -> dict[str, Path | None]:
+    """The champion's files and the challenger's ONNX file, each alias resolved once.
+
+    A worker reads the ONNX model, its .pt and its card from one version
+    directory, so a promotion between two reads cannot mix versions.
+    """
+    from omni_mev.registry.store import Registry, RegistryError
+
+    clashing = [name for name in ("AI_MODEL_PATH", "AI_TORCH_WEIGHTS_PATH", "AI_SHADOW_MODEL_PATH") if values.get(name)]
+    if clashing:
+        raise ConfigError(f"AI_MODEL_REGISTRY is set: unset {', '.join(clashing)} (the registry's champion is "
+                          "served and its challenger is the shadow)")
+    registry = Registry(root)
+    try:
+        champion, challenger = registry.resolve("champion"), registry.resolve("challenger")
+    except RegistryError as error:
+        raise ConfigError(f"AI_MODEL_REGISTRY={root}: {error}") from None
+    if champion is None:
+        raise ConfigError(f"AI_MODEL_REGISTRY={root} has no champion; allowed: a registry with one "
+                          f"(omni-mev models register DIR --as champion)")
+    return {"model_path": champion.onnx, "shadow_model_path": challenger.onnx if challenger else None}
 
 
 def _check(settings: Settings) -> None:

@@ -190,7 +190,9 @@ def _health_and_status(spec: APISpec) -> None:
                 "model_version": maybe_null, "threshold": PROBABILITY, "redis_connected": BOOLEAN,
                 "total_requests": {"type": "integer", "minimum": 0}, "uptime_s": NUMBER,
                 "worker_pid": {"type": "integer"},
-                "ledger": _obj({"enabled": BOOLEAN, "pending": {"type": "integer", "minimum": 0}})}))},
+                "ledger": _obj({"enabled": BOOLEAN, "pending": {"type": "integer", "minimum": 0}}),
+                "model_family": maybe_null, "recommended_threshold": {"type": ["number", "null"]},
+                "shadow_version": maybe_null, "registry": maybe_null}))},
             "401": _error("Missing or invalid API key"),
         }}})
     spec.path(path="/metrics_summary", operations={"get": {

@@ -136,6 +136,8 @@ class Predictor:
         self.refuses_implausible = settings.refuses_implausible
         self.chain = models.chain
         self.shadow = models.shadow
+        self.shadow_version = models.shadow.version if models.shadow is not None else None
+        self.card = models.card
         self.cache = cache
         self.dispatcher = dispatcher
         self.plausibility = Plausibility(models.training_range)
@@ -239,8 +241,9 @@ class Predictor:
              decision: bool, implausible: Checks, window: np.ndarray) -> PredictionRow:
         """The ledger's record of one judged opportunity; window [steps, 8] float32 as the model read it."""
         return PredictionRow(opportunity_id, time.time(), endpoint, self.mode, scores.model_type,
-                             scores.model_version, confidence, shadow, self.threshold, decision,
-                             ",".join(implausible) or None, len(window), window.astype("<f4", copy=False).tobytes())
+                             scores.model_version, confidence, shadow, self.shadow_version if shadow is not None
+                             else None, self.threshold, decision, ",".join(implausible) or None, len(window),
+                             window.astype("<f4", copy=False).tobytes())
 
     def _record_batch(self, batch: OpportunityBatch, scores: Scores, decisions: np.ndarray,
                       implausible: list[Checks]) -> None:

@@ -1,6 +1,7 @@
 """Real servers for integration tests: gunicorn, redis-server, nginx, each on a free loopback port."""
 from __future__ import annotations
 
+from http.client import HTTPException
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -324,3 +326,46 @@ class PostgresServer(Process):
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Stream:
+    """Predictions in background threads until stopped (bounded in count and time)."""
+
+    def __init__(self, server: Gunicorn, threads: int = 2, limit: int = 20_000, seconds: float = 90) -> None:
+        self.server, self.limit, self.deadline = server, limit, time.monotonic() + seconds
+        self.ok, self.failures, self.stopped = 0, [], threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stopped.is_set() and time.monotonic() < self.deadline and self.ok + len(self.failures) < self.limit:
+            try:
+                status, body, _ = self.server.post("/predict", {"features": EXAMPLE}, timeout=10)
+            except (OSError, HTTPException) as error:  # reset, refused, or cut mid-response
+                status, body = 0, str(error)
+            with self.lock:
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append((status, body))
+
+    def __enter__(self) -> "Stream":
+        for thread in self.threads:
+            thread.start()
+        wait_until(lambda: self.ok > 20, 20, what="stream flowing")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def advance(self, n: int) -> None:
+        """Wait until n more requests have succeeded."""
+        target = self.ok + n
+        wait_until(lambda: self.ok >= target, 30,
+                   what=f"{n} more successful requests ({self.ok} ok, {len(self.failures)} failed so far)")
+
+
+def versions(server: Gunicorn, n: int = 12) -> set[str]:
+    return {server.get("/status")[1]["model_version"] for _ in range(n)}

@@ -13,9 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from omni_mev.features import EXAMPLE_FEATURES
+from omni_mev.ledger import schema
 from omni_mev.ledger.schema import outcomes, predictions
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, STORED, UNKNOWN, LedgerUnavailable, Outcome, PredictionRow,
                                    SqlLedger)
+from omni_mev.runtime.base import version_of
 from tests.servers import Gunicorn, Nginx, PostgresServer, free_port, wait_until
 
 EXAMPLE = list(EXAMPLE_FEATURES)
@@ -42,7 +44,8 @@ def ledger_url(request, tmp_path):
 def row(opportunity_id: str, confidence: float = 0.5, at: float | None = None, steps: int = 1) -> PredictionRow:
     window = np.tile(np.array(EXAMPLE, np.float32), (steps, 1))
     return PredictionRow(opportunity_id, time.time() if at is None else at, "predict", "SIMULATION", "onnx",
-                         "bb504f0433ef", confidence, None, 0.78, confidence >= 0.78, None, steps, window.tobytes())
+                         "bb504f0433ef", confidence, None, None, 0.78, confidence >= 0.78, None, steps,
+                         window.tobytes())
 
 
 def outcome(opportunity_id: str, success: bool | None = True, pnl: float | None = 1.5, executed: bool = True):
@@ -78,6 +81,19 @@ def test_outcomes_are_idempotent_conflicts_refused_unknown_listed(ledger_url):
     with ledger.engine.connect() as connection:
         stored = {r.opportunity_id: r for r in connection.execute(sa.select(outcomes))}
     assert set(stored) == {"x", "y", "z"} and stored["y"].executed is False and stored["y"].success is None
+
+
+def test_a_ledger_from_before_shadow_versions_gets_the_column(ledger_url):
+    engine = sa.create_engine(ledger_url)
+    schema.metadata.create_all(engine)
+    with engine.begin() as connection:  # the tables as they were before the column existed
+        connection.execute(sa.text(f"ALTER TABLE {schema.predictions.name} DROP COLUMN shadow_version"))
+    engine.dispose()
+    ledger = SqlLedger(ledger_url)
+    ledger.record([row("upgraded")._replace(shadow_confidence=0.4, shadow_version="abcdef012345")])
+    ledger.flush()
+    records = ledger.records(0)
+    assert records.shadow_version == ["abcdef012345"] and records.shadow_confidence.tolist() == [0.4]
 
 
 def test_retention_removes_old_rows(ledger_url):
@@ -137,6 +153,7 @@ def test_every_endpoint_records_what_it_judged_through_gunicorn(model_copy):
     assert (first.endpoint, first.mode, first.model_type, first.steps) == ("predict", "SIMULATION", "onnx", 3)
     assert first.confidence == pytest.approx(body["confidence"], abs=1e-6) and first.decision == body["decision"]
     assert first.shadow_confidence == pytest.approx(first.confidence, abs=1e-6) and first.threshold == 0.78
+    assert first.shadow_version == version_of(model_copy.read_bytes())  # which model gave shadow_confidence
     window = np.frombuffer(first.features, "<f4").reshape(3, 8)
     assert np.allclose(window, np.array([*history, EXAMPLE], np.float32))
     assert rows[rejected].decision is False

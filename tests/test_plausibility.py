@@ -10,13 +10,13 @@ import pytest
 
 from omni_mev.features import EXAMPLE_FEATURES
 from omni_mev.plausibility import CHECKS, Plausibility
-from omni_mev.runtime.loader import training_range
+from omni_mev.runtime.loader import read_card, training_range
 from tests.conftest import MODELS
 from tests.engine_stub import EngineStub
 from tests.servers import Gunicorn, wait_until
 
 EXAMPLE = list(EXAMPLE_FEATURES)
-SUPPORT = training_range(MODELS / "lstm_omni.onnx")
+SUPPORT = training_range(read_card(MODELS / "lstm_omni.onnx"))
 # Each is valid input (422 would refuse it) that the shipped model scores near 1.0.
 IMPOSSIBLE = {
     "zeros": ([0.0, 0.0, 2, 0.0, 0.0, 0.0, 1, 0.0],

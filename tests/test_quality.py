@@ -37,10 +37,12 @@ def test_bad_windows_refused(window):
 def _records(confidence, success, decision_threshold=0.5) -> LedgerRecords:
     n = len(confidence)
     success = np.array(success, dtype=np.float64)
-    return LedgerRecords([f"o{i}" for i in range(n)], np.zeros(n), ["v"] * n, np.array(confidence, np.float64),
-                         np.full(n, np.nan), np.full(n, decision_threshold), np.array(confidence) >= decision_threshold,
-                         np.full(n, 10.0), np.isfinite(success), np.isfinite(success), success,
-                         np.where(np.isfinite(success), 1.0, np.nan), [np.zeros((1, 8), np.float32)] * n)
+    return LedgerRecords(
+        opportunity_id=[f"o{i}" for i in range(n)], predicted_at=np.zeros(n), model_version=["v"] * n,
+        confidence=np.array(confidence, np.float64), shadow_confidence=np.full(n, np.nan), shadow_version=[None] * n,
+        threshold=np.full(n, decision_threshold), decision=np.array(confidence) >= decision_threshold,
+        profit_usd=np.full(n, 10.0), executed=np.isfinite(success), has_outcome=np.isfinite(success), success=success,
+        realised_pnl_usd=np.where(np.isfinite(success), 1.0, np.nan), windows=[np.zeros((1, 8), np.float32)] * n)
 
 
 def test_approved_and_rejected_shown_apart_with_their_coverage():

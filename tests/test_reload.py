@@ -1,10 +1,8 @@
 """Zero-downtime model reload with HUP, a broken new model, and workers killed under load."""
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -12,45 +10,7 @@ from pathlib import Path
 import onnx
 
 from omni_mev.runtime.base import version_of
-from tests.servers import EXAMPLE, Gunicorn, wait_until
-
-
-class Stream:
-    """Predictions in background threads until stopped (bounded in count and time)."""
-
-    def __init__(self, server: Gunicorn, threads: int = 2, limit: int = 20_000, seconds: float = 90) -> None:
-        self.server, self.limit, self.deadline = server, limit, time.monotonic() + seconds
-        self.ok, self.failures, self.stopped = 0, [], threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self.stopped.is_set() and time.monotonic() < self.deadline and self.ok + len(self.failures) < self.limit:
-            try:
-                status, body, _ = self.server.post("/predict", {"features": EXAMPLE}, timeout=10)
-            except (OSError, http.client.HTTPException) as error:  # reset, refused, or cut mid-response
-                status, body = 0, str(error)
-            with self.lock:
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append((status, body))
-
-    def __enter__(self) -> "Stream":
-        for thread in self.threads:
-            thread.start()
-        wait_until(lambda: self.ok > 20, 20, what="stream flowing")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def advance(self, n: int) -> None:
-        """Wait until n more requests have succeeded."""
-        target = self.ok + n
-        wait_until(lambda: self.ok >= target, 30, what=f"{n} more successful requests")
+from tests.servers import Gunicorn, Stream, versions, wait_until
 
 
 def republish(model: Path, release: str) -> str:
@@ -68,10 +28,6 @@ def replace_with_garbage(path: Path) -> None:
     scratch = path.with_name(path.name + ".new")
     scratch.write_bytes(b"this is not a model" * 100)
     os.replace(scratch, path)
-
-
-def versions(server: Gunicorn, n: int = 12) -> set[str]:
-    return {server.get("/status")[1]["model_version"] for _ in range(n)}
 
 
 def test_hup_reload_swaps_model_without_failures(model_copy):

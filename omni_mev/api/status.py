@@ -46,6 +46,11 @@ def engine_status():
         "uptime_s": round(time.time() - _started_at(), 3),
         "worker_pid": os.getpid(),
         "ledger": {"enabled": predictor.settings.ledger_url is not None, "pending": predictor.ledger.pending},
+        # From the served model's own card: a promotion brings its card with it.
+        "model_family": predictor.card.get("family", "lstm") if predictor.card else None,
+        "recommended_threshold": predictor.card.get("thresholds", {}).get("recommended"),
+        "shadow_version": predictor.shadow_version,
+        "registry": str(predictor.settings.model_registry) if predictor.settings.model_registry else None,
     }
 
 

@@ -7,7 +7,6 @@ their label coverage, next to the pooled figures.
 """
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -17,19 +16,16 @@ from omni_mev.errors import ValidationFailed
 from omni_mev.evaluation import (ECE_BINS, auc_roc, brier, expected_calibration_error, log_loss, precision_recall,
                                  reliability_curve)
 from omni_mev.ledger.store import Ledger, LedgerRecords
+from omni_mev.windows import parse_window
 
 WINDOWS = {"1h": 3_600.0, "24h": 86_400.0, "7d": 604_800.0}
 MODELS = ("champion", "shadow")
-_WINDOW = re.compile(r"^(\d{1,4})([mhd])$")
-_UNIT_S = {"m": 60.0, "h": 3_600.0, "d": 86_400.0}
-MAX_WINDOW_S = 90 * 86_400.0
 
 
 def window_seconds(window: str) -> float:
     """'1h', '24h', '7d' (or any N m/h/d up to 90 days) in seconds; 422 otherwise."""
-    found = _WINDOW.match(window)
-    seconds = int(found.group(1)) * _UNIT_S[found.group(2)] if found else 0.0
-    if not 0 < seconds <= MAX_WINDOW_S:
+    seconds = parse_window(window)
+    if seconds is None:
         raise ValidationFailed(f"window={window!r} is not a window; use 1h, 24h or 7d (or N m/h/d up to 90d).",
                                fields={"window": ["Must be 1h, 24h, 7d, or N followed by m, h or d."]})
     return seconds

@@ -21,6 +21,7 @@ predictions = sa.Table(
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("shadow_confidence", sa.Float),
+    sa.Column("shadow_version", sa.String(64)),  # the model that gave shadow_confidence (the challenger)
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("decision", sa.Boolean, nullable=False),
     sa.Column("implausible", sa.String(200)),
@@ -84,9 +85,26 @@ def insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create what is missing (several workers may race to do it)."""
+    """Create what is missing (several workers may race to do it), and add columns later versions added."""
     try:
         metadata.create_all(engine, checkfirst=True)
     except sa.exc.DBAPIError:
         # Another worker created them between the check and the CREATE.
         metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for nullable columns a ledger created by an earlier version lacks."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            except sa.exc.DBAPIError:
+                pass  # another worker added it first

@@ -56,6 +56,7 @@ class PredictionRow(NamedTuple):
     model_version: str
     confidence: float
     shadow_confidence: float | None
+    shadow_version: str | None
     threshold: float
     decision: bool
     implausible: str | None
@@ -97,6 +98,7 @@ class LedgerRecords:
     model_version: list[str]
     confidence: np.ndarray
     shadow_confidence: np.ndarray  # NaN where no shadow scored it
+    shadow_version: list[str | None]
     threshold: np.ndarray
     decision: np.ndarray
     profit_usd: np.ndarray  # the opportunity's expected profit after gas (a feature)
@@ -308,27 +310,30 @@ class SqlLedger(Ledger):
     # Reads
 
     def records(self, since: float, until: float | None = None) -> LedgerRecords:
-        in_window = predictions.c.predicted_at >= since
-        if until is not None:
-            in_window &= predictions.c.predicted_at <= until
-        latest = sa.select(sa.func.max(predictions.c.id)).where(in_window).group_by(predictions.c.opportunity_id)
-        query = (sa.select(predictions.c.opportunity_id, predictions.c.predicted_at, predictions.c.model_version,
-                           predictions.c.confidence, predictions.c.shadow_confidence, predictions.c.threshold,
-                           predictions.c.decision, predictions.c.steps, predictions.c.features,
-                           outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
-                           outcomes.c.realised_pnl_usd)
-                 .select_from(predictions.outerjoin(outcomes,
-                                                    outcomes.c.opportunity_id == predictions.c.opportunity_id))
-                 .where(predictions.c.id.in_(latest))
-                 .order_by(predictions.c.predicted_at))
         self._ensure_tables()
         try:
-            with self.engine.connect() as connection:
-                rows = connection.execute(query).all()
+            return read_records(self.engine, since, until)
         except sa.exc.SQLAlchemyError as error:
             log.error("ledger: cannot read: %s", error)
             raise LedgerUnavailable("The ledger's database cannot be reached.") from None
-        return _records(rows)
+
+
+def read_records(engine: sa.Engine, since: float, until: float | None = None) -> LedgerRecords:
+    """The latest prediction of each opportunity predicted in [since, until], joined to its outcome."""
+    in_window = predictions.c.predicted_at >= since
+    if until is not None:
+        in_window &= predictions.c.predicted_at <= until
+    latest = sa.select(sa.func.max(predictions.c.id)).where(in_window).group_by(predictions.c.opportunity_id)
+    query = (sa.select(predictions.c.opportunity_id, predictions.c.predicted_at, predictions.c.model_version,
+                       predictions.c.confidence, predictions.c.shadow_confidence, predictions.c.shadow_version,
+                       predictions.c.threshold, predictions.c.decision, predictions.c.steps, predictions.c.features,
+                       outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
+                       outcomes.c.realised_pnl_usd)
+             .select_from(predictions.outerjoin(outcomes, outcomes.c.opportunity_id == predictions.c.opportunity_id))
+             .where(predictions.c.id.in_(latest))
+             .order_by(predictions.c.predicted_at))
+    with engine.connect() as connection:
+        return _records(connection.execute(query).all())
 
 
 def _bulk_insert(engine: sa.Engine) -> tuple[str, Any]:
@@ -361,6 +366,7 @@ def _records(rows: list[Any]) -> LedgerRecords:
         model_version=[r.model_version for r in rows],
         confidence=floats(r.confidence for r in rows),
         shadow_confidence=floats(r.shadow_confidence for r in rows),
+        shadow_version=[r.shadow_version for r in rows],
         threshold=floats(r.threshold for r in rows),
         decision=np.array([bool(r.decision) for r in rows], dtype=bool),
         profit_usd=np.array([float(w[-1, 0]) for w in windows], dtype=np.float64),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +31,12 @@ FeatureRange = tuple[np.ndarray, np.ndarray]
 
 @dataclass
 class WorkerModels:
-    """What one worker serves: the fallback chain, the optional shadow model, the training range."""
+    """What one worker serves: the fallback chain, the optional shadow model, the served model's card."""
 
     chain: FallbackChain
     shadow: OnnxModel | None
     training_range: FeatureRange | None
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 def _runtimes(settings: Settings) -> list[ModelRuntime]:
@@ -90,15 +92,23 @@ def _load_shadow(settings: Settings) -> OnnxModel | None:
     return shadow
 
 
-def training_range(model_path: Path) -> FeatureRange | None:
-    """The per-feature (min, max) of the training data from the model card, if present."""
+def read_card(model_path: Path) -> dict[str, Any]:
+    """The model card beside the ONNX file ({} when there is none): the served model's own figures."""
     card = model_path.with_suffix(".json")
     try:
-        observed = json.loads(card.read_text())["training_range"]
+        return json.loads(card.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("no model card at %s (%s): drift counters and the support check are off", card, error)
+        return {}
+
+
+def training_range(card: dict[str, Any]) -> FeatureRange | None:
+    """The per-feature (min, max) of the training data from the model card, if present."""
+    try:
+        observed = card["training_range"]
         lo = np.array([observed[n][0] for n in FEATURE_NAMES], dtype=np.float32)
         hi = np.array([observed[n][1] for n in FEATURE_NAMES], dtype=np.float32)
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        log.warning("no training range from %s (%s): drift counters stay at 0", card, error)
+    except (KeyError, ValueError, TypeError, IndexError):
         return None
     return lo, hi
 
@@ -110,4 +120,5 @@ def load_worker_models(settings: Settings) -> WorkerModels:
     _remember_good(chain, settings)
     active = chain.active
     metrics.set_serving_model(active.kind if active else None, active.version if active else None)
-    return WorkerModels(chain, _load_shadow(settings), training_range(settings.model_path))
+    card = read_card(settings.model_path)
+    return WorkerModels(chain, _load_shadow(settings), training_range(card), card)

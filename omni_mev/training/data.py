@@ -274,40 +274,32 @@ def read_parquet(path: Path) -> Dataset:
     return from_columns(str(path), pq.read_table(path).to_pydict())
 
 
-def read_ledger(url: str) -> Dataset:
-    """Every prediction in the ledger with an executed outcome: its window, label and realised PnL."""
+def read_ledger(url: str, since: float = 0.0, until: float | None = None) -> Dataset:
+    """Every prediction in the ledger (made in [since, until]) with an executed outcome: its window, label, PnL."""
     import sqlalchemy as sa
 
-    from omni_mev.ledger.schema import outcomes, predictions
-    from omni_mev.ledger.store import create_engine
+    from omni_mev.ledger.schema import create_engine
+    from omni_mev.ledger.store import read_records
 
-    latest = sa.select(sa.func.max(predictions.c.id)).group_by(predictions.c.opportunity_id)
-    query = (sa.select(predictions.c.opportunity_id, predictions.c.predicted_at, predictions.c.steps,
-                       predictions.c.features, outcomes.c.success, outcomes.c.realised_pnl_usd)
-             .select_from(predictions.join(outcomes, outcomes.c.opportunity_id == predictions.c.opportunity_id))
-             .where(predictions.c.id.in_(latest), outcomes.c.executed.is_(True), outcomes.c.success.is_not(None))
-             .order_by(predictions.c.predicted_at))
     engine = create_engine(url)
     try:
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()
+        records = read_records(engine, since, until)
     except sa.exc.SQLAlchemyError as error:
         raise DataError(url, [f"cannot read the ledger: {type(error).__name__}: {error}"]) from None
     finally:
         engine.dispose()
-    if not rows or len({bool(r.success) for r in rows}) < 2:
-        raise DataError(url, [f"{len(rows)} labelled predictions; training needs successes and failures"])
-    vectors, prev, current = [], [], []
-    for r in rows:
-        window = np.frombuffer(r.features, dtype="<f4").reshape(r.steps, N_FEATURES)
-        start = len(vectors)
-        vectors.extend(window)
-        prev.extend([-1, *range(start, start + r.steps - 1)])
-        current.append(start + r.steps - 1)
-    return Dataset(url, np.array(vectors, np.float32), np.array(prev, np.int64), np.array(current),
-                   np.array([int(r.success) for r in rows], np.int8), np.array([r.predicted_at for r in rows]),
-                   np.array([r.opportunity_id for r in rows], dtype=object),
-                   np.array([np.nan if r.realised_pnl_usd is None else r.realised_pnl_usd for r in rows]))
+    labelled = np.flatnonzero(records.executed & np.isfinite(records.success))
+    labels = records.success[labelled].astype(np.int8)
+    if len(set(labels.tolist())) < 2:
+        raise DataError(url, [f"{len(labelled)} labelled predictions; training needs successes and failures"])
+    windows = [records.windows[i] for i in labelled]
+    ends = np.cumsum([len(window) for window in windows])
+    starts = ends - np.array([len(window) for window in windows])
+    prev = np.arange(ends[-1]) - 1
+    prev[starts] = -1  # each prediction's window is its own stream
+    return Dataset(url, np.concatenate(windows).astype(np.float32), prev, ends - 1, labels,
+                   records.predicted_at[labelled], np.array([records.opportunity_id[i] for i in labelled], dtype=object),
+                   records.realised_pnl_usd[labelled])
 
 
 def load(source: str) -> Dataset:

@@ -78,8 +78,13 @@ class SimulatorParams:
     max_delay_blocks: int = 6
     edge_decay_per_block: float = 0.12
 
-    # Scanner's own confidence: a noisy view of the true success probability
+    # Scanner's own confidence: a noisy view of the success probability it believes in
     confidence_logit_noise: float = 0.5
+    # The competition the scanner's confidence assumes (None: the true values).
+    # A regime shift that the scanner has not learnt yet leaves these at the old
+    # values while the competition changes (docs/model.md, the regime shift).
+    scanner_competitors_base: float | None = None
+    scanner_competitors_profit_elasticity: float | None = None
 
 
 @dataclass
@@ -203,6 +208,15 @@ def optimal_input(big_a: np.ndarray, big_b: np.ndarray, big_c: np.ndarray) -> np
     return np.maximum(np.sqrt(big_a * big_b) - big_b, 0.0) / big_c
 
 
+def _win_probability(expected_rivals: np.ndarray) -> np.ndarray:
+    """P(win) against Poisson(expected_rivals) equally matched rivals: E[1/(n+1)]."""
+    return -np.expm1(-expected_rivals) / expected_rivals
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def _delay_pmf(mean_extra: np.ndarray, max_delay: int) -> np.ndarray:
     """P(delay = d blocks), d = 1..max_delay: 1 + Poisson, truncated."""
     k = np.arange(max_delay)
@@ -273,14 +287,13 @@ def _simulate_candidates(n: int, seed: int, params: SimulatorParams) -> Opportun
     true_out = amount_out(x, big_a, big_b, big_c)
     prize = np.maximum(true_out - x, 0.01)
     tod_activity = activity(time_of_day, params)
-    competitors = (
-        params.competitors_base
-        * np.exp(regime)
-        * np.sqrt(tod_activity)
-        * (prize / params.competitors_profit_ref_usd) ** params.competitors_profit_elasticity
-    )
-    # With n equally matched rivals the bot wins 1/(n+1); n ~ Poisson(competitors).
-    win_probability = -np.expm1(-competitors) / competitors
+
+    def expected_rivals(base: float, elasticity: float) -> np.ndarray:
+        """Rivals expected for each opportunity at a competition level: more for bigger prizes, busier times."""
+        scale = (prize / params.competitors_profit_ref_usd) ** elasticity
+        return base * np.exp(regime) * np.sqrt(tod_activity) * scale
+
+    competitors = expected_rivals(params.competitors_base, params.competitors_profit_elasticity)
 
     # Inclusion delay grows with congestion. Meanwhile other traders close the gap:
     # a fraction F = exp(-kappa * d * G), G ~ Exp(1), of the edge survives d blocks,
@@ -300,9 +313,14 @@ def _simulate_candidates(n: int, seed: int, params: SimulatorParams) -> Opportun
         survive_needed = np.where(true_edge > 0, 1.0 + needed / true_edge, np.inf)
     q = np.clip(survive_needed, 0.0, 1.0)[:, None]
     profitable_given_delay = 1.0 - q ** (1.0 / (kappa * delays))
-    oracle = (
-        params.land_probability * win_probability * (delay_pmf * profitable_given_delay).sum(axis=1)
-    )
+    profitable = (delay_pmf * profitable_given_delay).sum(axis=1)
+    # With n equally matched rivals the bot wins 1/(n+1); n ~ Poisson(competitors).
+    oracle = params.land_probability * _win_probability(competitors) * profitable
+    believed = oracle
+    if params.scanner_competitors_base is not None or params.scanner_competitors_profit_elasticity is not None:
+        believed = params.land_probability * _win_probability(expected_rivals(
+            _given(params.scanner_competitors_base, params.competitors_base),
+            _given(params.scanner_competitors_profit_elasticity, params.competitors_profit_elasticity))) * profitable
 
     # Outcomes drawn from the same mechanics.
     lands = rng.uniform(size=n) < params.land_probability
@@ -318,8 +336,8 @@ def _simulate_candidates(n: int, seed: int, params: SimulatorParams) -> Opportun
         executes, realised_out - x - gas_paid, np.where(lands, -params.revert_gas_fraction * gas_paid, 0.0)
     )
 
-    # The scanner's confidence: the true probability seen through noise.
-    logit_p = np.log(np.clip(oracle, 1e-6, 1 - 1e-6) / np.clip(1 - oracle, 1e-6, 1))
+    # The scanner's confidence: the probability it believes in (the true one unless it lags a shift), with noise.
+    logit_p = np.log(np.clip(believed, 1e-6, 1 - 1e-6) / np.clip(1 - believed, 1e-6, 1))
     confidence = 1.0 / (1.0 + np.exp(-(logit_p + params.confidence_logit_noise * rng.standard_normal(n))))
 
     features = np.stack(

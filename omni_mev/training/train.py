@@ -16,7 +16,7 @@ from torch import nn
 
 from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
-from omni_mev.model.lstm import OpportunityLSTM
+from omni_mev.model.lstm import OpportunityLSTM, load_state
 from omni_mev.training import evaluate
 from omni_mev.training.data import Dataset, from_simulation, load
 from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
@@ -58,6 +58,7 @@ class TrainConfig:
     validation_share: float = 0.15
     max_minutes: float = 240.0
     threads: int = 2
+    init_weights: str | None = None  # a .pt to start the LSTM from (its size wins over hidden_size)
 
 
 def split_by_time(dataset: Dataset, config: TrainConfig) -> dict[str, Dataset]:
@@ -323,8 +324,13 @@ def _normalisation_windows(train: Dataset, seed: int) -> np.ndarray:
 
 
 def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
-          command: str = "omni-mev train", progress: Callable[[str], None] = log.info) -> dict:
-    """Run the whole pipeline and write the ONNX model, the state dict and the card."""
+          command: str = "omni-mev train", progress: Callable[[str], None] = log.info,
+          dataset: Dataset | None = None) -> dict:
+    """Run the whole pipeline and write the ONNX model, the state dict and the card.
+
+    The data: `dataset` when given (a ledger window read by the caller), else
+    config.data, else the simulator.
+    """
     if config.family not in (*FAMILIES, "auto"):
         raise ValueError(f"family {config.family!r}; choose lstm, trees, ensemble or auto")
     started = time.monotonic()
@@ -333,14 +339,21 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     torch.use_deterministic_algorithms(True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = load(config.data) if config.data else from_simulation(simulate(config.opportunities, seed=config.seed))
+    if dataset is None:
+        dataset = load(config.data) if config.data else from_simulation(simulate(config.opportunities,
+                                                                                 seed=config.seed))
     splits = split_by_time(dataset, config)
     train_split, validation, test = splits["train"], splits["validation"], splits["test"]
     progress(f"{len(dataset):,} opportunities from {dataset.source}: train {len(train_split):,}, "
              f"validation {len(validation):,}, test {len(test):,} (in time order)")
 
-    model = OpportunityLSTM(hidden_size=config.hidden_size)
-    model.fit_normalisation(torch.from_numpy(_normalisation_windows(train_split, config.seed)))
+    if config.init_weights:
+        # Warm start (retraining): the served network, its input statistics kept, adapts to the new data.
+        model = load_state(config.init_weights)
+        model.train()
+    else:
+        model = OpportunityLSTM(hidden_size=config.hidden_size)
+        model.fit_normalisation(torch.from_numpy(_normalisation_windows(train_split, config.seed)))
     fitting = fit_network(model, train_split, validation, config, progress)
     calibration = calibrate(model, validation)
     members = Members(model, fit_trees(train_split, config.seed))
@@ -381,7 +394,7 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
         },
         "outputs": {"confidence": {"shape": ["batch", 1], "dtype": "float32"}},
         "architecture": {
-            "lstm": {"hidden_size": config.hidden_size, "layers": 1,
+            "lstm": {"hidden_size": model.hidden_size, "layers": 1, "warm_start": config.init_weights is not None,
                      "normalisation": "inside the graph (log/logit transforms, training statistics)"},
             "trees": {"type": "HistGradientBoostingClassifier", "iterations": int(members.trees.n_iter_),
                       "reads": "the current opportunity's 8 raw features"},

@@ -1,0 +1,1 @@
+"""The model registry: versions, champion and challenger, the promotion gate, and retraining."""

@@ -1,0 +1,174 @@
+"""Automatic retraining: one step of the champion/challenger loop, run by `omni-mev retrain` (a systemd timer).
+
+Each run does one of these, in this order:
+
+1. A challenger is waiting: once both models have scored enough labelled
+   outcomes, the gate decides. It is promoted, or rejected (the alias is
+   cleared, the comparison kept in the history). Until then, nothing.
+2. No challenger: if a trigger fires (the schedule, or the champion's live
+   AUC or calibration past its limit) or --now is given, train one on the
+   ledger's recent labelled window and register it as the challenger. The
+   service then scores it as the shadow model on live traffic.
+
+A failure anywhere leaves the champion serving; the reason goes to the log,
+the registry's history and, through the service's metrics,
+ai_retrain_runs_total{result="failed"}.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omni_mev.config import Settings
+from omni_mev.ledger.quality import quality_report
+from omni_mev.ledger.store import SqlLedger
+from omni_mev.registry.gate import GateRules, compare_live
+from omni_mev.registry.store import WEIGHTS_FILE, Registry
+from omni_mev.windows import parse_window
+
+log = logging.getLogger(__name__)
+ACTOR = "omni-mev retrain"
+
+
+@dataclass
+class RetrainResult:
+    """What a run did: promoted, rejected, waiting, trained, not_due or failed."""
+
+    action: str
+    detail: str
+    version: str | None = None
+    comparison: dict[str, Any] | None = None
+    triggers: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.action == "failed"
+
+
+class RetrainFailed(Exception):
+    """Retraining could not produce a challenger; the champion keeps serving."""
+
+
+def _timestamp(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def triggers(settings: Settings, registry: Registry, ledger: SqlLedger, now: float) -> list[str]:
+    """Why a challenger should be trained now (empty: not due)."""
+    reasons = []
+    if settings.retrain_every is not None:
+        every = parse_window(settings.retrain_every)
+        trained = [_timestamp(e["at"]) for e in registry.history() if e.get("event") in ("retrain", "set_champion")]
+        if not trained:
+            reasons.append("schedule: no challenger has been trained yet")
+        elif now - trained[-1] >= every:
+            reasons.append(f"schedule: the last was trained {(now - trained[-1]) / 86_400:.1f} days ago "
+                           f"(AI_RETRAIN_EVERY={settings.retrain_every})")
+    if settings.retrain_below_auc is not None or settings.retrain_above_ece is not None:
+        report = quality_report(ledger, settings.retrain_quality_window, settings.threshold, ("champion",), now=now)
+        live = report["models"]["champion"]
+        if live["labelled"] < settings.promote_min_outcomes:
+            log.info("live quality not judged: %d labelled outcomes in %s, %d needed", live["labelled"],
+                     settings.retrain_quality_window, settings.promote_min_outcomes)
+        else:
+            window = settings.retrain_quality_window
+            if settings.retrain_below_auc is not None and live["auc"] is not None \
+                    and live["auc"] < settings.retrain_below_auc:
+                reasons.append(f"quality: live AUC {live['auc']:.4f} over {window} is below "
+                               f"AI_RETRAIN_BELOW_AUC={settings.retrain_below_auc:g}")
+            if settings.retrain_above_ece is not None and live["ece"] is not None \
+                    and live["ece"] > settings.retrain_above_ece:
+                reasons.append(f"quality: live ECE {live['ece']:.4f} over {window} is above "
+                               f"AI_RETRAIN_ABOVE_ECE={settings.retrain_above_ece:g}")
+    return reasons
+
+
+def train_challenger(settings: Settings, registry: Registry, since: float, now: float, reasons: list[str],
+                     config_overrides: dict[str, Any], progress: Callable[[str], None]) -> RetrainResult:
+    """Train on the ledger's labelled outcomes since `since`, register the model, name it the challenger."""
+    from omni_mev.training.data import DataError, read_ledger
+    from omni_mev.training.train import TrainConfig, train
+
+    try:
+        dataset = read_ledger(settings.ledger_url, since, now)
+    except DataError as error:
+        raise RetrainFailed(f"{error} (since {_iso(since)}; AI_RETRAIN_MIN_OUTCOMES={settings.retrain_min_outcomes} "
+                            "labelled outcomes needed)") from None
+    if len(dataset) < settings.retrain_min_outcomes:
+        raise RetrainFailed(f"{len(dataset)} labelled outcomes since {_iso(since)}; AI_RETRAIN_MIN_OUTCOMES="
+                            f"{settings.retrain_min_outcomes} needed")
+    champion = registry.resolve("champion")
+    warm_start = champion.path / WEIGHTS_FILE if champion and (champion.path / WEIGHTS_FILE).is_file() else None
+    config = TrainConfig(data=settings.ledger_url, init_weights=str(warm_start) if warm_start else None,
+                         **config_overrides)
+    with tempfile.TemporaryDirectory(prefix="omni-mev-retrain-") as scratch:
+        card = train(config, Path(scratch), command=f"{ACTOR} (ledger since {_iso(since)})", progress=progress,
+                     dataset=dataset)
+        version = registry.register(Path(scratch), user=ACTOR, note="; ".join(reasons))
+    registry.assign("challenger", version.version, user=ACTOR, note="trained on recent outcomes")
+    registry.record({"event": "retrain", "version": version.version, "user": ACTOR, "triggers": reasons,
+                     "rows": len(dataset), "since": _iso(since), "family": card["family"],
+                     "warm_start": champion.version if warm_start else None})
+    return RetrainResult("trained", f"challenger {version.version} trained on {len(dataset)} outcomes",
+                         version.version, triggers=reasons)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def retrain_step(settings: Settings, registry: Registry, *, force: bool = False, since: float | None = None,
+                 rules: GateRules | None = None, config_overrides: dict[str, Any] | None = None,
+                 now: float | None = None, progress: Callable[[str], None] = log.info) -> RetrainResult:
+    """One step of the loop (see the module's docstring)."""
+    now = time.time() if now is None else now
+    rules = rules or GateRules.from_settings(settings)
+    if settings.ledger_url is None:
+        return _failed(registry, "the ledger is off (AI_LEDGER_URL=off): there are no outcomes to learn from", [])
+    ledger = SqlLedger(settings.ledger_url)
+    reasons: list[str] = []
+    try:
+        champion, challenger = registry.alias("champion"), registry.alias("challenger")
+        if champion is None:
+            return _failed(registry, f"the registry {registry.root} has no champion", [])
+        if challenger is not None and not force:
+            comparison = compare_live(ledger, champion, challenger, rules, now=now)
+            if comparison.outcomes < rules.min_outcomes:
+                return RetrainResult("waiting", f"challenger {challenger}: {comparison.outcomes} of "
+                                                f"{rules.min_outcomes} labelled outcomes so far",
+                                     challenger, comparison.to_dict())
+            if comparison.passed:
+                registry.promote(forced=False, user=ACTOR, comparison=comparison.to_dict())
+                return RetrainResult("promoted", f"challenger {challenger} passed the gate and serves",
+                                     challenger, comparison.to_dict())
+            registry.assign("challenger", None, user=ACTOR, note="rejected by the gate")
+            registry.record({"event": "reject", "version": challenger, "user": ACTOR,
+                             "comparison": comparison.to_dict()})
+            return RetrainResult("rejected", f"challenger {challenger} did not beat the champion; retired",
+                                 challenger, comparison.to_dict())
+        reasons = ["forced: omni-mev retrain --now"] if force else triggers(settings, registry, ledger, now)
+        if not reasons:
+            return RetrainResult("not_due", "no trigger fired")
+        start = since if since is not None else now - parse_window(settings.retrain_window)
+        return train_challenger(settings, registry, start, now, reasons, config_overrides or {}, progress)
+    except Exception as error:  # noqa: BLE001 - any failure leaves the champion serving, and says why
+        log.exception("retraining failed")
+        return _failed(registry, f"{type(error).__name__}: {error}", reasons)
+    finally:
+        ledger.engine.dispose()
+
+
+def _failed(registry: Registry, reason: str, reasons: list[str]) -> RetrainResult:
+    log.error("retraining failed, the champion keeps serving: %s", reason)
+    try:
+        registry.record({"event": "retrain_failed", "user": ACTOR, "reason": reason, "triggers": reasons})
+    except OSError as error:
+        log.error("cannot record the failure in %s: %s", registry.root, error)
+    return RetrainResult("failed", reason, triggers=reasons)
+

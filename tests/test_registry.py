@@ -1,0 +1,281 @@
+"""The model registry: versions and aliases, the promotion gate, rollback, retraining failures, and all of it
+through a running service under a request stream."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omni_mev.config import ConfigError, load_settings
+from omni_mev.ledger.store import Outcome, SqlLedger
+from omni_mev.registry.gate import GateRules, compare
+from omni_mev.registry.store import Registry, RegistryError
+from omni_mev.runtime.base import version_of
+from tests.conftest import MODELS, ROOT
+from tests.servers import Gunicorn, Stream, http, versions, wait_until
+from tests.test_ledger import row
+
+SHIPPED = version_of((MODELS / "lstm_omni.onnx").read_bytes())
+
+
+def uninformative_model(directory: Path) -> str:
+    """A valid model that reads only the time of day: no better than chance at judging a trade."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    directory.mkdir(parents=True, exist_ok=True)
+    constants = [helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+                 for name, values in (("starts", [-1, 5]), ("ends", [2**62, 6]), ("axes", [1, 2]), ("shape", [-1, 1]))]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["features", "starts", "ends", "axes"], ["time_of_day"]),
+         helper.make_node("Reshape", ["time_of_day", "shape"], ["flat"]),
+         helper.make_node("Sigmoid", ["flat"], ["confidence"])],
+        "uninformative",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch", 1])], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    data = model.SerializeToString()
+    (directory / "lstm_omni.onnx").write_bytes(data)
+    (directory / "lstm_omni.json").write_text(json.dumps({"family": "uninformative"}))
+    return version_of(data)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    registry = Registry(tmp_path / "registry")
+    registry.register(MODELS, user="test")
+    registry.assign("champion", SHIPPED, user="test")
+    return registry
+
+
+# The registry on disk
+
+
+def test_register_copies_the_model_its_weights_and_card(registry):
+    version = registry.get(SHIPPED)
+    for name in ("lstm_omni.onnx", "lstm_omni.pt", "lstm_omni.json"):
+        assert (version.path / name).read_bytes() == (MODELS / name).read_bytes()
+    assert version.card["version"].startswith(SHIPPED)
+    again = registry.register(MODELS, user="test")  # registering twice changes nothing
+    assert again.version == SHIPPED and len(registry.versions()) == 1
+    assert [e["event"] for e in registry.history()] == ["register", "set_champion"]
+
+
+def test_aliases_are_links_to_whole_version_directories(registry, tmp_path):
+    assert os.readlink(registry.root / "champion") == f"versions/{SHIPPED}"
+    assert registry.resolve("champion").onnx.resolve() == (registry.root / "versions" / SHIPPED / "lstm_omni.onnx")
+    assert registry.alias("challenger") is None
+    with pytest.raises(RegistryError, match="no version"):
+        registry.assign("challenger", "0123456789ab")
+
+
+def test_promote_and_rollback_walk_the_champions_back(registry, tmp_path):
+    with pytest.raises(RegistryError, match="no challenger"):
+        registry.promote(forced=False)
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        registry.rollback()
+    other = uninformative_model(tmp_path / "other")
+    third = registry.register(tmp_path / "other").version
+    assert third == other
+    registry.assign("challenger", other)
+    assert registry.promote(forced=True, user="alice") == other
+    assert registry.aliases() == {"champion": other, "challenger": None}
+    event = registry.history()[-1]
+    assert (event["event"], event["forced"], event["user"], event["from"]) == ("promote", True, "alice", SHIPPED)
+    assert registry.rollback(user="bob") == (other, SHIPPED)
+    assert registry.alias("champion") == SHIPPED and registry.previous_champions() == []
+    with pytest.raises(RegistryError):
+        registry.rollback()
+
+
+def test_settings_serve_the_champion_and_shadow_the_challenger(registry, tmp_path):
+    settings = load_settings({"AI_MODEL_REGISTRY": registry.root})
+    assert settings.model_path == registry.root / "versions" / SHIPPED / "lstm_omni.onnx"
+    assert settings.fallback_weights_path.parent == settings.model_path.parent  # one version's files
+    assert settings.shadow_model_path is None
+    challenger = uninformative_model(tmp_path / "m")
+    registry.register(tmp_path / "m")
+    registry.assign("challenger", challenger)
+    shadow = load_settings({"AI_MODEL_REGISTRY": registry.root}).shadow_model_path
+    assert shadow == registry.root / "versions" / challenger / "lstm_omni.onnx"
+    with pytest.raises(ConfigError, match="unset AI_MODEL_PATH"):
+        load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_MODEL_PATH": MODELS / "lstm_omni.onnx"})
+    with pytest.raises(ConfigError, match="has no champion"):
+        load_settings({"AI_MODEL_REGISTRY": tmp_path / "empty"})
+
+
+# The gate on ledger records
+
+
+def _ledger_with(tmp_path: Path, champion: np.ndarray, challenger: np.ndarray, y: np.ndarray,
+                 shadow_version: str = "challenger01") -> SqlLedger:
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'gate.db'}")
+    now = time.time()
+    rows = [row(f"g-{i}", float(c), at=now - 100 + i * 1e-3)._replace(model_version="champion0001",
+                                                                   shadow_confidence=float(s),
+                                                                   shadow_version=shadow_version)
+            for i, (c, s) in enumerate(zip(champion, challenger))]
+    ledger.record(rows)
+    ledger.flush()
+    ledger.add_outcomes([Outcome(f"g-{i}", True, bool(label), None, now) for i, label in enumerate(y)])
+    return ledger
+
+
+def _scores(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, n)
+    y = (rng.uniform(size=n) < p).astype(int)
+    noisy = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, 1.5, n))))
+    return p, noisy, y
+
+
+def test_gate_accepts_a_better_challenger_and_refuses_a_worse_one(tmp_path):
+    good, noisy, y = _scores(1)
+    ledger = _ledger_with(tmp_path, champion=noisy, challenger=good, y=y)
+    records = ledger.records(0)
+    better = compare(records, "champion0001", "challenger01", GateRules(min_outcomes=2000))
+    assert better.passed and better.outcomes == 3000
+    assert better.figures["challenger"]["auc"] > better.figures["champion"]["auc"] + 0.05
+    # The same better model, without enough outcomes yet: refused on that rule alone.
+    early = compare(records, "champion0001", "challenger01", GateRules(min_outcomes=4000))
+    assert not early.passed
+    assert [c["rule"] for c in early.checks if not c["passed"]] == ["outcomes"]
+    # Only predictions where this champion served and this challenger was the shadow count.
+    assert compare(records, "champion0001", "someone-else", GateRules(min_outcomes=1)).outcomes == 0
+
+
+def test_gate_refuses_a_challenger_that_is_worse_on_any_rule(tmp_path):
+    good, noisy, y = _scores(2)
+    ledger = _ledger_with(tmp_path, champion=good, challenger=noisy, y=y)
+    result = compare(ledger.records(0), "champion0001", "challenger01", GateRules(min_outcomes=100))
+    assert not result.passed
+    failed = {c["rule"] for c in result.checks if not c["passed"]}
+    assert {"auc", "brier"} <= failed and "outcomes" not in failed
+    text = result.render()
+    assert "FAIL" in text and "does not beat the champion" in text
+    # Each rule is configurable: allowing a large loss lets the same models through.
+    lenient = GateRules(min_outcomes=100, min_auc_gain=-1.0, max_brier_increase=1.0, max_ece_increase=1.0)
+    assert compare(ledger.records(0), "champion0001", "challenger01", lenient).passed
+
+
+# Through the running service
+
+
+def omni_mev(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omni_mev.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
+
+
+def drive(server: Gunicorn, prefix: str, n: int, seed: int) -> None:
+    """n simulated opportunities with ids, scored by the service; every outcome posted."""
+    from bench.closed_loop import post_outcomes, score_stream, windows
+    from omni_mev.client import Client
+    from omni_mev.training.simulate import simulate
+
+    stream = simulate(n, seed=seed)
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    with Client(server.url, timeout=60) as client:
+        score_stream(client, windows(stream.features), ids)
+        post_outcomes(client, ids, stream)
+
+
+def test_promotion_gate_rollback_and_reload_through_the_service_under_load(registry, tmp_path):
+    weak = uninformative_model(tmp_path / "weak")
+    registry.register(tmp_path / "weak", user="test")
+    # The weak model serves; the shipped one waits as the challenger.
+    registry.assign("champion", weak, user="test")
+    registry.assign("challenger", SHIPPED, user="test")
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "AI_PROMOTE_MIN_OUTCOMES": "1000",
+           "OMNI_MEV_ENV_FILE": "/nonexistent"}
+    with Gunicorn(env) as server, Stream(server, limit=200_000, seconds=300) as stream:
+        assert versions(server) == {weak}
+        status = server.get("/status")[1]
+        assert status["shadow_version"] == SHIPPED and status["model_family"] == "uninformative"
+        cli_env = {**env, "AI_LEDGER_URL": server.ledger_url}
+        drive(server, "better", 2500, seed=11)
+        time.sleep(0.5)  # the ledger's writer commits within 0.1 s
+        promoted = omni_mev("promote", env=cli_env)
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert "beats the champion" in promoted.stdout and "promoted " + SHIPPED in promoted.stdout
+        wait_until(lambda: versions(server) == {SHIPPED}, 30, what="the promoted champion serving")
+        status = server.get("/status")[1]
+        assert status["shadow_version"] is None and status["model_family"] == "lstm"
+        assert status["recommended_threshold"] == json.loads((MODELS / "lstm_omni.json").read_text())[
+            "thresholds"]["recommended"]  # the card came with it
+        stream.advance(50)
+
+        # A worse challenger is refused, and recorded; --force promotes it and says who did.
+        assert omni_mev("models", "register", str(tmp_path / "weak"), "--as", "challenger",
+                        env=cli_env).returncode == 0
+        wait_until(lambda: server.get("/status")[1]["shadow_version"] == weak, 30, what="the challenger shadowing")
+        drive(server, "worse", 2500, seed=12)
+        time.sleep(0.5)
+        refused = omni_mev("promote", env=cli_env)
+        assert refused.returncode == 1 and "does not beat the champion" in refused.stdout
+        assert registry.alias("champion") == SHIPPED and registry.history()[-1]["event"] == "promotion_refused"
+        forced = omni_mev("promote", "--force", "--user", "alice", env=cli_env)
+        assert forced.returncode == 0 and "FORCED" in forced.stdout
+        event = registry.history()[-1]
+        assert (event["event"], event["forced"], event["user"]) == ("promote", True, "alice")
+        wait_until(lambda: versions(server) == {weak}, 30, what="the forced champion serving")
+        stream.advance(50)
+
+        rolled = omni_mev("rollback", env=cli_env)
+        assert rolled.returncode == 0 and f"{SHIPPED} is the champion again" in rolled.stdout
+        wait_until(lambda: versions(server) == {SHIPPED}, 30, what="the previous champion serving again")
+        stream.advance(50)
+        listing = json.loads(omni_mev("models", "--json", env=cli_env).stdout)
+    assert stream.failures == [] and stream.ok > 200  # no request failed across three reloads
+    assert listing["aliases"] == {"champion": SHIPPED, "challenger": None}
+    live = {v["version"]: v["live"] for v in listing["versions"]}
+    assert live[SHIPPED]["served"]["labelled"] >= 2500 and live[SHIPPED]["shadow"]["labelled"] >= 2500
+    assert live[SHIPPED]["served"]["auc"] > live[weak]["served"]["auc"] + 0.1
+    assert [e["event"] for e in listing["history"]][-3:] == ["promotion_refused", "promote", "rollback"]
+
+
+def test_failed_retraining_leaves_the_champion_serving_and_shows_in_metrics(registry):
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "OMNI_MEV_ENV_FILE": "/nonexistent"}
+    with Gunicorn(env, workers=1) as server:
+        result = omni_mev("retrain", "--now", env={**env, "AI_LEDGER_URL": server.ledger_url})
+        assert result.returncode == 1
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["action"] == "failed" and "AI_RETRAIN_MIN_OUTCOMES" in summary["detail"]
+        assert "retraining failed" in result.stderr
+        assert registry.aliases() == {"champion": SHIPPED, "challenger": None}
+        assert registry.history()[-1]["event"] == "retrain_failed"
+        metrics = http("GET", f"http://127.0.0.1:{server.metrics_port}/metrics")[1]
+        assert 'ai_retrain_runs_total{result="failed"} 1.0' in metrics
+        assert f'ai_model_alias{{alias="champion",version="{SHIPPED}"}} 1.0' in metrics
+        assert versions(server) == {SHIPPED}
+
+
+def test_retrain_waits_for_the_gate_while_a_challenger_collects_outcomes(registry, tmp_path):
+    waiting = uninformative_model(tmp_path / "w")
+    registry.register(tmp_path / "w")
+    registry.assign("challenger", waiting)
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "OMNI_MEV_ENV_FILE": "/nonexistent",
+           "AI_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    result = omni_mev("retrain", env=env)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and summary["action"] == "waiting" and summary["gate"]["outcomes"] == 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_retraining_timer_units_verify(tmp_path):
+    for name in ("omni-mev-retrain.service", "omni-mev-retrain.timer", "omni-mev.service"):
+        text = (ROOT / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/omni-mev", str(ROOT)))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "omni-mev-retrain.timer"),
+                             str(tmp_path / "omni-mev-retrain.service")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    timer = (ROOT / "systemd" / "omni-mev-retrain.timer").read_text()
+    assert "OnCalendar=hourly" in timer and "Persistent=true" in timer
