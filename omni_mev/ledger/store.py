@@ -169,6 +169,7 @@ class SqlLedger(Ledger):
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._next_purge = 0.0
 
     def _ensure_tables(self) -> None:
@@ -213,7 +214,15 @@ class SqlLedger(Ledger):
                 time.sleep(RETRY_S)
 
     def flush(self) -> None:
-        """Write the queued rows in one transaction; on failure they go back to the front of the queue."""
+        """Write the queued rows in one transaction; on failure they go back to the front of the queue.
+
+        One flush at a time: the writer thread, the exit hook and callers
+        (tests, the benchmark) may all flush, and each takes what it counted.
+        """
+        with self._flush_lock:
+            self._flush_queued()
+
+    def _flush_queued(self) -> None:
         count = len(self._queue)
         if not count:
             return
