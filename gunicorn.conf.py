@@ -10,16 +10,18 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
-
 import logging
+import time
 
 from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
+from omni_mev.devices import check_start_up
 
 try:
     _settings = load_settings()
     _auth = "on" if load_keys(_settings) else "OFF (no AI_API_KEYS / AI_API_KEYS_FILE)"
+    # A GPU asked for and missing stops here, before any worker starts.
+    check_start_up(_settings.ort_providers, _settings.torch_device)
 except (ConfigError, OSError) as _error:
     sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
     raise SystemExit(2) from None
@@ -129,6 +131,9 @@ def when_ready(server):
     """
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
+    from omni_mev import metrics
+
+    metrics.WORKER_EXITS.inc(0)  # the series exists from the start, so increase() sees the first exit
     exporter = GunicornPrometheusMetrics()
     if _settings.ledger_url is not None:
         from omni_mev.ledger.collector import QualityCollector
@@ -161,10 +166,29 @@ def post_worker_init(worker):
     worker.when_idle(metrics.flush)
 
 
+def worker_abort(worker):
+    """The master aborts a worker silent past `timeout` (SIGABRT): counted, and not a clean exit."""
+    from omni_mev import metrics
+
+    worker.omni_mev_aborted = True
+    metrics.WORKER_TIMEOUTS.inc()
+
+
+def worker_exit(server, worker):
+    """In the worker, as it ends on its own terms (reload, stop, recycling); a killed worker never gets here."""
+    from omni_mev import metrics
+
+    if not getattr(worker, "omni_mev_aborted", False):
+        metrics.WORKER_CLEAN_EXITS.inc()
+
+
 def child_exit(server, worker):
-    """A worker died: its live gauges leave the aggregate."""
+    """In the master, for every worker that ended: counted; its live gauges leave the aggregate."""
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
+    from omni_mev import metrics
+
+    metrics.WORKER_EXITS.inc()
     GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 
 

@@ -127,6 +127,7 @@ class RedisCache(Cache):
             retry=Retry(NoBackoff(), 0),
         )
         self._write_if_newer = self._client.register_script(_WRITE_IF_NEWER)
+        metrics.REDIS_CIRCUIT_OPEN.set(0)
         self.caching = settings.cache_enabled
         self._ttl_s = settings.cache_ttl_s
         self._retry_s = settings.redis_retry_s
@@ -154,10 +155,12 @@ class RedisCache(Cache):
                 self._open_until = time.monotonic() + self._retry_s
                 if self._connected is not False:
                     log.warning("redis unreachable (%s); retrying in %.1fs", error, self._retry_s)
+                    metrics.REDIS_CIRCUIT_OPEN.set(1)
                 self._connected = False
             return _FAILED
         if self._connected is not True:
             log.info("redis connected")
+            metrics.REDIS_CIRCUIT_OPEN.set(0)
             self._connected = True
         return result
 

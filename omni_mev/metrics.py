@@ -14,6 +14,7 @@ from collections import Counter as Occurrences
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import Metric
 
@@ -53,6 +54,10 @@ PREDICTION_CONFIDENCE = Gauge(
 INFERENCE_LATENCY_MS = Histogram(
     "ai_inference_latency_ms", "Model inference time per request, milliseconds", buckets=LATENCY_BUCKETS_MS
 )
+# Confidence of every scored opportunity: the distribution dashboards and the
+# drift alert compare over time. The buckets are fixed: the threshold is a setting.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CONFIDENCE = Histogram("ai_confidence", "Confidence of each scored opportunity", buckets=CONFIDENCE_BUCKETS)
 REQUESTS = Counter(
     "ai_requests", "Scoring requests by endpoint and outcome (ok, invalid, unauthorized, error, unavailable)",
     ["endpoint", "outcome"],
@@ -65,8 +70,21 @@ MODEL_FALLBACKS = Counter(
     "ai_model_fallback", "Times a worker fell back to the next model runtime", ["reason", "from_type", "to_type"]
 )
 MODEL_INFO = Gauge(
-    "ai_model_info", "Model serving in each live worker (value 1)", ["type", "version"], multiprocess_mode="livemax"
+    "ai_model_info", "Model serving in each live worker (value 1), and the provider or device running it",
+    ["type", "version", "device"], multiprocess_mode="livemax",
 )
+REDIS_CIRCUIT_OPEN = Gauge(
+    "ai_redis_circuit_open", "1 while a worker leaves an unreachable Redis alone (circuit breaker open)",
+    multiprocess_mode="livemax",
+)
+# Worker lifecycle: the master counts every worker that ends; a worker counts
+# its own clean end (reload, stop, recycling). The difference is workers that
+# died: killed, crashed, out of memory, or aborted for silence.
+WORKER_EXITS = Counter("ai_worker_exits", "Workers that ended, any cause (counted by the gunicorn master)")
+WORKER_CLEAN_EXITS = Counter(
+    "ai_worker_clean_exits", "Workers that ended on their own terms: reload, stop, recycling after max_requests"
+)
+WORKER_TIMEOUTS = Counter("ai_worker_timeouts", "Workers the master aborted for being silent past the timeout")
 CACHE_REQUESTS = Counter("ai_cache_requests", "Prediction cache lookups by result", ["result"])
 FEATURE_OUT_OF_RANGE = Counter(
     "ai_feature_out_of_range", "Inputs outside the training data's observed range, per feature", ["feature"]
@@ -114,6 +132,10 @@ class DirectWrites:
     def observe(self, histogram: Any, value: float) -> None:
         histogram.observe(value)
 
+    def observe_many(self, histogram: Any, values: np.ndarray) -> None:
+        for value in values.tolist():
+            histogram.observe(value)
+
     def set_latest(self, gauge: Any, value: float) -> None:
         gauge.set(value)
 
@@ -136,6 +158,13 @@ class _Tally:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def add_many(self, values: np.ndarray) -> None:
+        """add() for every value, in one pass (a batch's confidences)."""
+        found = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds))
+        for bucket, count in enumerate(found.tolist()):
+            self.counts[bucket] += count
+        self.total += float(values.sum(dtype=np.float64))
+
 
 class BufferedWrites:
     """The hot path's writes, held in this process and written together by flush().
@@ -157,10 +186,16 @@ class BufferedWrites:
         self._counts[child] = self._counts.get(child, 0.0) + amount
 
     def observe(self, histogram: Any, value: float) -> None:
+        self._tally(histogram).add(value)
+
+    def observe_many(self, histogram: Any, values: np.ndarray) -> None:
+        self._tally(histogram).add_many(values)
+
+    def _tally(self, histogram: Any) -> _Tally:
         tally = self._tallies.get(histogram)
         if tally is None:
             tally = self._tallies[histogram] = _Tally(histogram._upper_bounds)
-        tally.add(value)
+        return tally
 
     def set_latest(self, gauge: Any, value: float) -> None:
         # A "mostrecent" gauge keeps the time of the prediction, not of the flush.
@@ -235,13 +270,15 @@ def record_confidence(confidence: float) -> None:
     _writes.set_latest(PREDICTION_CONFIDENCE, confidence)
 
 
-def count_decision(decision: bool) -> None:
-    """ai_decisions_total for one decision."""
+def count_decision(decision: bool, confidence: float) -> None:
+    """ai_decisions_total and ai_confidence for one decision."""
     _writes.inc(_DECIDED[decision])
+    _writes.observe(CONFIDENCE, confidence)
 
 
-def count_decisions(decisions: Any) -> None:
-    """ai_decisions_total for a boolean array of decisions."""
+def count_decisions(decisions: Any, confidences: np.ndarray) -> None:
+    """ai_decisions_total and ai_confidence for arrays of decisions and their confidences."""
+    _writes.observe_many(CONFIDENCE, confidences)
     positive = int(decisions.sum())
     if positive:
         _writes.inc(_DECIDED[True], positive)
@@ -275,13 +312,13 @@ def record_fallback(reason: str, from_type: str, to_type: str) -> None:
 _serving: dict[str, str] = {}
 
 
-def set_serving_model(kind: str | None, version: str | None) -> None:
-    """This worker serves this model (or none); the previous one drops to 0."""
+def set_serving_model(kind: str | None, version: str | None, device: str | None = None) -> None:
+    """This worker serves this model (or none) on this provider or device; the previous one drops to 0."""
     if _serving:
         MODEL_INFO.labels(**_serving).set(0)
         _serving.clear()
     if kind is not None:
-        _serving.update(type=kind, version=version or "unknown")
+        _serving.update(type=kind, version=version or "unknown", device=device or "unknown")
         MODEL_INFO.labels(**_serving).set(1)
 
 

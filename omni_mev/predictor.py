@@ -65,6 +65,7 @@ class ModelStatus:
     kind: str | None
     version: str | None
     problem: str | None = None
+    device: str | None = None  # the ONNX Runtime provider or torch device that runs it
 
     @property
     def ready(self) -> bool:
@@ -157,7 +158,7 @@ class Predictor:
         runtime = self.chain.active
         if runtime is None:
             return ModelStatus(None, None, self.chain.public_reason)
-        return ModelStatus(runtime.kind, runtime.version)
+        return ModelStatus(runtime.kind, runtime.version, device=runtime.device)
 
     # The one decision rule, for one opportunity and for many
 
@@ -167,7 +168,7 @@ class Predictor:
         approved = confidence >= self.threshold
         refused = approved and bool(implausible)
         decision = approved and not (refused and self.refuses_implausible)
-        metrics.count_decision(decision)
+        metrics.count_decision(decision, confidence)
         if implausible:
             metrics.count_implausible(implausible, int(refused))
         return decision, refused
@@ -176,11 +177,11 @@ class Predictor:
         """decide_one() for every item: (decisions, refused) as bool arrays."""
         approved = confidences.astype(np.float64) >= self.threshold
         if not any(implausible):  # the common case, without a pass over the items
-            metrics.count_decisions(approved)
+            metrics.count_decisions(approved, confidences)
             return approved, np.zeros_like(approved)
         refused = approved & np.fromiter(map(bool, implausible), bool, len(implausible))
         decisions = approved & ~refused if self.refuses_implausible else approved
-        metrics.count_decisions(decisions)
+        metrics.count_decisions(decisions, confidences)
         metrics.count_implausible((check for checks in implausible for check in checks), int(refused.sum()))
         return decisions, refused
 

@@ -105,6 +105,7 @@ class Process:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+        self.log.close()
         os.unlink(self.log.name)
 
 
