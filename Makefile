@@ -7,11 +7,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc postgresql
+SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc postgresql prometheus
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench loop shift train system-deps clean
+.PHONY: install serve test bench bench-devices loop shift train system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,18 +35,22 @@ install: $(VENV)/.base
 serve: $(VENV)/.base
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## system-deps: what the tests start (redis-server, nginx, PostgreSQL, wrk, node and rustc for the example
-## clients), when missing
+## system-deps: what the tests start (redis-server, nginx, PostgreSQL, Prometheus and promtool, wrk, node and
+## rustc for the example clients), when missing. Debian's prometheus package starts a Prometheus on 9090,
+## omni-mev's default metrics port: it is stopped and disabled (the tests start their own).
 system-deps:
 	@missing=""; \
-	for cmd in redis-server nginx wrk openssl systemd-analyze curl node rustc; do \
+	for cmd in redis-server nginx wrk openssl systemd-analyze curl node rustc prometheus promtool; do \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages for:$$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) || exit 1; \
+		if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
+			$(SUDO) systemctl disable --now prometheus; \
+		fi; \
 	fi
 
 ## test: the whole test suite (unit tests, real gunicorn, redis-server, nginx)
@@ -61,6 +65,11 @@ train: $(VENV)/.test
 ## writes bench/results/<date>.json and docs/benchmarks.{md,png}
 bench: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.run
+
+## bench-devices: predictions/s by batch size on ONNX Runtime and PyTorch, CPU and CUDA where present, and
+## training time per epoch per device (bench/results/devices-<date>.json; GPU figures in docs/benchmarks.md)
+bench-devices: $(VENV)/.test
+	$(BIN)/python -m bench.devices
 
 ## loop: the closed loop at scale: 20,000 simulated opportunities scored, their outcomes posted, /quality
 ## compared with the offline evaluation (figures in docs/operations.md)

@@ -11,6 +11,7 @@ from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
+    from omni_mev.config import ConfigError
     from omni_mev.training.data import DataError
     from omni_mev.training.report import served_row
     from omni_mev.training.train import TrainConfig, train
@@ -26,12 +27,13 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         patience=args.patience,
         max_minutes=args.max_minutes,
+        device=args.device,
     )
     command = "omni-mev " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     docs = Path(args.docs) if args.docs else None
     try:
         card = train(config, Path(args.output), docs, command=command, progress=lambda line: print(line, flush=True))
-    except DataError as error:
+    except (DataError, ConfigError) as error:  # bad data, or a device this machine lacks
         print(f"omni-mev train: {error}", file=sys.stderr)
         return 2
     served = card["test_metrics"][served_row(card)]
@@ -128,6 +130,17 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(raw: str) -> str:
+    """--device, checked as AI_TORCH_DEVICE is (whether the GPU is there is checked when training starts)."""
+    from omni_mev.config import ConfigError
+    from omni_mev.devices import parse_torch_device
+
+    try:
+        return parse_torch_device("--device", raw)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser for all subcommands."""
     from omni_mev.registry.cli import add_commands as add_registry_commands
@@ -153,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=defaults.patience)
     train.add_argument("--max-minutes", type=float, default=defaults.max_minutes,
                        help="a guard only: training stops on epochs or patience, and the card says if this fired")
+    train.add_argument("--device", type=_device, default=defaults.device,
+                       help="where the network trains: cpu, cuda, cuda:N or auto (a GPU if there is one)")
     train.add_argument("--output", default="models", help="folder for lstm_omni.{onnx,pt,json}")
     train.add_argument("--docs", default="", help="folder for reliability.png ('' to skip)")
     train.set_defaults(handler=_train)

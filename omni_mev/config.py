@@ -114,6 +114,18 @@ def _window(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _providers(name: str, raw: str) -> tuple[str, ...]:
+    from omni_mev.devices import parse_providers
+
+    return parse_providers(name, raw)
+
+
+def _torch_device(name: str, raw: str) -> str:
+    from omni_mev.devices import parse_torch_device
+
+    return parse_torch_device(name, raw)
+
+
 def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
     """`parse`, or None for an empty value or "off"."""
 
@@ -154,6 +166,13 @@ class Settings:
     )
     last_good_dir: Path | None = _setting(
         "AI_LAST_GOOD_DIR", _path, None, "where workers keep the last ONNX model that loaded (served if a new one fails)"
+    )
+    ort_providers: tuple[str, ...] = _setting(
+        "AI_ORT_PROVIDERS", _providers, ("CPUExecutionProvider",),
+        "ONNX Runtime execution providers in order of preference: cpu, cuda, tensorrt or full names",
+    )
+    torch_device: str = _setting(
+        "AI_TORCH_DEVICE", _torch_device, "cpu", "device of the PyTorch fallback: cpu, cuda, cuda:N or auto"
     )
     threshold: float = _setting("AI_THRESHOLD", _number(float, 0.0, 1.0), 0.78, "confidence needed for decision=true")
     host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")

@@ -187,7 +187,8 @@ def _health_and_status(spec: APISpec) -> None:
             "200": {"description": "OK", **_json(_obj({
                 "ai_engine": {"type": "string", "enum": ["online", "degraded"]}, "mode": MODE,
                 "model_type": {"type": ["string", "null"], "enum": ["onnx", "pytorch", None]},
-                "model_version": maybe_null, "threshold": PROBABILITY, "redis_connected": BOOLEAN,
+                "model_version": maybe_null, "model_device": maybe_null, "threshold": PROBABILITY,
+                "redis_connected": BOOLEAN,
                 "total_requests": {"type": "integer", "minimum": 0}, "uptime_s": NUMBER,
                 "worker_pid": {"type": "integer"},
                 "ledger": _obj({"enabled": BOOLEAN, "pending": {"type": "integer", "minimum": 0}}),

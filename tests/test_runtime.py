@@ -73,6 +73,10 @@ class _FailsOnRequest(ModelRuntime):
     def ready(self):
         return self.version is not None
 
+    @property
+    def device(self):
+        return "CPUExecutionProvider"
+
     def _load(self, data):
         pass
 

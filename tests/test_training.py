@@ -6,12 +6,14 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from omni_mev.devices import cuda_devices
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_NAMES
 from omni_mev.model.lstm import load_state
 from omni_mev.runtime.onnx_runtime import OnnxModel
@@ -62,6 +64,18 @@ def test_training_is_deterministic(tiny_run, tmp_path):
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_the_device_does_not_change_what_training_learns(tiny_run, tmp_path):
+    """train --device auto takes a GPU where there is one; the same seed and data give the same card within noise."""
+    out, card = tiny_run
+    other = train(replace(TINY, device="auto"), tmp_path)
+    gpus = cuda_devices()
+    assert other["training"]["device"] == (f"cuda:0 ({gpus[0]})" if gpus else "cpu") and card["training"]["device"] == "cpu"
+    for name, metrics in card["test_metrics"].items():
+        assert abs(other["test_metrics"][name]["auc_roc"] - metrics["auc_roc"]) <= 0.002, name
+    if not gpus:  # the same device: the same bytes
+        assert other["version"] == card["version"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

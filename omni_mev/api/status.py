@@ -40,6 +40,7 @@ def engine_status():
         "mode": predictor.settings.mode,
         "model_type": status.kind,
         "model_version": status.version,
+        "model_device": status.device,
         "threshold": predictor.threshold,
         "redis_connected": cache_of(current_app).ping(),
         "total_requests": metrics.snapshot.get()["total_requests"],

@@ -56,7 +56,7 @@ def _base(x: torch.Tensor) -> torch.Tensor:
     """
     low = x.new_tensor(_LOG_LOW)
     high = x.new_tensor(_LOG_HIGH)
-    select = torch.zeros(x.shape[-1], len(_LOG_COLUMNS), dtype=x.dtype)
+    select = torch.zeros(x.shape[-1], len(_LOG_COLUMNS), dtype=x.dtype, device=x.device)
     for out, (column, scale) in enumerate(zip(_LOG_COLUMNS, _LOG_SCALE)):
         select[column, out] = scale
     logs = torch.log(torch.minimum(torch.maximum(x @ select + x.new_tensor(_LOG_SHIFT), low), high))
@@ -76,7 +76,7 @@ def derive(x: torch.Tensor) -> torch.Tensor:
     of day onto the circle; the gap in minutes to the previous opportunity of the
     stream tells the network how busy the market is (0 and is_first=1 at the start).
     """
-    return _base(x) @ _mixing_matrix().to(x.dtype)
+    return _base(x) @ _mixing_matrix().to(device=x.device, dtype=x.dtype)
 
 
 class OpportunityLSTM(nn.Module):

@@ -46,6 +46,11 @@ class ModelRuntime(ABC):
     def ready(self) -> bool:
         """Whether load() succeeded."""
 
+    @property
+    @abstractmethod
+    def device(self) -> str:
+        """Where it runs: an ONNX Runtime execution provider, or a torch device."""
+
     @abstractmethod
     def _load(self, data: bytes) -> None:
         """Build the model from the file's bytes; raise on anything unusable."""

@@ -46,11 +46,12 @@ def _runtimes(settings: Settings) -> list[ModelRuntime]:
     fail to load.
     """
     runtimes: list[ModelRuntime] = [
-        OnnxModel(settings.model_path, role="onnx"),
-        TorchModel(settings.fallback_weights_path, role="pytorch"),
+        OnnxModel(settings.model_path, role="onnx", providers=settings.ort_providers),
+        TorchModel(settings.fallback_weights_path, role="pytorch", device=settings.torch_device),
     ]
     if settings.last_good_dir is not None:
-        runtimes.append(OnnxModel(settings.last_good_dir / LAST_GOOD_NAME, role="last-known-good"))
+        runtimes.append(OnnxModel(settings.last_good_dir / LAST_GOOD_NAME, role="last-known-good",
+                                  providers=settings.ort_providers))
     return runtimes
 
 
@@ -82,7 +83,7 @@ def _remember_good(chain: FallbackChain, settings: Settings) -> None:
 def _load_shadow(settings: Settings) -> OnnxModel | None:
     if settings.shadow_model_path is None:
         return None
-    shadow = OnnxModel(settings.shadow_model_path, role="shadow")
+    shadow = OnnxModel(settings.shadow_model_path, role="shadow", providers=settings.ort_providers)
     try:
         shadow.load()
     except ModelLoadError as error:
@@ -119,6 +120,6 @@ def load_worker_models(settings: Settings) -> WorkerModels:
     chain.load()
     _remember_good(chain, settings)
     active = chain.active
-    metrics.set_serving_model(active.kind if active else None, active.version if active else None)
+    metrics.set_serving_model(*((active.kind, active.version, active.device) if active else (None, None)))
     card = read_card(settings.model_path)
     return WorkerModels(chain, _load_shadow(settings), training_range(card), card)

@@ -1,8 +1,12 @@
-"""ONNX Runtime: the primary runtime, one single-threaded session per worker."""
+"""ONNX Runtime: the primary runtime, one single-threaded session per worker, on AI_ORT_PROVIDERS."""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from omni_mev.devices import CPU_PROVIDER, DeviceUnavailable, resolve_providers
 from omni_mev.features import N_FEATURES
 from omni_mev.runtime.base import ModelLoadError, ModelRuntime
 
@@ -12,8 +16,10 @@ class OnnxModel(ModelRuntime):
 
     kind = "onnx"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, path: Path, role: str = "primary",
+                 providers: Sequence[str] = (CPU_PROVIDER,)) -> None:
+        super().__init__(path, role)
+        self.providers = tuple(providers)
         self._session = None
         self._feeds_name = ""
         self._output_names: list[str] = []
@@ -21,6 +27,11 @@ class OnnxModel(ModelRuntime):
     @property
     def ready(self) -> bool:
         return self._session is not None
+
+    @property
+    def device(self) -> str:
+        """The provider that runs the graph (ONNX Runtime may hand nodes it cannot run to the CPU)."""
+        return self._session.get_providers()[0] if self._session else self.providers[0]
 
     def _load(self, data: bytes) -> None:
         import onnxruntime as ort
@@ -34,7 +45,11 @@ class OnnxModel(ModelRuntime):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        try:
+            providers = resolve_providers(self.providers, setting="AI_ORT_PROVIDERS")
+        except DeviceUnavailable as error:
+            raise ModelLoadError(str(error), "its execution provider is not available") from None
+        session = ort.InferenceSession(data, options, providers=providers)
         inputs = session.get_inputs()
         shape = inputs[0].shape if inputs else []
         if len(inputs) != 1 or len(shape) != 3 or shape[2] != N_FEATURES:

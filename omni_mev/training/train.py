@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omni_mev.devices import describe, resolve_torch_device
 from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import OpportunityLSTM, load_state
@@ -59,6 +61,16 @@ class TrainConfig:
     max_minutes: float = 240.0
     threads: int = 2
     init_weights: str | None = None  # a .pt to start the LSTM from (its size wins over hidden_size)
+    device: str = "cpu"  # where the network trains: cpu, cuda, cuda:N or auto (the rest runs on the CPU)
+
+
+def deterministic_on(device: str) -> None:
+    """Deterministic kernels, on the CPU and on CUDA (cuBLAS needs its workspace fixed before it starts)."""
+    if device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def split_by_time(dataset: Dataset, config: TrainConfig) -> dict[str, Dataset]:
@@ -71,7 +83,7 @@ def split_by_time(dataset: Dataset, config: TrainConfig) -> dict[str, Dataset]:
     return {name: dataset.subset(order[lo:hi]) for name, (lo, hi) in bounds.items()}
 
 
-def _scored(fn, data: Dataset, length: int | None, batch: int = 8192) -> np.ndarray:
+def _scored(fn, data: Dataset, length: int | None, batch: int = 8192, device: str = "cpu") -> np.ndarray:
     """fn over every example of `data`, in batches: with all its history (length None) or `length` steps."""
     out = np.empty(len(data), dtype=np.float64)
     groups = data.scored_windows() if length is None else [(np.arange(len(data)), None)]
@@ -80,7 +92,8 @@ def _scored(fn, data: Dataset, length: int | None, batch: int = 8192) -> np.ndar
             for start in range(0, len(index), batch):
                 part = index[start:start + batch]
                 x = windows[start:start + batch] if windows is not None else data.windows(part, length)
-                out[part] = fn(torch.from_numpy(np.ascontiguousarray(x))).squeeze(-1).double().numpy()
+                scores = fn(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+                out[part] = scores.squeeze(-1).double().cpu().numpy()
     return out
 
 
@@ -100,13 +113,19 @@ def _batch_windows(train: Dataset, rng: np.random.Generator, config: TrainConfig
 
 
 def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, config: TrainConfig,
-                progress: Callable[[str], None] = log.info) -> dict:
-    """Adam on random windows of random length; early stopping on validation loss."""
+                progress: Callable[[str], None] = log.info, device: str = "cpu") -> dict:
+    """Adam on random windows of random length; early stopping on validation loss.
+
+    On a GPU only the arithmetic moves: batches are drawn on the CPU from the
+    same random stream, so the device changes the result by floating-point
+    noise only. The model is back on the CPU when this returns.
+    """
     rng = np.random.default_rng(config.seed)
+    model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
     loss_fn = nn.BCEWithLogitsLoss()
-    labels = torch.from_numpy(train.label.astype(np.float32))
+    labels = torch.from_numpy(train.label.astype(np.float32)).to(device)
     history = train.history_length
     longest = int(min(MAX_SEQUENCE, history.max() + 1))
     y_val = validation.label
@@ -119,15 +138,16 @@ def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, con
         running = 0.0
         for _ in range(config.batches_per_epoch):
             windows, index = _batch_windows(train, rng, config, history, longest)
-            loss = loss_fn(model.logits(torch.from_numpy(windows)).squeeze(-1), labels[index])
+            loss = loss_fn(model.logits(torch.from_numpy(windows).to(device)).squeeze(-1),
+                           labels[torch.from_numpy(index).to(device)])
             optimiser.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             running += loss.item()
         model.eval()
-        val_loss = 0.5 * (_bce(_scored(model.logits, validation, None), y_val)
-                          + _bce(_scored(model.logits, validation, 1), y_val))
+        val_loss = 0.5 * (_bce(_scored(model.logits, validation, None, device=device), y_val)
+                          + _bce(_scored(model.logits, validation, 1, device=device), y_val))
         scheduler.step(val_loss)
         elapsed = time.monotonic() - started
         epochs.append({"epoch": epoch, "train_loss": running / config.batches_per_epoch,
@@ -148,6 +168,7 @@ def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, con
             progress(f"stopped by the {config.max_minutes:g}-minute guard: this model depends on the machine's speed")
             break
     model.load_state_dict(best_state)
+    model.cpu()
     return {"best_epoch": best_epoch, "best_validation_loss": best_loss, "stopped_by": stopped_by,
             "epochs": epochs}
 
@@ -334,9 +355,10 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     if config.family not in (*FAMILIES, "auto"):
         raise ValueError(f"family {config.family!r}; choose lstm, trees, ensemble or auto")
     started = time.monotonic()
+    device = resolve_torch_device(config.device, setting="--device")
+    deterministic_on(device)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if dataset is None:
@@ -354,7 +376,8 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     else:
         model = OpportunityLSTM(hidden_size=config.hidden_size)
         model.fit_normalisation(torch.from_numpy(_normalisation_windows(train_split, config.seed)))
-    fitting = fit_network(model, train_split, validation, config, progress)
+    progress(f"training the network on {describe(device)}")
+    fitting = fit_network(model, train_split, validation, config, progress, device=device)
     calibration = calibrate(model, validation)
     members = Members(model, fit_trees(train_split, config.seed))
     members.blend = fit_blend(members.lstm_logit(validation), members.trees_logit(validation), validation.label)
@@ -404,7 +427,7 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
             "pytorch_fallback": "the LSTM alone" + ("" if family == "lstm" else
                                                     f" (a degraded stand-in for the {family} model)"),
         },
-        "training": {"config": asdict(config), "data": _data_summary(dataset),
+        "training": {"config": asdict(config), "device": describe(device), "data": _data_summary(dataset),
                      "split": {name: len(part) for name, part in splits.items()},
                      "validation_log_loss": validation_losses, **fitting, "calibration": calibration},
         "thresholds": {**{k: round(v, 4) for k, v in thresholds.items()}, "recommended_rule": (
