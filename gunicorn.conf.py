@@ -5,12 +5,12 @@ value stops start-up with one line naming the variable. Only light modules are
 imported here: this file runs in the master, which must never load the model
 (ONNX Runtime thread pools and torch/OpenMP do not survive fork).
 """
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import logging
 import time
 
 from omni_mev.auth import load_keys
