@@ -49,7 +49,7 @@ system-deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) || exit 1; \
 		if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
-			$(SUDO) systemctl disable --now prometheus; \
+			$(SUDO) systemctl disable --now prometheus || true; \
 		fi; \
 	fi
 
