@@ -133,8 +133,9 @@ class DirectWrites:
         histogram.observe(value)
 
     def observe_many(self, histogram: Any, values: np.ndarray) -> None:
-        for value in values.tolist():
-            histogram.observe(value)
+        tally = _Tally(histogram._upper_bounds)
+        tally.add_many(values)
+        tally.write(histogram)
 
     def set_latest(self, gauge: Any, value: float) -> None:
         gauge.set(value)
@@ -164,6 +165,13 @@ class _Tally:
         for bucket, count in enumerate(found.tolist()):
             self.counts[bucket] += count
         self.total += float(values.sum(dtype=np.float64))
+
+    def write(self, histogram: Any) -> None:
+        """Add these observations to the histogram's shared values."""
+        histogram._sum.inc(self.total)
+        for bucket, count in zip(histogram._buckets, self.counts):
+            if count:
+                bucket.inc(count)
 
 
 class BufferedWrites:
@@ -208,10 +216,7 @@ class BufferedWrites:
         for child, amount in counts.items():
             child.inc(amount)
         for histogram, tally in tallies.items():
-            histogram._sum.inc(tally.total)
-            for bucket, count in zip(histogram._buckets, tally.counts):
-                if count:
-                    bucket.inc(count)
+            tally.write(histogram)
         for gauge, (value, at) in latest.items():
             gauge._value.set(value, timestamp=at)
 
