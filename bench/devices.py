@@ -82,7 +82,6 @@ def _torch_model(path: Path, device: str, threads: int) -> Callable[[np.ndarray]
 def inference(batch_sizes: tuple[int, ...], min_seconds: float, gpus: list[str]) -> list[dict[str, Any]]:
     """predictions/s for each runtime, device and batch size."""
     import onnxruntime as ort
-    import torch
 
     from omni_mev.training.export import random_raw_features
 
@@ -112,7 +111,6 @@ def inference(batch_sizes: tuple[int, ...], min_seconds: float, gpus: list[str])
                          "predictions_per_s": round(rate, 1), "us_per_batch": round(1e6 * size / rate, 1)})
             print(f"{runtime:12} {device:22} threads {threads:3} batch {size:6}: {rate:14,.0f} predictions/s",
                   flush=True)
-        torch.set_num_threads(cores)
     return rows
 
 

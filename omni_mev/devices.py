@@ -115,7 +115,8 @@ def probe(timeout_s: float = 120.0) -> dict[str, Any]:
     result = subprocess.run([sys.executable, "-m", "omni_mev.devices"], capture_output=True, text=True,
                             timeout=timeout_s, env=os.environ.copy())
     if result.returncode != 0:
-        raise ConfigError(f"cannot probe this machine's devices: {result.stderr.strip().splitlines()[-1:]}")
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"cannot probe this machine's devices: {last_line}")
     return json.loads(result.stdout)
 
 

@@ -1,7 +1,6 @@
 """Real servers for integration tests: gunicorn, redis-server, nginx, each on a free loopback port."""
 from __future__ import annotations
 
-from http.client import HTTPException
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 

@@ -130,7 +130,7 @@ def _promote(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        registry = Registry(_root(args))
+        registry = Registry(settings.model_registry)
         champion, challenger = registry.alias("champion"), registry.alias("challenger")
         if challenger is None:
             raise RegistryError("there is no challenger to promote")
@@ -175,7 +175,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        registry = Registry(_root(args))
+        registry = Registry(settings.model_registry)
     except ConfigError as error:
         return _fail("retrain", error)
     since = dt.datetime.fromisoformat(args.since).timestamp() if args.since else None

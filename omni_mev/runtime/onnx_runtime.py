@@ -20,6 +20,7 @@ class OnnxModel(ModelRuntime):
                  providers: Sequence[str] = (CPU_PROVIDER,)) -> None:
         super().__init__(path, role)
         self.providers = tuple(providers)
+        self._device = self.providers[0]
         self._session = None
         self._feeds_name = ""
         self._output_names: list[str] = []
@@ -31,7 +32,7 @@ class OnnxModel(ModelRuntime):
     @property
     def device(self) -> str:
         """The provider that runs the graph (ONNX Runtime may hand nodes it cannot run to the CPU)."""
-        return self._session.get_providers()[0] if self._session else self.providers[0]
+        return self._device
 
     def _load(self, data: bytes) -> None:
         import onnxruntime as ort
@@ -59,6 +60,7 @@ class OnnxModel(ModelRuntime):
         self._output_names = [session.get_outputs()[0].name]
         # The first run allocates; do it now rather than on a client's request.
         session.run(self._output_names, {self._feeds_name: np.ones((1, 1, N_FEATURES), np.float32)})
+        self._device = session.get_providers()[0]
         self._session = session
 
     def predict(self, features: np.ndarray) -> np.ndarray:
