@@ -92,6 +92,28 @@ def tables(results: dict[str, Any], source: str) -> str:
                          f"| {_median(runs, 'requests_per_s'):,.0f} | {_cpu(runs)} |")
         lines += ["", f"Serving the ensemble, `/predict` runs at **{ensemble['median_ratio']:.3f}×** the "
                       f"requests/s of the LSTM (rounds: {', '.join(f'{r:.3f}' for r in ensemble['ratio_per_round'])})."]
+    dispatch = results.get("dispatch")
+    if dispatch:
+        lines += ["", "### LIVE dispatch (the engine stub in the benchmark's process, on the same cores)", "",
+                  f"A batch of {dispatch['batch'][0]['items']:,} approved opportunities against an engine answering "
+                  f"in {dispatch['batch'][0]['engine_latency_ms']} ms: time to the response, time until the last "
+                  "order reached the engine, and what became of the orders (per run).", "",
+                  "| settings | response s (median) | last order at the engine s (median) | runs: in the response "
+                  "→ logged outcomes |", "|---|---|---|---|"]
+        for batch in dispatch["batch"]:
+            settings = ", ".join(f"{k}={v}" for k, v in batch["settings"].items()) or "defaults"
+            runs = "; ".join(f"{r['in_response']} → {r['outcomes']}" for r in batch["runs"])
+            lines.append(f"| {settings} | {batch['median_response_s']:.2f} | {batch['median_last_order_s']:.2f} "
+                         f"| {runs} |")
+        lines += ["", "`/predict` (no dispatch) at 8 connections while approved opportunities are dispatched at "
+                      "a fixed rate on other connections:", "",
+                  "| engine answers in | dispatches sent | /predict requests/s | p50 ms | p99 ms |",
+                  "|---|---|---|---|---|"]
+        for row in dispatch["predict_p99"].values():
+            lines.append(f"| {row['engine_delay_s']:g} s | {row['dispatches']} at {row['dispatch_rate_per_s']:g}/s "
+                         f"| {row['requests_per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
+        lines += ["", f"p99 with the slow engine / with the fast one: **{dispatch['p99_ratio_slow_to_fast']:.2f}×** "
+                      "(goal ≤ 1.5×)."]
     size = results.get("ledger_size")
     if size:
         lines += ["", "| ledger on disk (SQLite) | records written | MB per million predictions |", "|---|---|---|"]

@@ -411,6 +411,9 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
             redis.terminate()
             redis.wait(10)
         results["variants"] = variants
+        from bench.dispatch import measure as dispatch_cost
+
+        results["dispatch"] = dispatch_cost(servers, scratch, duration_s, smoke)
         results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
         results["ensemble"] = family_cost(scratch, rounds, duration_s, servers, smoke)
         results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)

@@ -183,7 +183,20 @@ class Settings:
         "AI_DISPATCH_CONNECT_TIMEOUT_S", _number(float, 0.001, 10.0), 0.1, "execution engine connect timeout"
     )
     dispatch_timeout_s: float = _setting(
-        "AI_DISPATCH_TIMEOUT_S", _number(float, 0.001, 10.0), 0.3, "execution engine read timeout (no retry)"
+        "AI_DISPATCH_TIMEOUT_S", _number(float, 0.001, 10.0), 0.3,
+        "how long a /predict waits for the engine's answer; later answers are logged, the response says queued",
+    )
+    batch_dispatch_wait_s: float = _setting(
+        "AI_BATCH_DISPATCH_WAIT_S", _number(float, 0.001, 10.0), 1.0,
+        "how long a batch waits, in all, for the engine's answers to its orders; the rest are reported queued",
+    )
+    dispatch_concurrency: int = _setting(
+        "AI_DISPATCH_CONCURRENCY", _number(int, 1, 512), 128, "orders a worker has in flight to the engine at once"
+    )
+    dispatch_max_age_s: float = _setting(
+        "AI_DISPATCH_MAX_AGE_S", _number(float, 0.05, 600.0), 1.0,
+        "an order is stale this long after its intent is logged: never sent later, and recorded expired if "
+        "still unfinished",
     )
     dispatch_dedupe_ttl_s: int = _setting(
         "AI_DISPATCH_DEDUPE_TTL_S", _number(int, 60, 30 * 86_400), 86_400, "how long an opportunity_id stays claimed in Redis"
@@ -254,6 +267,10 @@ class Settings:
     prometheus_host: str = _setting("PROMETHEUS_HOST", _text, "127.0.0.1", "address of the metrics HTTP server")
     max_body_bytes: int = _setting(
         "AI_MAX_BODY_BYTES", _number(int, 1024, 64 * 1024 * 1024), 2 * 1024 * 1024, "largest request body"
+    )
+    request_read_timeout_s: float = _setting(
+        "AI_REQUEST_READ_TIMEOUT_S", _number(float, 0.1, 20.0), 5.0,
+        "a request's head and body must arrive within this long of its first byte (408 after)",
     )
     max_batch_size: int = _setting("AI_MAX_BATCH_SIZE", _number(int, 1, 1_000_000), 4096, "most items per batch")
     cache_enabled: bool = _setting("AI_CACHE_ENABLED", _parse_bool, False, "cache predictions in Redis")

@@ -50,6 +50,13 @@ class PayloadTooLarge(OmniMevError):
     code = "payload_too_large"
 
 
+class RequestTimeout(OmniMevError):
+    """The request, head and body, did not arrive in full within the read deadline."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Unauthorized(OmniMevError):
     """Missing or wrong API key; the message never says which."""
 

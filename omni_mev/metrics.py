@@ -91,7 +91,7 @@ FEATURE_OUT_OF_RANGE = Counter(
 )
 DECISIONS = Counter("ai_decisions", "Decisions taken, by value", ["decision"])
 DISPATCHES = Counter(
-    "ai_dispatches", "Live dispatches by outcome (dispatched, rejected, failed, timeout, duplicate)", ["status"]
+    "ai_dispatches", "Live dispatches by outcome (dispatched, rejected, failed, expired, duplicate)", ["status"]
 )
 SHADOW_AGREEMENT = Counter("ai_shadow_agreement", "Shadow model's decision agrees with the served one", ["agree"])
 SHADOW_DIFFERENCE = Histogram(

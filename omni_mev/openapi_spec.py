@@ -16,6 +16,7 @@ from marshmallow import fields
 from omni_mev import __version__, schemas
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.plausibility import CHECKS
+from omni_mev.trading.outbox import EXECUTION_STATUSES
 from omni_mev.runtime.base import MODEL_NAME
 
 REF = "#/components/schemas/"
@@ -80,7 +81,7 @@ MODEL_TYPE = {"type": "string", "enum": ["onnx", "pytorch"]}
 IMPLAUSIBLE = {"type": "array", "items": {"type": "string", "enum": list(CHECKS)}, "minItems": 1,
                "description": "the plausibility checks this opportunity fails (docs/model.md)"}
 EXECUTION = _obj({
-    "status": {"type": "string", "enum": ["dispatched", "rejected", "failed", "timeout", "skipped"]},
+    "status": {"type": "string", "enum": list(EXECUTION_STATUSES)},
     "reason": STRING, "engine_status": {"type": "integer"}, "latency_ms": NUMBER,
 }, required=["status"])
 SCORED_ITEM = {

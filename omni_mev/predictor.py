@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -23,7 +23,8 @@ from omni_mev.ledger.store import Ledger, NullLedger, PredictionRow
 from omni_mev.plausibility import Checks, Plausibility
 from omni_mev.runtime.base import ModelRuntime
 from omni_mev.runtime.loader import WorkerModels
-from omni_mev.trading.dispatcher import Dispatcher, Execution, Judged, implausible_reason
+from omni_mev.trading.dispatcher import Dispatcher, Executing, Judged, implausible_reason
+from omni_mev.trading.outbox import PendingExecution
 
 log = logging.getLogger(__name__)
 SHADOW_SAMPLES = 16
@@ -94,10 +95,20 @@ class Prediction:
     model_version: str
     inference_ms: float
     opportunity_id: str | None = None
-    execution: Execution | None = None
+    execution: Executing | None = None
     cached: bool = False
     implausible: Checks = ()
     refusal: str | None = None
+
+    def pending(self) -> list[PendingExecution]:
+        """The dispatch whose outcome is still to come, if any."""
+        return [self.execution] if isinstance(self.execution, PendingExecution) else []
+
+    def settled(self) -> "Prediction":
+        """This answer with the dispatch's outcome as it stands now (or `queued`)."""
+        if not isinstance(self.execution, PendingExecution):
+            return self
+        return replace(self, execution=self.execution.settled())
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,17 @@ class BatchPrediction:
     inference_ms: float
     ids: list[str | None]
     implausible: list[Checks]
-    executions: dict[int, Execution] = field(default_factory=dict)
+    executions: dict[int, Executing] = field(default_factory=dict)
     refusals: dict[int, str] = field(default_factory=dict)
+
+    def pending(self) -> list[PendingExecution]:
+        """The dispatches whose outcomes are still to come."""
+        return [e for e in self.executions.values() if isinstance(e, PendingExecution)]
+
+    def settled(self) -> "BatchPrediction":
+        """These answers with the dispatches' outcomes as they stand now (or `queued`)."""
+        return replace(self, executions={index: e.settled() if isinstance(e, PendingExecution) else e
+                                         for index, e in self.executions.items()})
 
 
 def refusal_reason(checks: Checks) -> str:
@@ -210,18 +230,19 @@ class Predictor:
         scores, implausible = self._score_windows(batch)
         decisions, refused = self.decide(scores.confidences, implausible)
         self._record_batch(batch, scores, decisions, implausible)
-        executions: dict[int, Execution] = {}
         refusals: dict[int, str] = {}
+        approved: dict[int, Judged] = {}
         for index in np.flatnonzero(decisions | refused).tolist():
             shadow = _item(scores.shadow, index)
             judged = Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
                             float(scores.confidences[index]), scores.model_version, shadow, implausible[index])
-            if not decisions[index]:
+            if decisions[index]:
+                approved[index] = judged
+            else:
                 refusals[index] = self._refuse(judged)
-                continue
-            execution = self.dispatcher.after_decision(judged, True)
-            if execution is not None:
-                executions[index] = execution
+        # All approved items at once: LIVE sends them concurrently, under one wait for the whole batch.
+        executions = dict(zip(approved, self.dispatcher.after_decisions(list(approved.values()),
+                                                                        self.settings.batch_dispatch_wait_s)))
         return BatchPrediction(scores.confidences, decisions, scores.model_type, scores.model_version,
                                scores.inference_ms, batch.ids, implausible, executions, refusals)
 

@@ -14,6 +14,7 @@ from omni_mev.errors import ValidationFailed
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, FLOAT32_MAX, MAX_HISTORY, N_FEATURES, FeatureBounds
 from omni_mev.ledger.store import Outcome
 from omni_mev.predictor import Opportunity, OpportunityBatch
+from omni_mev.trading.outbox import EXECUTION_STATUSES
 
 FeatureValues = list[float]
 
@@ -298,7 +299,7 @@ class ExecutionSchema(Schema):
     """What happened to a live dispatch."""
 
     status = fields.String(
-        required=True, validate=validate.OneOf(["dispatched", "rejected", "failed", "timeout", "skipped"])
+        required=True, validate=validate.OneOf(EXECUTION_STATUSES)
     )
     reason = fields.String()
     engine_status = fields.Integer()

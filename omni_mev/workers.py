@@ -24,8 +24,15 @@ hooks, and changes how connections are served:
 - the garbage collector leaves the loaded application alone and runs less
   often: the request path makes no reference cycles worth chasing at that rate.
 
-Reads and writes on a connection time out after `IO_TIMEOUT_S`, so a client
-that stalls mid-request cannot hold the worker until the arbiter kills it.
+A request is read without blocking: the loop gathers a connection's bytes
+and hands the request to the application only once its head and body have
+all arrived (omni_mev.http_framing), within the request read deadline
+(AI_REQUEST_READ_TIMEOUT_S, 408 past it). A client that trickles bytes or
+stalls mid-body therefore costs the worker nothing but a buffer, and never
+delays its heartbeat or the requests of other connections. `Expect:
+100-continue` is answered only for a body that will be accepted (413 first).
+A kept-alive connection is never closed while it holds an unread request.
+Responses are written with a send timeout (SEND_TIMEOUT_S).
 TLS is terminated in front (nginx): this worker serves plain HTTP.
 """
 from __future__ import annotations
@@ -41,20 +48,29 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from http import HTTPStatus
+
 from gunicorn import util
 from gunicorn.http import wsgi
-from gunicorn.http.body import LengthReader
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.message import Request
-from gunicorn.http.parser import RequestParser
+from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
+from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
+from omni_mev.deferred import DeferredBody
+from omni_mev.errors import BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout
 from omni_mev.jsonio import dumps
 
-# A request must arrive, and a response be taken, within this long once started.
-IO_TIMEOUT_S = 5.0
-# How long unread body bytes may take to drain before the connection is reused.
-DRAIN_TIMEOUT_S = 1.0
+# A response must be taken by the client within this long per send.
+SEND_TIMEOUT_S = 5.0
+# Without the application's settings (another WSGI app): the request read
+# deadline and the largest body, as omni-mev's defaults.
+DEFAULT_READ_TIMEOUT_S = 5.0
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+# Bytes read from a socket at once.
+RECV_SIZE = 256 * 1024
 # On shutdown, requests already in flight on kept-alive connections are still
 # answered (with Connection: close) for this long.
 STOP_LINGER_S = 1.0
@@ -91,10 +107,21 @@ def _snake(reason: str) -> str:
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's error response (util.write_error) with the API's JSON body."""
+    """gunicorn's error response (util.write_error) with the API's JSON body.
+
+    gunicorn keeps the phrase "Bad Request" for some other statuses (501 for an
+    unknown transfer coding): those get their own phrase, and code.
+    """
+    if reason == "Bad Request" and status_int != 400:
+        reason = HTTPStatus(status_int).phrase
     code = "internal_error" if status_int == 500 else _snake(reason)
     message = mesg or ("The service failed to answer; it is logged." if status_int == 500 else reason)
-    body = dumps({"error": code, "message": message})
+    write_error_body(sock, status_int, reason, {"error": code, "message": message})
+
+
+def write_error_body(sock: socket.socket, status_int: int, reason: str, error: dict[str, Any]) -> None:
+    """An error response that closes the connection, its body in JSON."""
+    body = dumps(error)
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
@@ -112,13 +139,6 @@ def cached_http_date(timestamp: float | None = None) -> str:
     if _date_cache[0] != now:
         _date_cache[:] = [now, _format_http_date(now)]
     return _date_cache[1]
-
-
-def body_consumed(request: Any) -> bool:
-    """Whether the application read the request body to its end, so there is nothing to drain."""
-    body = request.body
-    reader = getattr(body, "reader", None)
-    return isinstance(reader, LengthReader) and reader.length == 0 and not body.buf.tell()
 
 
 class OneSendResponse(wsgi.Response):
@@ -178,27 +198,44 @@ class PeerTrustCachingRequest(Request):
         return trusted
 
 
-class HttpParser(RequestParser):
-    """gunicorn's HTTP/1.x parser, making PeerTrustCachingRequest messages."""
-
-    mesg_class = PeerTrustCachingRequest
-
-
 class Connection:
-    """A client connection and its HTTP parser (which keeps bytes read ahead)."""
+    """A client connection, the bytes it sent that no request took yet, and the head being waited on."""
 
-    __slots__ = ("sock", "addr", "server", "parser", "requests")
+    __slots__ = ("sock", "addr", "server", "buffer", "head", "requests")
 
-    def __init__(self, sock: socket.socket, addr: Any, server: Any, parser: Any) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, server: Any) -> None:
         self.sock = sock
         self.addr = addr
         self.server = server  # the listening address, for the WSGI environ
-        self.parser = parser
+        self.buffer = bytearray()
+        self.head: PendingHead | None = None
         self.requests = 0
 
-    def has_buffered_request(self) -> bool:
-        """Whether the next request's bytes were already read (a pipelining client)."""
-        return bool(self.parser.unreader.buf.getbuffer().nbytes)
+
+class PendingHead:
+    """A parsed request head whose body is still arriving: where the body ends, or the scan that finds it."""
+
+    __slots__ = ("request", "length", "end", "chunked")
+
+    def __init__(self, request: Request, length: int, end: int | None, chunked: ChunkedBody | None = None) -> None:
+        self.request = request
+        self.length = length  # of the head
+        self.end = end  # None for a chunked body: `chunked` finds it
+        self.chunked = chunked
+
+
+class Parked:
+    """A request whose response body waits on a dispatch: what finishing it needs."""
+
+    __slots__ = ("request", "response", "environ", "body", "started")
+
+    def __init__(self, request: Request, response: Any, environ: dict[str, Any], body: DeferredBody,
+                 started: datetime) -> None:
+        self.request = request
+        self.response = response
+        self.environ = environ
+        self.body = body
+        self.started = started
 
 
 class KeepAliveWorker(Worker):
@@ -212,6 +249,10 @@ class KeepAliveWorker(Worker):
         self.selector = selectors.DefaultSelector()
         # Open connections waiting for a request, by when they started to wait, oldest first.
         self.idle: dict[Connection, float] = {}
+        # Connections part-way through sending a request, by their read deadline, earliest first.
+        self.reading: dict[Connection, float] = {}
+        # Connections whose request's answer waits on a dispatch; not read meanwhile.
+        self.parked: dict[Connection, Parked] = {}
         self.connections = 0
         self._next_notify = 0.0
         self._idle_tasks: list[Callable[[], None]] = []
@@ -229,6 +270,16 @@ class KeepAliveWorker(Worker):
         if cfg.is_ssl:
             raise RuntimeError("omni_mev.workers.KeepAliveWorker serves plain HTTP; terminate TLS in nginx")
 
+    def _limits(self) -> None:
+        """The read deadline and body limit from the application's settings; the head limit from gunicorn's."""
+        settings = getattr(self.wsgi, "config", {}).get("SETTINGS")
+        self.read_timeout_s = getattr(settings, "request_read_timeout_s", DEFAULT_READ_TIMEOUT_S)
+        self.max_body = getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+        # A head longer than gunicorn's limits allow is handed to its parser, which refuses it (414, 431).
+        cfg = self.cfg
+        self.head_limit = (cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2)
+                           + 4) if cfg.limit_request_line > 0 and cfg.limit_request_field_size > 0 else 1 << 20
+
     # The loop
 
     def run(self) -> None:
@@ -238,6 +289,7 @@ class KeepAliveWorker(Worker):
         # costing ~15% of the request (docs/benchmarks.md).
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        self._limits()
         self.server_names = {listener: listener.getsockname() for listener in self.sockets}
         for listener in self.sockets:
             listener.setblocking(False)
@@ -251,7 +303,8 @@ class KeepAliveWorker(Worker):
         self._stop()
 
     def _pass(self, timeout: float) -> None:
-        """Serve what is ready, then accept at most one connection per listener."""
+        """Read what is ready and serve the requests it completes, then accept at most one connection per
+        listener, then enforce the deadlines."""
         # After serving, look without waiting: idle tasks run before the worker blocks.
         events = self.selector.select(0 if self._served_since_idle else timeout)
         listeners = []
@@ -260,13 +313,14 @@ class KeepAliveWorker(Worker):
                 listeners.append(key.fileobj)
             elif key.data is _WAKE:
                 self._drain_wake_pipe()
-            else:
-                self._serve(key.data)
-                self._served_since_idle = True
+            else:  # a connection: take its bytes and serve every request they complete
+                self._read_pending(key.data)
+        if self.parked:
+            self._answer_parked()
         if self.alive:
             for listener in listeners:
                 self._accept(listener)
-        self._close_expired()
+        self._enforce_deadlines()
         if self._served_since_idle and (not events or time.monotonic() >= self._next_idle_run):
             self._run_idle_tasks()
 
@@ -287,10 +341,15 @@ class KeepAliveWorker(Worker):
             self._next_notify = now + min(NOTIFY_INTERVAL_S, self.timeout / 4)
 
     def _wait_s(self) -> float:
-        if not self.idle:
-            return 1.0
-        oldest = next(iter(self.idle.values()))
-        return max(0.0, min(1.0, oldest + self.cfg.keepalive - time.monotonic()))
+        """Until the next deadline: the oldest idle connection's expiry or the earliest read deadline."""
+        now, wait = time.monotonic(), 1.0
+        if self.idle:
+            wait = min(wait, next(iter(self.idle.values())) + self.cfg.keepalive - now)
+        if self.reading:
+            wait = min(wait, next(iter(self.reading.values())) - now)
+        for parked in self.parked.values():
+            wait = min(wait, parked.body.deadline - now)
+        return max(0.0, wait)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -306,14 +365,15 @@ class KeepAliveWorker(Worker):
         return True
 
     def _stop(self) -> None:
-        """Stop accepting; answer requests already sent on kept-alive connections, then close them."""
+        """Stop accepting; answer requests already sent on open connections, then close them."""
         for listener in self.sockets:
             self.selector.unregister(listener)
         deadline = time.monotonic() + min(STOP_LINGER_S, self.cfg.graceful_timeout)
-        while self.idle and time.monotonic() < deadline:
+        while (self.idle or self.reading or self.parked) and time.monotonic() < deadline:
             self._notify_if_due()
             self._pass(max(0.0, min(0.1, deadline - time.monotonic())))
-        for connection in list(self.idle):
+        self._answer_parked(force=True)  # what has not ended by now is reported queued
+        for connection in [*self.idle, *self.reading]:
             self._close(connection)
         self._run_idle_tasks()
 
@@ -323,7 +383,10 @@ class KeepAliveWorker(Worker):
         if self.connections >= self.cfg.worker_connections:
             if not self.idle:
                 return  # full: the connection waits in the backlog, or another worker takes it
-            self._close(next(iter(self.idle)))
+            oldest = next(iter(self.idle))
+            if self._read_pending(oldest):
+                return  # it had a request after all: served, and no room was made
+            self._close(oldest)
         try:
             client, addr = listener.accept()
         except OSError as error:
@@ -331,13 +394,12 @@ class KeepAliveWorker(Worker):
                 return  # another worker took it
             raise
         client.setblocking(True)
-        # Kernel timeouts: a blocking recv/send gives up after IO_TIMEOUT_S,
-        # with no poll() per call as Python's own socket timeouts need.
-        timeval = struct.pack("ll", int(IO_TIMEOUT_S), int(IO_TIMEOUT_S % 1 * 1e6))
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        # Reads never block (MSG_DONTWAIT, after select). Writes do, and a kernel
+        # timeout bounds each send without a poll() per call.
+        timeval = struct.pack("ll", int(SEND_TIMEOUT_S), int(SEND_TIMEOUT_S % 1 * 1e6))
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         util.close_on_exec(client)
-        connection = Connection(client, addr, self.server_names[listener], HttpParser(self.cfg, client, addr))
+        connection = Connection(client, addr, self.server_names[listener])
         self.selector.register(client, selectors.EVENT_READ, connection)
         self.connections += 1
         # Waiting for its first request, under the same timeout as between requests.
@@ -345,6 +407,7 @@ class KeepAliveWorker(Worker):
 
     def _close(self, connection: Connection) -> None:
         self.idle.pop(connection, None)
+        self.reading.pop(connection, None)
         try:
             self.selector.unregister(connection.sock)
         except (KeyError, ValueError):
@@ -352,45 +415,164 @@ class KeepAliveWorker(Worker):
         self.connections -= 1
         prompt_close(connection.sock)
 
-    def _close_expired(self) -> None:
-        expiry = time.monotonic() - self.cfg.keepalive
+    def _enforce_deadlines(self) -> None:
+        """408 for requests still incomplete at their read deadline; close connections idle past keepalive,
+        unless a request arrived on them while the worker was busy."""
+        now = time.monotonic()
+        while self.reading:
+            connection, deadline = next(iter(self.reading.items()))
+            if deadline > now:
+                break
+            self._refuse(connection, RequestTimeout(f"The request did not arrive in full within "
+                                                  f"{self.read_timeout_s:g} s (AI_REQUEST_READ_TIMEOUT_S)."))
+        expiry = now - self.cfg.keepalive
         while self.idle:
             connection, since = next(iter(self.idle.items()))
             if since > expiry:
                 return
-            self._close(connection)
+            if not self._read_pending(connection):
+                self._close(connection)
 
-    def _serve(self, connection: Connection) -> None:
-        """Serve the request that arrived (and any pipelined behind it); keep or close the connection."""
-        self.idle.pop(connection, None)
-        keep = self._serve_one(connection)
-        while keep and connection.has_buffered_request():
-            keep = self._serve_one(connection)
-        if keep:
-            self.idle[connection] = time.monotonic()
-        else:
-            self._close(connection)
-
-    def _serve_one(self, connection: Connection) -> bool:
-        """One request; whether the connection may carry another."""
-        request = None
+    def _read_pending(self, connection: Connection) -> bool:
+        """Read what the connection has without waiting; whether there was anything (bytes or the close)."""
         try:
-            request = next(connection.parser)
-            keep = self.handle_request(request, connection)
-            return keep and (body_consumed(request)
-                             or connection.parser.finish_body(deadline=time.monotonic() + DRAIN_TIMEOUT_S))
-        except (StopIteration, NoMoreData):
-            return False  # the client closed, or HTTP said this was the last request
+            data = connection.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self._close(connection)
+            return True
+        self._received(connection, data)
+        return True
+
+    def _received(self, connection: Connection, data: bytes) -> None:
+        if not data:  # the client closed (or half-closed) its side
+            if connection.buffer:
+                self._refuse(connection, BadRequest(self._short_message(connection)))
+            else:
+                self._close(connection)
+            return
+        if not connection.buffer:  # the first bytes of a request: its read deadline starts
+            self.idle.pop(connection, None)
+            self.reading[connection] = time.monotonic() + self.read_timeout_s
+        connection.buffer += data
+        self._serve_complete(connection)
+
+    def _short_message(self, connection: Connection) -> str:
+        pending = connection.head
+        if pending is None:
+            return "The connection closed before the request head ended."
+        if pending.end is None:
+            return "The connection closed before the chunked body ended."
+        got, declared = len(connection.buffer) - pending.length, pending.end - pending.length
+        return f"The connection closed after {got} of the body's {declared} bytes (Content-Length)."
+
+    def _refuse(self, connection: Connection, error: OmniMevError) -> None:
+        """Answer a request the application never saw, in JSON, and close the connection."""
+        try:
+            write_error_body(connection.sock, error.status, HTTPStatus(error.status).phrase, error.to_dict())
+        except OSError:
+            pass
+        self._close(connection)
+
+    def _serve_complete(self, connection: Connection) -> None:
+        """Serve each complete request in the buffer, in order; keep waiting for the rest."""
+        while True:
+            try:
+                request = self._complete_request(connection)
+            except OmniMevError as refusal:
+                self._refuse(connection, refusal)
+                return
+            except Exception as error:  # noqa: BLE001 - a malformed head: gunicorn answers it (in JSON)
+                self._served_since_idle = True
+                self.handle_error(None, connection.sock, connection.addr, error)
+                self._close(connection)
+                return
+            if request is None:
+                return  # more bytes to come
+            self.reading.pop(connection, None)
+            self._served_since_idle = True
+            keep = self._serve_one(connection, request)
+            if isinstance(keep, Parked):
+                self._park(connection, keep)
+                return
+            if not keep:
+                self._close(connection)
+                return
+            if connection.buffer:  # a pipelined request started arriving with this one
+                self.reading[connection] = time.monotonic() + self.read_timeout_s
+            else:
+                self.idle[connection] = time.monotonic()
+                return
+
+    def _complete_request(self, connection: Connection) -> Request | None:
+        """The next request, parsed, once its head and body are all in the buffer; None until then."""
+        buffer = connection.buffer
+        pending = connection.head
+        if pending is None:
+            length = head_length(buffer)
+            if length is None:
+                if len(buffer) <= self.head_limit:
+                    return None
+                length = len(buffer)  # past gunicorn's limits: its parser says which
+            try:
+                pending = connection.head = self._parse_head(connection, bytes(buffer[:length]), length)
+            except NoMoreData:
+                raise BadRequest(f"The request head is over {self.head_limit} bytes.") from None
+        end = pending.end
+        if end is None:
+            try:
+                end = pending.chunked.end(buffer)
+            except BodyTooLarge:
+                raise PayloadTooLarge(f"The chunked body is over {self.max_body} bytes, the most accepted "
+                                   "(AI_MAX_BODY_BYTES).") from None
+            if end is None:
+                return None
+        elif len(buffer) < end:
+            return None
+        request = pending.request
+        body = bytes(buffer[pending.length:end])
+        del buffer[:end]
+        connection.head = None
+        if body:
+            request.unreader.unread(body)
+        return request
+
+    def _parse_head(self, connection: Connection, head: bytes, length: int) -> PendingHead:
+        """gunicorn's parse of the head (its errors propagate); the body's framing; 413 and 100-continue."""
+        request = PeerTrustCachingRequest(self.cfg, IterUnreader((head,)), connection.addr, connection.requests + 1)
+        reader = request.body.reader
+        if isinstance(reader, ChunkedReader):
+            pending = PendingHead(request, length, None, ChunkedBody(length, self.max_body))
+        else:
+            declared = reader.length if isinstance(reader, LengthReader) else 0
+            if declared > self.max_body:
+                raise PayloadTooLarge(f"The body has {declared} bytes; at most {self.max_body} are accepted "
+                                   "(AI_MAX_BODY_BYTES).")
+            pending = PendingHead(request, length, length + declared)
+        # 100 Continue only now that the body is known to be acceptable, and here: the body is read before
+        # the application runs, so gunicorn must not send it again when it builds the environ.
+        if request._expected_100_continue:
+            request._expected_100_continue = False
+            if pending.end is None or len(connection.buffer) < pending.end:
+                util.write(connection.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+        return pending
+
+    def _serve_one(self, connection: Connection, request: Request) -> bool | Parked:
+        """One complete request; whether the connection may carry another, or the request parked."""
+        try:
+            return self.handle_request(request, connection)
         except OSError as error:
             if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.ETIMEDOUT):
                 self.log.exception("Socket error processing request.")
             return False
-        except Exception as error:  # noqa: BLE001 - a malformed request: gunicorn answers it (in JSON)
+        except Exception as error:  # noqa: BLE001 - a malformed body: gunicorn answers it (in JSON)
             self.handle_error(request, connection.sock, connection.addr, error)
             return False
 
-    def handle_request(self, request: Any, connection: Connection) -> bool:
-        """Run the application for one parsed request; whether the connection stays open."""
+    def handle_request(self, request: Any, connection: Connection) -> bool | Parked:
+        """Run the application for one parsed request; whether the connection stays open, or the parked
+        request when its body waits on a dispatch (omni_mev.deferred)."""
         environ: dict[str, Any] = {}
         response = None
         try:
@@ -405,24 +587,82 @@ class KeepAliveWorker(Worker):
             if not self.alive or connection.requests >= KEEPALIVE_REQUESTS:
                 response.force_close()
             body = self.wsgi(environ, response.start_response)
-            try:
-                for chunk in body:
-                    response.write(chunk)
-                response.close()
-            finally:
-                self.log.access(response, request, environ, datetime.now() - started)
-                if hasattr(body, "close"):
-                    body.close()
-            return not response.should_close()
         except Exception:
-            if response is not None and response.headers_sent:
+            self._after_request(request, environ, response)
+            raise
+        if isinstance(body, DeferredBody) and not body.ready():
+            return Parked(request, response, environ, body, started)
+        return self._respond(request, response, environ, body, started)
+
+    def _respond(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> bool:
+        """Write the application's response; whether the connection stays open."""
+        try:
+            self._write(request, response, environ, body, started)
+            return not response.should_close() and not request.should_close()
+        except Exception:
+            if response.headers_sent:
                 # Half a response is on the wire: the connection cannot be reused.
                 self.log.exception("Error handling request")
                 return False
             raise
         finally:
-            try:
-                self.cfg.post_request(self, request, environ, response)
-            except Exception:  # noqa: BLE001 - a hook must not take the worker down
-                self.log.exception("Exception in post_request hook")
+            self._after_request(request, environ, response)
 
+    def _write(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> None:
+        if isinstance(body, DeferredBody):  # rendered only now: its length is known only now
+            content = body.content()
+            response.headers.append(("Content-Length", str(len(content))))
+            response.response_length = len(content)
+            response.chunked = response.is_chunked()  # decided at start_response, before the length was known
+            body = [content]
+        try:
+            for chunk in body:
+                response.write(chunk)
+            response.close()
+        finally:
+            self.log.access(response, request, environ, datetime.now() - started)
+            if hasattr(body, "close"):
+                body.close()
+
+    def _after_request(self, request: Any, environ: dict[str, Any], response: Any) -> None:
+        try:
+            self.cfg.post_request(self, request, environ, response)
+        except Exception:  # noqa: BLE001 - a hook must not take the worker down
+            self.log.exception("Exception in post_request hook")
+
+    # Requests whose answer waits on a dispatch
+
+    def _park(self, connection: Connection, parked: Parked) -> None:
+        """Stop reading the connection (its next request waits for this answer) until the body is ready."""
+        self.selector.unregister(connection.sock)
+        self.parked[connection] = parked
+        parked.body.when_done(self._wake)
+
+    def _wake(self) -> None:
+        """From a sender thread: a parked answer may be ready."""
+        try:
+            os.write(self.PIPE[1], b".")
+        except OSError:
+            pass
+
+    def _answer_parked(self, force: bool = False) -> None:
+        """Write the parked answers that are ready (all of them with `force`), then serve their connections on."""
+        for connection, parked in list(self.parked.items()):
+            if not (force or parked.body.ready()):
+                continue
+            del self.parked[connection]
+            try:
+                keep = self._respond(parked.request, parked.response, parked.environ, parked.body, parked.started)
+            except OSError:
+                keep = False
+            except Exception:  # noqa: BLE001 - the status line may be out: the connection cannot be reused
+                self.log.exception("Error writing a deferred response")
+                keep = False
+            self.selector.register(connection.sock, selectors.EVENT_READ, connection)
+            if not keep:
+                self._close(connection)
+            elif connection.buffer:
+                self.reading[connection] = time.monotonic() + self.read_timeout_s
+                self._serve_complete(connection)
+            else:
+                self.idle[connection] = time.monotonic()

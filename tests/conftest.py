@@ -16,6 +16,8 @@ from omni_mev.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 _SETTING_VARIABLES = [f.metadata["env"] for f in fields(Settings)]
+# The threshold of the trading tests: `vectors` holds opportunities scored clearly on either side of it.
+THRESHOLD = 0.5
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +58,17 @@ def model_copy(tmp_path: Path) -> Path:
     for suffix in (".onnx", ".pt", ".json"):
         shutil.copy(MODELS / f"lstm_omni{suffix}", tmp_path / f"lstm_omni{suffix}")
     return tmp_path / "lstm_omni.onnx"
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict[bool, list[list[float]]]:
+    """Realistic vectors the shipped model scores clearly above (True) / below (False) THRESHOLD."""
+    from omni_mev.runtime.onnx_runtime import OnnxModel
+    from omni_mev.training.simulate import simulate
+
+    features = simulate(3000, seed=5).features
+    model = OnnxModel(MODELS / "lstm_omni.onnx")
+    model.load()
+    confidence = model.predict(features[:, None, :])
+    return {True: features[confidence > THRESHOLD + 0.1][:30].tolist(),
+            False: features[confidence < THRESHOLD - 0.1][:30].tolist()}

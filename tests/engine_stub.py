@@ -1,21 +1,48 @@
-"""A stand-in for the execution engine: a real HTTP server on loopback that records what it gets."""
+"""A stand-in for the execution engine that keeps its contract (docs/trading.md): a real HTTP server on loopback.
+
+- `Idempotency-Key` is the percent-encoded opportunity id; a key is executed
+  at most once, and a repeated key gets the first answer again (a replay);
+- an order received past its `expires_at` is refused with 410 and never executed;
+- `mode` sets the answer to new keys: ok (202), reject (409), fail (500),
+  crash (the connection is closed without an answer, after the order was
+  executed: the engine died before it could reply); `delay_s` delays every answer.
+
+It records every call (`orders`) and every execution (`executed`).
+"""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+ANSWERS = {"ok": 202, "reject": 409, "fail": 500}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # a batch's orders arrive at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that stopped waiting (its deadline passed, or it was killed) is part of the tests."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class EngineStub:
-    """POST /execute recorder; `mode` = ok | reject | fail | slow, `delay_s` for slow."""
+    """POST /execute, recorded; see the module docstring for its behaviour."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "ok", delay_s: float = 0.0) -> None:
         self.orders: list[dict[str, Any]] = []
+        self.executed: list[str] = []
+        self.answers: dict[str, int] = {}
+        self.contract_violations: list[str] = []
         self.connections = 0
-        self.mode = "ok"
-        self.delay_s = 0.0
+        self.mode = mode
+        self.delay_s = delay_s
         self.lock = threading.Lock()
         stub = self
 
@@ -29,13 +56,27 @@ class EngineStub:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                key = self.headers.get("Idempotency-Key")
                 with stub.lock:
-                    stub.orders.append({"path": self.path, "idempotency_key": self.headers.get("Idempotency-Key"),
-                                        **body})
+                    stub.orders.append({"path": self.path, "idempotency_key": key, "received_at": time.time(), **body})
                     mode, delay = stub.mode, stub.delay_s
-                if mode == "slow":
+                    if key is None or urllib.parse.unquote(key) != body.get("opportunity_id"):
+                        stub.contract_violations.append(f"key {key!r} is not the id {body.get('opportunity_id')!r}")
+                    status = stub.answers.get(key)
+                    if status is None:  # a new key: decide, and execute it if accepted
+                        if time.time() > body.get("expires_at", float("inf")):
+                            status = 410
+                        else:
+                            status = ANSWERS.get(mode, 202)
+                            if status == 202:
+                                stub.executed.append(body["opportunity_id"])
+                        stub.answers[key] = status
+                if delay:
                     time.sleep(delay)
-                status = {"ok": 202, "reject": 409, "fail": 500, "slow": 202}[mode]
+                if mode == "crash":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 reply = json.dumps({"accepted": status == 202}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -46,14 +87,18 @@ class EngineStub:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def ids(self) -> list[str]:
+        """The opportunity ids of every call, in order (a replayed key appears twice)."""
         with self.lock:
             return [order["opportunity_id"] for order in self.orders]
+
+    def executions(self) -> list[str]:
+        with self.lock:
+            return list(self.executed)
 
     def __enter__(self) -> "EngineStub":
         self.thread.start()

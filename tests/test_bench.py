@@ -38,7 +38,12 @@ def test_smoke_run_writes_results_and_report(tmp_path):
     assert ensemble["model_versions"]["ensemble"] == ensemble["ensemble_version"] != ensemble["model_versions"]["lstm"]
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for runs in ensemble["runs"].values() for r in runs)
     assert all(us > 0 for us in ensemble["prediction_us"].values())
+    dispatch = results["dispatch"]
+    for batch in dispatch["batch"]:  # every order of every run ended in one logged outcome
+        assert all(r["status"] == 200 and sum(r["outcomes"].values()) == batch["items"] for r in batch["runs"])
+    assert all(row["non_2xx"] == 0 and row["dispatches"] > 0 for row in dispatch["predict_p99"].values())
     report = (tmp_path / "benchmarks.md").read_text()
+    assert "p99 with the slow engine / with the fast one" in report
     assert "Serving the ensemble, `/predict` runs at" in report
     assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000

@@ -136,3 +136,47 @@ def test_simulation_scores_and_flags_on_every_endpoint():
     assert batch["results"][0]["implausible"] == single["implausible"] and batch["results"][0]["decision"] is True
     plausible = next(o for o in v2["outputs"] if o["name"] == "plausible")
     assert plausible["data"] == [False, True] and v2["parameters"]["implausible"] == {"0": single["implausible"]}
+
+
+def at(time_of_day: float, profit: float = EXAMPLE[0]) -> list[float]:
+    """The example opportunity at another time of day (and profit)."""
+    return [profit, *EXAMPLE[1:5], time_of_day, *EXAMPLE[6:]]
+
+
+def test_a_history_runs_forward_across_midnight_within_the_jitter(rules):
+    assert verdict(rules, at(0.40, 10.1), at(0.45, 10.2), at(0.5)) == ()
+    assert verdict(rules, at(0.998, 10.1), at(0.9995, 10.2), at(0.0004, 10.3), at(0.001)) == ()  # midnight
+    jitter = 30 / 86_400
+    assert verdict(rules, at(0.5 + jitter, 10.1), at(0.5)) == ()  # clocks 30 s apart
+    assert verdict(rules, at(0.5 + 2 * jitter + 1e-6, 10.1), at(0.5)) == ("history_order",)  # 61 s back
+    assert verdict(rules, at(0.60, 10.1), at(0.55, 10.2), at(0.5)) == ("history_order",)
+    assert verdict(rules, at(0.1, 10.1), at(0.7)) == ("history_order",)  # 14.4 h: no stream's recent past
+
+
+def test_a_history_of_copies_of_the_opportunity_is_no_stream(rules):
+    assert verdict(rules, *[EXAMPLE] * 32) == ("history_copies",)
+    assert verdict(rules, EXAMPLE, EXAMPLE) == ("history_copies",)
+    assert verdict(rules, at(0.5, 10.4), EXAMPLE, EXAMPLE) == ()  # one differing row: a stream that repeated
+
+
+def test_live_never_dispatches_a_history_that_contradicts_its_stream(vectors):
+    from tests.conftest import THRESHOLD
+
+    current = vectors[True][0]
+    time_of_day = current[5]
+    backwards = [[*current[:5], (time_of_day + 0.01 * (6 - k)) % 1.0, *current[6:]] for k in range(1, 6)]
+    env = {"LIVE_TRADING": "true", "AI_THRESHOLD": str(THRESHOLD)}
+    with EngineStub() as engine, Gunicorn({**env, "RUST_ENGINE_URL": engine.url}, workers=1) as server:
+        ids = _ids(3)
+        answers = [server.post("/predict", {"features": current, "history": history, "opportunity_id": i})[1]
+                   for i, history in zip(ids, (backwards, [current] * 31))]
+        _, batch, _ = server.post("/predict/batch", {"items": [
+            {"features": current, "history": backwards, "opportunity_id": ids[2]}]})
+        answers.append(batch["results"][0])
+        for answer, check in zip(answers, ("history_order", "history_copies", "history_order")):
+            assert answer["decision"] is False and answer["implausible"] == [check]
+            assert "implausible" in answer["reason"] and "execution" not in answer
+        wait_until(lambda: len([r for r in _log(server) if r["event"] == "refused"]) == 3, 10, what="refusals logged")
+        refused = {r["opportunity_id"]: r["implausible"] for r in _log(server) if r["event"] == "refused"}
+    assert refused == dict(zip(ids, (["history_order"], ["history_copies"], ["history_order"])))
+    assert engine.orders == []

@@ -1,16 +1,20 @@
 """omni-mev's gunicorn worker, through the real gunicorn: keep-alive, pipelining, closing, JSON errors."""
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import re
+import select
 import socket
+import struct
+import termios
 import time
 
 import pytest
 
 from omni_mev.workers import KEEPALIVE_REQUESTS
-from tests.servers import EXAMPLE, Gunicorn
+from tests.servers import EXAMPLE, Gunicorn, wait_until
 
 PREDICT = json.dumps({"features": EXAMPLE}).encode()
 
@@ -109,3 +113,134 @@ def test_gunicorns_own_errors_are_json(service, request_bytes, status, code):
     assert b"Content-Type: application/json" in head
     error = json.loads(body)
     assert error["error"] == code and error["message"]
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Read until the server closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_error(reply: bytes) -> tuple[bytes, dict]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    return head.split(b"\r\n")[0], json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def short_deadline():
+    with Gunicorn({"AI_REQUEST_READ_TIMEOUT_S": "1.5"}, workers=2) as server:
+        yield server
+
+
+def test_trickling_clients_cost_no_worker_and_get_408(short_deadline):
+    """Four connections sending a head a byte at a time: every /health in the meantime is answered at once,
+    and each trickler gets 408 at the request read deadline."""
+    tricklers = [socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) for _ in range(4)]
+    head = predict_request()
+    answered = 0
+    for step in range(12):  # 1.2 s of trickling, inside the 1.5 s deadline
+        for sock in tricklers:
+            sock.sendall(head[step:step + 1])
+        status, body, _ = short_deadline.get("/health", timeout=1.0)
+        answered += status == 200 and body["status"] == "ok"
+        time.sleep(0.1)
+    assert answered == 12
+    for sock in tricklers:
+        with sock:
+            status_line, error = json_error(read_reply(sock))
+        assert status_line == b"HTTP/1.1 408 Request Timeout" and error["error"] == "request_timeout"
+        assert "AI_REQUEST_READ_TIMEOUT_S" in error["message"]
+
+
+def test_short_body_then_silence_is_408_and_then_close_is_400(short_deadline):
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) as sock:
+        sock.sendall(head % len(PREDICT) + PREDICT[:10])
+        status_line, error = json_error(read_reply(sock))
+    assert status_line.startswith(b"HTTP/1.1 408") and error["error"] == "request_timeout"
+    with socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) as sock:
+        sock.sendall(head % len(PREDICT) + PREDICT[:10])
+        sock.shutdown(socket.SHUT_WR)
+        status_line, error = json_error(read_reply(sock))
+    assert status_line.startswith(b"HTTP/1.1 400") and error["error"] == "bad_request"
+    assert f"10 of the body's {len(PREDICT)} bytes" in error["message"]
+    assert "Traceback" not in short_deadline.output() and "BlockingIOError" not in short_deadline.output()
+
+
+def test_100_continue_only_for_a_body_that_can_be_accepted(service):
+    expect = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+        sock.sendall(expect + b"Content-Length: %d\r\n\r\n" % (64 * 1024 * 1024))
+        status_line, error = json_error(read_reply(sock))
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large" and error["error"] == "payload_too_large"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+        sock.sendall(expect + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(PREDICT))
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(PREDICT)
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in reply
+
+
+def test_unknown_transfer_coding_is_501_not_implemented(service):
+    reply = raw_exchange(service, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n")
+    status_line, error = json_error(reply)
+    assert status_line == b"HTTP/1.1 501 Not Implemented" and error["error"] == "not_implemented"
+    assert "xchunked" in error["message"]
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes this socket sent that the peer has not yet acknowledged (Linux SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+def test_requests_sent_on_kept_alive_connections_while_the_worker_is_busy_are_answered():
+    """One worker with a 1 s keep-alive, busy past it with a 4,096-item batch with history: requests sent
+    meanwhile on connections idle since before are answered, not closed as expired."""
+    history = [[*EXAMPLE[:5], 0.5 - 0.001 * (31 - k), *EXAMPLE[6:]] for k in range(31)]
+    big = json.dumps({"items": [{"features": EXAMPLE, "history": history}] * 4096}).encode()
+    env = {"AI_MAX_BODY_BYTES": str(16 * 1024 * 1024), "GUNICORN_CMD_ARGS": "--keep-alive 1"}
+    with Gunicorn(env, workers=1) as server:
+        waiting = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=20) for _ in range(4)]
+        for connection in waiting:
+            connection.request("GET", "/health")
+            assert connection.getresponse().read()
+        busy = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        busy.request("POST", "/predict/batch", body=big, headers={"Content-Type": "application/json"})
+        wait_until(lambda: unsent_bytes(busy.sock) == 0, 10, what="the worker has read the whole batch")
+        for connection in waiting:
+            connection.request("POST", "/predict", body=PREDICT, headers={"Content-Type": "application/json"})
+        response = busy.getresponse()
+        assert response.status == 200 and json.loads(response.read())["count"] == 4096
+        for connection in waiting:
+            response = connection.getresponse()
+            assert response.status == 200 and "confidence" in json.loads(response.read())
+            connection.close()
+        busy.close()
+
+
+def test_scoring_does_not_wait_on_a_dispatch(vectors):
+    """One worker, a LIVE batch waiting up to 2.5 s on a 2.5 s engine: requests on other connections are
+    answered meanwhile, and the batch at its wait, with its order queued."""
+    from tests.conftest import THRESHOLD
+    from tests.engine_stub import EngineStub
+
+    with EngineStub(delay_s=2.5) as engine, Gunicorn({
+            "LIVE_TRADING": "true", "RUST_ENGINE_URL": engine.url, "AI_THRESHOLD": str(THRESHOLD),
+            "AI_BATCH_DISPATCH_WAIT_S": "2.5", "AI_DISPATCH_MAX_AGE_S": "5"}, workers=1) as server:
+        dispatching = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        dispatching.request("POST", "/predict/batch", body=json.dumps(
+            {"items": [{"features": vectors[True][0], "opportunity_id": "parked-1"}]}),
+            headers={"Content-Type": "application/json"})
+        wait_until(lambda: engine.orders, 5, what="the order at the engine")
+        for _ in range(20):
+            assert server.post("/predict", {"features": EXAMPLE})[0] == 200
+        # All 20 were answered while the batch's answer still waits on the engine: nothing of it has come.
+        assert select.select([dispatching.sock], [], [], 0)[0] == []
+        response = dispatching.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200 and int(response.getheader("Content-Length")) > 0
+        assert body["results"][0]["execution"]["status"] in ("queued", "dispatched")
+        dispatching.close()

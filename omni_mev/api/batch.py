@@ -8,8 +8,8 @@ import orjson
 from flask import Blueprint
 
 from omni_mev.api import predictor_of
-from omni_mev.api.direct import DirectRequest, direct_route
-from omni_mev.api.predict import CONFIDENCE_DECIMALS
+from omni_mev.api.direct import DirectRequest, Later, direct_route
+from omni_mev.api.predict import CONFIDENCE_DECIMALS, answer_when_dispatched
 from omni_mev.errors import PayloadTooLarge
 from omni_mev.jsonio import dumps, loads_object
 from omni_mev.predictor import BatchPrediction
@@ -77,7 +77,7 @@ def encode(prediction: BatchPrediction, threshold: float, mode: str) -> dict[str
 
 
 @direct_route(bp, "/predict/batch")
-def predict_batch(request: DirectRequest) -> dict[str, Any]:
+def predict_batch(request: DirectRequest) -> dict[str, Any] | Later:
     """Score many opportunities; one entry per item, in order."""
     predictor = predictor_of(request.app)
     body = loads_object(request.body)
@@ -85,4 +85,5 @@ def predict_batch(request: DirectRequest) -> dict[str, Any]:
     if isinstance(items, list):
         check_batch_size(len(items), predictor.settings.max_batch_size)
     batch = load_or_raise(_SCHEMAS[may_hold_booleans(request.body)], body)["items"]
-    return encode(predictor.predict_batch(batch), predictor.threshold, predictor.settings.mode)
+    return answer_when_dispatched(predictor.predict_batch(batch),
+                                  lambda answered: encode(answered, predictor.threshold, predictor.settings.mode))

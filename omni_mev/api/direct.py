@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 
 from omni_mev import metrics
 from omni_mev.auth import ApiKeys
+from omni_mev.deferred import DeferredBody
 from omni_mev.errors import BadRequest, MethodNotAllowed, OmniMevError, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
@@ -47,6 +49,16 @@ class DirectRequest:
     body: bytes
     params: Mapping[str, str]
     environ: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Later:
+    """A handler's answer that waits on work running elsewhere: `render()` once `futures` are done, or at
+    `deadline` (time.monotonic) at the latest; the worker serves other requests meanwhile (omni_mev.deferred)."""
+
+    futures: Sequence[Future]
+    deadline: float
+    render: Callable[[], Any]
 
 
 Handler = Callable[[DirectRequest], Any]
@@ -146,7 +158,10 @@ class DirectRoutes:
             if method != "POST":
                 raise MethodNotAllowed(ALLOWED)
             request = DirectRequest(self.app, read_body(environ, self.max_body_bytes), params, environ)
-            status, body = 200, dumps(route.handler(request))
+            answer = route.handler(request)
+            if isinstance(answer, Later):
+                return self._later(route, answer, started, headers, start_response)
+            status, body = 200, dumps(answer)
         except OmniMevError as error:
             status, body = error.status, dumps(route.error_body(error))
             headers.extend(error.headers.items())
@@ -157,6 +172,20 @@ class DirectRoutes:
         headers.append(("Content-Length", str(len(body))))
         start_response(_STATUS_LINES[status], headers)
         return [body]
+
+
+    @staticmethod
+    def _later(route: DirectRoute, answer: Later, started: float, headers: list[tuple[str, str]],
+               start_response: Callable) -> DeferredBody:
+        """200 now; the body (and so its Content-Length, set by the server) when the answer is rendered."""
+
+        def render() -> bytes:
+            body = dumps(answer.render())
+            metrics.count_request(route.rule, metrics.outcome_of(200), (time.perf_counter() - started) * 1000.0)
+            return body
+
+        start_response(_STATUS_LINES[200], headers)
+        return DeferredBody(answer.futures, answer.deadline, render)
 
 
 def install(app: Flask, api_keys: ApiKeys) -> DirectRoutes:

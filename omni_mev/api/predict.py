@@ -1,18 +1,32 @@
 """POST /predict: score one opportunity, optionally with its stream's recent history."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint
 
-from omni_mev.api.direct import DirectRequest, direct_route
+from omni_mev.api.direct import DirectRequest, Later, direct_route
 from omni_mev.api import predictor_of
 from omni_mev.jsonio import loads_object
-from omni_mev.predictor import Prediction
+from omni_mev.predictor import BatchPrediction, Prediction
 from omni_mev.schemas import load_opportunity
 
 bp = Blueprint("predict", __name__)
 CONFIDENCE_DECIMALS = 6
+
+
+Answered = TypeVar("Answered", Prediction, BatchPrediction)
+
+
+def answer_when_dispatched(prediction: Answered, encode_as: Callable[[Answered], dict[str, Any]]
+                           ) -> dict[str, Any] | Later:
+    """The encoded answer; with dispatches still under way, an answer that waits for their outcomes (up to
+    their one deadline) without holding the worker."""
+    pending = prediction.pending()
+    if not pending:
+        return encode_as(prediction)
+    return Later([p.future for p in pending], pending[0].deadline, lambda: encode_as(prediction.settled()))
 
 
 def encode(prediction: Prediction, threshold: float, mode: str) -> dict[str, Any]:
@@ -41,8 +55,9 @@ def encode(prediction: Prediction, threshold: float, mode: str) -> dict[str, Any
 
 
 @direct_route(bp, "/predict")
-def predict(request: DirectRequest) -> dict[str, Any]:
+def predict(request: DirectRequest) -> dict[str, Any] | Later:
     """Score one opportunity."""
     opportunity = load_opportunity(loads_object(request.body))
     predictor = predictor_of(request.app)
-    return encode(predictor.predict(opportunity), predictor.threshold, predictor.settings.mode)
+    return answer_when_dispatched(predictor.predict(opportunity),
+                                  lambda answered: encode(answered, predictor.threshold, predictor.settings.mode))

@@ -4,7 +4,10 @@ Each record is one line written with one write() under an exclusive flock, so
 lines from different workers never interleave or tear. Live dispatch records
 are fsynced before the dispatch is reported; paper records (SIMULATION) are
 buffered and flushed in the background. The log is also this host's memory of
-which opportunity_ids were dispatched.
+which opportunity_ids were dispatched, and the dispatch outbox
+(omni_mev.trading.outbox): a `dispatch` line is an intent, an `outcome` line
+its one end, and a `resend` line a worker taking over the intent of one that
+died.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ DISPATCH_EVENT = "dispatch"
 OUTCOME_EVENT = "outcome"
 PAPER_EVENT = "paper"
 REFUSED_EVENT = "refused"
+RESEND_EVENT = "resend"
+# Lines the catch-up reads (orjson writes no spaces); paper records, the bulk, are skipped unparsed.
+_TRACKED = (b'"event":"dispatch"', b'"event":"outcome"', b'"event":"resend"')
 PAPER_FLUSH_S = 1.0
 PAPER_BUFFER_LIMIT = 512
 
@@ -43,6 +49,8 @@ class DecisionLog:
         self._fd: int | None = None
         self._lock = threading.Lock()  # threads of this process; flock covers processes
         self._dispatched: set[str] = set()
+        # Intents without an outcome yet, by id: their dispatch record, its owner updated by resend records.
+        self._open: dict[str, dict[str, Any]] = {}
         self._read_offset = 0
         self._paper: list[bytes] = []
         self._paper_lock = threading.Lock()  # request thread vs flusher; never held during I/O
@@ -73,25 +81,32 @@ class DecisionLog:
         if size < self._read_offset:  # rotated or truncated: start over
             self._read_offset = 0
             self._dispatched.clear()
+            self._open.clear()
         if size == self._read_offset:
             return
         data = os.pread(fd, size - self._read_offset, self._read_offset)
         complete = data.rfind(b"\n") + 1
         for line in data[:complete].splitlines():
-            if b'"dispatch"' not in line:
+            if not any(marker in line for marker in _TRACKED):
                 continue
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("event") == DISPATCH_EVENT:
-                self._dispatched.add(record["opportunity_id"])
+            if isinstance(record, dict):
+                self._track(record)
         self._read_offset += complete
 
-    def append_durably(self, record: dict[str, Any]) -> None:
-        """Write one record and fsync it (taking the lock)."""
-        with self.locked() as locked:
-            locked.append(record)
+    def _track(self, record: dict[str, Any]) -> None:
+        """Keep the dispatched ids and the open intents up to date with one record."""
+        event, opportunity_id = record.get("event"), record.get("opportunity_id")
+        if event == DISPATCH_EVENT:
+            self._dispatched.add(opportunity_id)
+            self._open[opportunity_id] = record
+        elif event == OUTCOME_EVENT:
+            self._open.pop(opportunity_id, None)
+        elif event == RESEND_EVENT and opportunity_id in self._open:
+            self._open[opportunity_id] = {**self._open[opportunity_id], "owner": record.get("owner")}
 
     def append_paper(self, record: dict[str, Any]) -> None:
         """Queue a record that moves no money (paper trades, refusals); a background thread writes them."""
@@ -140,16 +155,27 @@ class LockedLog:
         """Whether any worker of this host logged a dispatch of this id."""
         return opportunity_id in self._owner._dispatched
 
-    def append(self, record: dict[str, Any]) -> None:
-        """One line, one write(), then fsync: on disk before anyone is told."""
-        line = encode(record)
+    def has_outcome(self, opportunity_id: str) -> bool:
+        """Whether this dispatched id already has its one outcome."""
+        return opportunity_id in self._owner._dispatched and opportunity_id not in self._owner._open
+
+    def open_intents(self) -> list[dict[str, Any]]:
+        """Dispatch records of this host without an outcome yet, oldest first."""
+        return list(self._owner._open.values())
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Records in one write() and one fsync, on disk before anyone is told (a batch's intents, a group of
+        outcomes)."""
+        if not records:
+            return
+        data = b"".join(map(encode, records))
         size = os.fstat(self._fd).st_size
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # close a line a crash left unterminated
-        written = os.write(self._fd, line)
-        if written != len(line):  # a full disk: never leave half a line behind
+            data = b"\n" + data  # close a line a crash left unterminated
+        written = os.write(self._fd, data)
+        if written != len(data):  # a full disk: never leave half a line behind
             raise OSError(f"short write to {self._owner.path}")
         os.fsync(self._fd)
-        self._owner._read_offset += len(line)
-        if record.get("event") == DISPATCH_EVENT:
-            self._owner._dispatched.add(record["opportunity_id"])
+        self._owner._read_offset += len(data)
+        for record in records:
+            self._owner._track(record)

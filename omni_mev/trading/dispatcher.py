@@ -1,4 +1,4 @@
-"""What happens after a positive decision: a live dispatch exactly once, or a paper record.
+"""What happens after a positive decision: a live dispatch at most once, or a paper record.
 
 `LiveDispatcher` (LIVE) and `PaperDispatcher` (SIMULATION) share one interface
 and the rules that come before either acts: a negative decision, a request
@@ -19,14 +19,16 @@ from omni_mev import metrics
 from omni_mev.cache import Cache
 from omni_mev.config import Settings
 from omni_mev.features import FEATURE_NAMES
-from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, REFUSED_EVENT, DecisionLog
+from omni_mev.trading.decision_log import DISPATCH_EVENT, PAPER_EVENT, REFUSED_EVENT, DecisionLog
 from omni_mev.trading.engine import EngineClient
+from omni_mev.trading.outbox import Execution, Outbox, PendingExecution
+
+# What a positive decision's `execution` is: settled, or an order whose outcome is still to come.
+Executing = Execution | PendingExecution
 
 log = logging.getLogger(__name__)
 CLAIM_PREFIX = "ai:dispatch"
 CONFIDENCE_DECIMALS = 6
-
-Execution = dict[str, Any]
 
 
 def skipped(reason: str) -> Execution:
@@ -38,6 +40,8 @@ def skipped(reason: str) -> Execution:
 _OPTED_OUT = skipped("the request set dispatch: false")
 _NO_ID = skipped("no opportunity_id: nothing to dispatch against")
 _PAPER = skipped("SIMULATION mode: recorded as a paper trade")
+_DUPLICATE_HERE = skipped("duplicate opportunity_id: already dispatched from this host")
+_DUPLICATE_ELSEWHERE = skipped("duplicate opportunity_id: already dispatched by another instance")
 
 
 def implausible_reason(checks: tuple[str, ...]) -> str:
@@ -65,17 +69,31 @@ class Dispatcher(ABC):
         self.settings = settings
         self.log = DecisionLog(settings.decision_log_path)
 
-    def after_decision(self, judged: Judged, decision: bool) -> Execution | None:
+    def after_decision(self, judged: Judged, decision: bool) -> Executing | None:
         """The `execution` field of the response, or None for a negative decision."""
         if not decision:
             return None
+        return self.after_decisions([judged], self.settings.dispatch_timeout_s)[0]
+
+    def after_decisions(self, approved: list[Judged], wait_s: float) -> list[Executing]:
+        """The `execution` of each positive decision, in order; a dispatch's is pending: the request may wait
+        `wait_s` in all for the outcomes."""
+        executions: list[Executing | None] = [self._blocked(judged) for judged in approved]
+        actable = [index for index, execution in enumerate(executions) if execution is None]
+        if actable:
+            for index, execution in zip(actable, self._act([approved[i] for i in actable], wait_s)):
+                executions[index] = execution
+        return executions  # type: ignore[return-value] - every item is set by now
+
+    def _blocked(self, judged: Judged) -> Execution | None:
+        """Why a positive decision is not acted on, or None when it may be."""
         if not judged.dispatch:
             return _OPTED_OUT
         if judged.opportunity_id is None:
             return _NO_ID
         if judged.implausible:
             return skipped(self.refuse(judged))
-        return self._act(judged.opportunity_id, self._record(judged))
+        return None
 
     def refuse(self, judged: Judged) -> str:
         """Record that a positive model decision on an implausible opportunity was refused; the reason."""
@@ -102,56 +120,69 @@ class Dispatcher(ABC):
         return record
 
     @abstractmethod
-    def _act(self, opportunity_id: str, record: dict[str, Any]) -> Execution:
-        """Act on a positive decision that may be acted on."""
+    def _act(self, approved: list[Judged], wait_s: float) -> list[Executing]:
+        """Act on positive decisions that may be acted on (each has an opportunity_id)."""
 
 
 class PaperDispatcher(Dispatcher):
     """SIMULATION: what LIVE would have dispatched, recorded as paper trades; no engine client exists."""
 
-    def _act(self, opportunity_id: str, record: dict[str, Any]) -> Execution:
-        record["event"] = PAPER_EVENT
-        self.log.append_paper(record)
-        return _PAPER
+    def _act(self, approved: list[Judged], wait_s: float) -> list[Executing]:
+        for judged in approved:
+            record = self._record(judged)
+            record["event"] = PAPER_EVENT
+            self.log.append_paper(record)
+        return [_PAPER] * len(approved)
 
 
 class LiveDispatcher(Dispatcher):
-    """LIVE: at most one dispatch per opportunity_id, logged durably before the engine hears of it."""
+    """LIVE: at most one dispatch per opportunity_id, logged durably before the engine hears of it, then sent
+    by the outbox, which records exactly one outcome for it."""
 
     def __init__(self, settings: Settings, cache: Cache) -> None:
         super().__init__(settings)
         self.cache = cache
-        self.engine = EngineClient(settings.rust_engine_url, settings.dispatch_connect_timeout_s,
-                                   settings.dispatch_timeout_s)
+        engine = EngineClient(settings.rust_engine_url, settings.dispatch_connect_timeout_s,
+                              settings.dispatch_concurrency)
+        self.outbox = Outbox(self.log, engine, settings.dispatch_concurrency)
+        self.outbox.start_recovery()
 
-    def _act(self, opportunity_id: str, record: dict[str, Any]) -> Execution:
-        with self.log.locked() as decisions:
-            if decisions.was_dispatched(opportunity_id):
-                metrics.DISPATCHES.labels(status="duplicate").inc()
-                return skipped("duplicate opportunity_id: already dispatched from this host")
-            claimed = self.cache.claim(f"{CLAIM_PREFIX}:{opportunity_id}", self.settings.dispatch_dedupe_ttl_s)
-            if claimed is False:
-                metrics.DISPATCHES.labels(status="duplicate").inc()
-                return skipped("duplicate opportunity_id: already dispatched by another instance")
-            record["event"] = DISPATCH_EVENT
-            record["cross_instance_claim"] = "redis" if claimed else "unavailable"
-            # On disk before the engine hears of it: a crash after this line leaves an
-            # attempt with an unknown outcome, never a trade the log does not know.
-            decisions.append(record)
-        order = {
-            "opportunity_id": opportunity_id,
-            "features": record["features"],
-            "confidence": record["confidence"],
-            "threshold": record["threshold"],
-            "model_version": record["model_version"],
-        }
-        reply = self.engine.execute(order)
-        metrics.DISPATCHES.labels(status=reply.status).inc()
-        if reply.status != "dispatched":
-            log.warning("dispatch of %s: %s (%s)", opportunity_id, reply.status, reply.reason)
-        self.log.append_durably({"event": OUTCOME_EVENT, "ts": time.time(), "opportunity_id": opportunity_id,
-                                 **reply.to_dict(), "pid": os.getpid()})
-        return reply.to_dict()
+    def _act(self, approved: list[Judged], wait_s: float) -> list[Executing]:
+        executions: list[Executing | None] = [None] * len(approved)
+        intents: list[dict[str, Any]] = []
+        positions: list[int] = []
+        now = time.time()
+        try:
+            with self.log.locked() as decisions:
+                claimed_here: set[str] = set()
+                for index, judged in enumerate(approved):
+                    opportunity_id = judged.opportunity_id
+                    if decisions.was_dispatched(opportunity_id) or opportunity_id in claimed_here:
+                        metrics.DISPATCHES.labels(status="duplicate").inc()
+                        executions[index] = _DUPLICATE_HERE
+                        continue
+                    claimed = self.cache.claim(f"{CLAIM_PREFIX}:{opportunity_id}",
+                                               self.settings.dispatch_dedupe_ttl_s)
+                    if claimed is False:
+                        metrics.DISPATCHES.labels(status="duplicate").inc()
+                        executions[index] = _DUPLICATE_ELSEWHERE
+                        continue
+                    claimed_here.add(opportunity_id)
+                    record = self._record(judged)
+                    record.update(event=DISPATCH_EVENT, cross_instance_claim="redis" if claimed else "unavailable",
+                                  expires_at=round(now + self.settings.dispatch_max_age_s, 6),
+                                  owner=self.outbox.owner)
+                    intents.append(record)
+                    positions.append(index)
+                # On disk before the engine hears of them: from here on each intent ends in one outcome.
+                decisions.append_many(intents)
+        except OSError as error:  # no intent is on record: none may be sent
+            log.error("decision log %s cannot be written (%s): nothing dispatched", self.log.path, error)
+            unlogged = skipped(f"the decision log cannot be written ({error.strerror or error}): not dispatched")
+            return [execution or unlogged for execution in executions]
+        for index, execution in zip(positions, self.outbox.pending(self.outbox.send(intents), wait_s)):
+            executions[index] = execution
+        return executions  # type: ignore[return-value] - every item is set by now
 
 
 def build_dispatcher(settings: Settings, cache: Cache) -> Dispatcher:

@@ -1,4 +1,10 @@
-"""HTTP client of the execution engine: short timeouts, never a retry."""
+"""HTTP client of the execution engine: one POST per order, bounded by the order's deadline, never retried here.
+
+The contract the engine must keep (docs/trading.md) is what makes a resend
+after a crash safe: the engine executes an `Idempotency-Key` at most once and
+answers a repeated key with its first answer, and it never executes an order
+past its `expires_at`.
+"""
 from __future__ import annotations
 
 import time
@@ -7,14 +13,27 @@ from typing import Any
 
 import orjson
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, MaxRetryError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError)
+
+# Printable ASCII other than "%" travels as it is in the Idempotency-Key; every
+# other character (non-ASCII, spaces, controls, "%") as %XX of its UTF-8 bytes.
+_HEADER_SAFE = frozenset(range(0x21, 0x7F)) - {ord("%")}
+
+
+def idempotency_key(opportunity_id: str) -> str:
+    """The Idempotency-Key header value of an id: percent-encoded UTF-8, so that any JSON string is a valid
+    header and `urllib.parse.unquote(key) == opportunity_id`; ordinary ids are unchanged."""
+    if opportunity_id.isascii() and all(ord(c) in _HEADER_SAFE for c in opportunity_id):
+        return opportunity_id
+    return "".join(chr(b) if b in _HEADER_SAFE else f"%{b:02X}" for b in opportunity_id.encode("utf-8"))
 
 
 @dataclass(frozen=True)
 class EngineReply:
-    """What became of one dispatch."""
+    """What became of one order: dispatched | rejected | failed."""
 
-    status: str  # dispatched | rejected | failed | timeout
+    status: str
     engine_status: int | None
     reason: str
     latency_ms: float
@@ -29,34 +48,37 @@ class EngineReply:
 class EngineClient:
     """POST {RUST_ENGINE_URL}/execute with the opportunity id as idempotency key."""
 
-    def __init__(self, base_url: str, connect_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(self, base_url: str, connect_timeout_s: float, pool_size: int) -> None:
         self.url = f"{base_url}/execute"
-        # retries=False: a request whose outcome is unknown must never be sent again.
-        self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=1, retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-        )
+        self.connect_timeout_s = connect_timeout_s
+        # retries=False: a request whose outcome is unknown is never sent again by the client itself.
+        self._pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, block=False, retries=False)
 
-    def execute(self, order: dict[str, Any]) -> EngineReply:
-        """Send one order; classify the outcome without retrying."""
+    def execute(self, order: dict[str, Any], read_timeout_s: float) -> EngineReply:
+        """Send one order and wait at most `read_timeout_s` for the answer; classify it without retrying."""
         started = time.perf_counter()
 
         def reply(status: str, reason: str, code: int | None = None) -> EngineReply:
             return EngineReply(status, code, reason, (time.perf_counter() - started) * 1000.0)
 
+        unknown = f"no answer within {read_timeout_s:.3f} s, the order's deadline: outcome unknown, not resent"
         try:
             response = self._pool.request(
                 "POST", self.url, body=orjson.dumps(order),
-                headers={"Content-Type": "application/json", "Idempotency-Key": order["opportunity_id"]},
+                headers={"Content-Type": "application/json",
+                         "Idempotency-Key": idempotency_key(order["opportunity_id"])},
+                timeout=urllib3.Timeout(connect=min(self.connect_timeout_s, read_timeout_s), read=read_timeout_s),
             )
         except (ReadTimeoutError, TimeoutError):
-            return reply("timeout", "no answer within AI_DISPATCH_TIMEOUT_S; outcome unknown, not retried")
+            return reply("failed", unknown)
         except (ConnectTimeoutError, NewConnectionError) as error:
-            return reply("failed", f"engine unreachable: {type(error).__name__}")
+            return reply("failed", f"engine unreachable: {type(error).__name__}; not sent")
         except MaxRetryError as error:  # urllib3 wraps the cause even with retries=False
             if isinstance(error.reason, ReadTimeoutError):
-                return reply("timeout", "no answer within AI_DISPATCH_TIMEOUT_S; outcome unknown, not retried")
+                return reply("failed", unknown)
             return reply("failed", f"engine unreachable: {type(error.reason).__name__}")
+        except ProtocolError:
+            return reply("failed", "the engine closed the connection without an answer: outcome unknown, not resent")
         except HTTPError as error:
             return reply("failed", f"engine connection failed: {type(error).__name__}")
         if 200 <= response.status < 300:

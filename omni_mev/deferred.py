@@ -1,0 +1,46 @@
+"""Answers that wait on work running elsewhere (a dispatch's outcome), without holding a worker.
+
+A scoring request whose opportunity is being dispatched may wait a bounded
+time for the engine's answer. Blocking the worker for it would make every
+other request on that worker wait too: scoring must not wait on dispatch.
+So the application answers with a `DeferredBody`, a WSGI body that knows the
+futures it waits on and its deadline. omni-mev's worker (omni_mev.workers)
+parks the connection, serves others, and writes the body once the futures are
+done or the deadline has passed; any other WSGI server simply iterates it,
+which waits. Nothing here knows HTTP or the trading code.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, wait
+
+
+class DeferredBody:
+    """A response body rendered once `futures` are done, or at `deadline` (time.monotonic) at the latest."""
+
+    def __init__(self, futures: Sequence[Future], deadline: float, render: Callable[[], bytes]) -> None:
+        self.futures = futures
+        self.deadline = deadline
+        self._render = render
+        self._content: bytes | None = None
+
+    def ready(self) -> bool:
+        """Whether the body can be rendered now without waiting."""
+        return time.monotonic() >= self.deadline or all(future.done() for future in self.futures)
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from another thread) as each future completes."""
+        for future in self.futures:
+            future.add_done_callback(lambda _: callback())
+
+    def content(self) -> bytes:
+        """The rendered body (once), whatever is done by now."""
+        if self._content is None:
+            self._content = self._render()
+        return self._content
+
+    def __iter__(self) -> Iterator[bytes]:
+        """For servers that do not park: wait here, then yield the body."""
+        wait(self.futures, timeout=max(0.0, self.deadline - time.monotonic()))
+        yield self.content()

@@ -1,0 +1,68 @@
+"""Where an HTTP/1.1 request ends in a buffer, before anything parses it in full.
+
+The worker (omni_mev.workers) reads a connection's bytes without blocking and
+hands a request to the application only once all of it, head and body, has
+arrived. These functions answer "is it all here yet?" on the raw bytes; the
+full parse, with every rule of RFC 9112, stays gunicorn's. When the bytes are
+malformed the answer is "complete", so that the parser sees them and refuses
+them with its own error, instead of the worker waiting for bytes that cannot
+make them valid.
+"""
+from __future__ import annotations
+
+HEAD_END = b"\r\n\r\n"
+CRLF = b"\r\n"
+
+
+class BodyTooLarge(Exception):
+    """A chunked body grew past the limit before it ended."""
+
+
+def head_length(buffer: bytes | bytearray) -> int | None:
+    """Bytes of the request head (line, fields and the blank line), or None while it is incomplete."""
+    end = buffer.find(HEAD_END)
+    return None if end < 0 else end + len(HEAD_END)
+
+
+class ChunkedBody:
+    """Where a chunked body that begins at `start` ends, found as its bytes arrive.
+
+    The scan resumes where it stopped, so a body sent in many small pieces is
+    read once, not once per piece.
+    """
+
+    def __init__(self, start: int, limit: int) -> None:
+        self.position = start  # the start of the next chunk-size line
+        self.data = 0  # chunk data bytes so far
+        self.limit = limit
+
+    def end(self, buffer: bytes | bytearray) -> int | None:
+        """The offset just past the body, or None while it is incomplete.
+
+        Raises BodyTooLarge once the chunk data exceeds the limit. A size line
+        that is not hexadecimal ends the scan ("complete"): the parser refuses it.
+        """
+        while True:
+            line_end = buffer.find(CRLF, self.position)
+            if line_end < 0:
+                return None
+            size_text = bytes(buffer[self.position:line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                return line_end + len(CRLF)
+            if size < 0:
+                return line_end + len(CRLF)
+            if size == 0:
+                # The last chunk, then trailer fields (usually none) and a blank line.
+                if buffer[line_end + 2:line_end + 4] == CRLF:
+                    return line_end + 4
+                trailers_end = buffer.find(HEAD_END, line_end + 2)
+                return None if trailers_end < 0 else trailers_end + len(HEAD_END)
+            if self.data + size > self.limit:
+                raise BodyTooLarge(f"the chunked body is over {self.limit} bytes")
+            following = line_end + len(CRLF) + size + len(CRLF)
+            if len(buffer) < following:
+                return None
+            self.data += size
+            self.position = following
