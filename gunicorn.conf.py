@@ -16,12 +16,20 @@ import time
 from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.devices import check_start_up
+from omni_mev.ledger.schema import prepare_location
 
 try:
     _settings = load_settings()
     _auth = "on" if load_keys(_settings) else "OFF (no AI_API_KEYS / AI_API_KEYS_FILE)"
     # A GPU asked for and missing stops here, before any worker starts.
     check_start_up(_settings.ort_providers, _settings.torch_device)
+    # So does a SQLite ledger whose directory cannot be made: the service never claims a ledger it cannot write.
+    if _settings.ledger_url is not None:
+        try:
+            prepare_location(_settings.ledger_url)
+        except OSError as _error:
+            raise ConfigError(f"AI_LEDGER_URL={_settings.ledger_url!r}: cannot create its directory "
+                              f"({_error.strerror or _error}); allowed: a writable place, or off") from None
 except (ConfigError, OSError) as _error:
     sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
     raise SystemExit(2) from None

@@ -8,7 +8,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from omni_mev.errors import ValidationFailed
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, FLOAT32_MAX, MAX_HISTORY, N_FEATURES, FeatureBounds
@@ -38,6 +38,8 @@ _HIGH = np.array([r[2] for r in _RULES])
 _INTEGER_COLUMNS = np.array([i for i, r in enumerate(_RULES) if r[3]])
 NUMBER_TYPES = frozenset({int, float})
 ID_MAX_LENGTH = 128
+# How far ahead of the service's clock an outcome's observed_at may be: clocks of bots and hosts disagree.
+OBSERVED_AT_SKEW_S = 300.0
 
 
 def valid_id(value: Any) -> bool:
@@ -138,6 +140,17 @@ class StrictBoolean(fields.Boolean):
         if value.__class__ is not bool:
             raise self.make_error("invalid")
         return value
+
+
+class StrictNumber(fields.Float):
+    """A JSON number, nothing else (marshmallow's Float also takes "3.5" and true), as features are on /predict."""
+
+    default_error_messages = {"invalid": "Must be a number."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs) -> float:
+        if value.__class__ is bool or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class PredictRequestSchema(Schema):
@@ -361,9 +374,15 @@ class OutcomeSchema(Schema):
                                                      "required when executed"})
     executed = StrictBoolean(load_default=True,
                              metadata={"description": "false: the opportunity was not traded (no label)"})
-    realised_pnl_usd = fields.Float(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12),
+    realised_pnl_usd = StrictNumber(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12),
                                     metadata={"description": "profit or loss after gas, USD"})
     observed_at = fields.AwareDateTime(format="iso", metadata={"description": "RFC 3339; default: when received"})
+
+    @validates("observed_at")
+    def _not_in_the_future(self, value: Any, **kwargs: Any) -> None:
+        if value.timestamp() > time.time() + OBSERVED_AT_SKEW_S:
+            raise ValidationError(f"Must not be in the future (more than {OBSERVED_AT_SKEW_S:.0f} s ahead of the "
+                                  "service's clock).")
 
     @validates_schema
     def _labelled_when_executed(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -321,8 +321,20 @@ class PostgresServer(Process):
             engine.dispose()
 
     def kill(self) -> None:
+        """SIGKILL to the postmaster and its backends, as a crash would: runuser may have started it in a
+        process group of its own, and a backend outliving its postmaster can still answer a query."""
+        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        backends = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        for pid in (postmaster, *backends):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in (postmaster, *backends)), 10,
+                   what="postgres gone")
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)

@@ -105,6 +105,55 @@ def test_retention_removes_old_rows(ledger_url):
         assert connection.execute(sa.select(predictions.c.opportunity_id)).scalars().all() == ["new"]
 
 
+def test_retention_follows_the_service_clock_not_observed_at(ledger_url):
+    """An outcome claiming 2001 stays as long as its fresh prediction, so the first outcome keeps winning."""
+    ledger = SqlLedger(ledger_url, retention_days=1)
+    ledger.record([row("fresh"), row("stale", at=time.time() - 3 * 86_400)])
+    ledger.flush()
+    claimed_2001 = Outcome("fresh", True, True, 1.5, 978_307_200.0)
+    assert [r.status for r in ledger.add_outcomes([claimed_2001, outcome("stale")])] == [STORED, STORED]
+    ledger._purge_if_due()
+    with ledger.engine.connect() as connection:
+        assert connection.execute(sa.select(outcomes.c.opportunity_id)).scalars().all() == ["fresh"]
+    assert [r.status for r in ledger.add_outcomes([outcome("fresh", False, -1.0)])] == [CONFLICT]
+    assert [r.status for r in ledger.add_outcomes([outcome("stale")])] == [UNKNOWN]  # its prediction is gone
+
+
+def test_a_sqlite_ledger_in_a_directory_that_does_not_exist_yet_works(tmp_path):
+    """As on a fresh clone, where the default ledger's logs/ is missing."""
+    url = f"sqlite:///{tmp_path / 'new' / 'deeper' / 'ledger.db'}"
+    with Gunicorn({"AI_LEDGER_URL": url}, workers=1) as server:
+        opportunity_id = _new_ids(1)[0]
+        assert server.post("/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id})[0] == 200
+        status, body, _ = wait_until(lambda: (answer := server.post("/outcomes", {
+            "opportunity_id": opportunity_id, "success": True, "realised_pnl_usd": 3.1}))[0] != 404 and answer, 10,
+            what="the outcome accepted")
+        assert status == 201 and body["result"] == "stored"
+
+
+def test_a_ledger_directory_that_cannot_be_made_stops_start_up_naming_the_setting(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    server = Gunicorn({"AI_LEDGER_URL": f"sqlite:///{blocker / 'ledger.db'}"}, workers=1)
+    try:
+        assert server.start(wait=False).proc.wait(30) == 2
+        line = server.output().strip().splitlines()[-1]
+    finally:
+        server.__exit__(None, None, None)
+    assert line.startswith("omni-mev: configuration error: AI_LEDGER_URL=") and "cannot create" in line
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("realised_pnl_usd", "3.5", "Must be a number."),
+    ("realised_pnl_usd", True, "Must be a number."),
+    ("observed_at", "9999-01-01T00:00:00Z", "Must not be in the future"),
+])
+def test_outcome_fields_are_strict(client, field, value, message):
+    body = {"opportunity_id": "strict-1", "success": True, field: value}
+    response = client.post("/outcomes", json=body)
+    assert response.status_code == 422 and response.json["fields"][field][0].startswith(message)
+
+
 def test_unreachable_database_keeps_predictions_and_refuses_outcomes():
     with PostgresServer() as server:
         ledger = SqlLedger(server.url)
@@ -112,9 +161,12 @@ def test_unreachable_database_keeps_predictions_and_refuses_outcomes():
         ledger.flush()
         server.kill()
         ledger.record([row("kept-2")])
-        with pytest.raises(sa.exc.SQLAlchemyError):
+        try:  # the writer thread may take the row first: then it fails there, and puts it back
             ledger.flush()
-        assert ledger.pending == 1  # back in the queue, for when the database returns
+        except sa.exc.SQLAlchemyError:
+            pass
+        # Back in the queue, for when the database returns.
+        wait_until(lambda: ledger.pending == 1, 10, what="the row back in the queue")
         with pytest.raises(LedgerUnavailable):
             ledger.add_outcomes([outcome("kept-1")])
 

@@ -1,9 +1,13 @@
 """The ledger's tables (SQLAlchemy Core), and engines that behave the same on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -46,6 +50,21 @@ outcomes = sa.Table(
 )
 
 
+def sqlite_directory(url: str) -> Path | None:
+    """The directory of a SQLite database file (None for another database, or SQLite in memory)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).parent
+
+
+def prepare_location(url: str) -> None:
+    """Make the directory a SQLite file goes in (a fresh clone has no logs/); OSError when it cannot be."""
+    directory = sqlite_directory(url)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(url: str, synced: bool = True) -> sa.Engine:
     """An engine; SQLite files in WAL mode (readers never block the writer).
 
@@ -55,6 +74,10 @@ def create_engine(url: str, synced: bool = True) -> sa.Engine:
     are written in the background anyway).
     """
     options: dict[str, Any] = {"future": True}
+    try:
+        prepare_location(url)
+    except OSError as error:  # the engine then reports the database as unreachable, and the log says why
+        log.error("ledger: cannot create the directory of %s: %s", url, error)
     if url.startswith("sqlite"):
         options["connect_args"] = {"timeout": 5.0}
     else:

@@ -261,9 +261,13 @@ class SqlLedger(Ledger):
             return
         self._next_purge = now + PURGE_EVERY_S
         horizon = now - self.retention_s
+        # By the service's own clock: a prediction is kept from when it was scored, and its outcome as long as
+        # a prediction of its id is (the client's observed_at plays no part, so it cannot purge an outcome
+        # early and have another take its place).
         with self._writer_engine.begin() as connection:
             gone = connection.execute(predictions.delete().where(predictions.c.predicted_at < horizon)).rowcount
-            connection.execute(outcomes.delete().where(outcomes.c.observed_at < horizon))
+            connection.execute(outcomes.delete().where(~sa.exists().where(
+                predictions.c.opportunity_id == outcomes.c.opportunity_id)))
         if gone:
             log.info("ledger: %d predictions older than the retention removed", gone)
 
