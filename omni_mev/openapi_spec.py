@@ -16,6 +16,7 @@ from marshmallow import fields
 from omni_mev import __version__, schemas
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.plausibility import CHECKS
+from omni_mev.schemas import ID_PATTERN, OBSERVED_AT_SKEW_S
 from omni_mev.trading.outbox import EXECUTION_STATUSES
 from omni_mev.runtime.base import MODEL_NAME
 
@@ -239,11 +240,13 @@ def _scoring(spec: APISpec) -> None:
 def _outcome() -> dict[str, Any]:
     """OutcomeSchema's rules, the one across fields included: an executed trade carries `success`."""
     base = {
-        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": 128,
+        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN,
                            "description": "the id the opportunity was scored with"},
         "success": {**BOOLEAN, "description": "landed and made a profit after gas"},
         "realised_pnl_usd": {"type": "number", "minimum": -1e12, "maximum": 1e12},
-        "observed_at": {"type": "string", "format": "date-time", "description": "RFC 3339; default: when received"},
+        "observed_at": {"type": "string", "format": "date-time",
+                        "description": f"RFC 3339; default: when received; at most {OBSERVED_AT_SKEW_S:.0f} s ahead "
+                                       "of the service's clock (422 otherwise)"},
     }
     return {"oneOf": [
         {"type": "object", "properties": {**base, "executed": {"type": "boolean", "const": True}},

@@ -43,8 +43,18 @@ OBSERVED_AT_SKEW_S = 300.0
 
 
 def valid_id(value: Any) -> bool:
-    """An opportunity_id: a string of 1 to ID_MAX_LENGTH characters."""
-    return value.__class__ is str and 0 < len(value) <= ID_MAX_LENGTH
+    """An opportunity_id: a string of 1 to ID_MAX_LENGTH characters, without NUL (_storable_id)."""
+    return value.__class__ is str and 0 < len(value) <= ID_MAX_LENGTH and "\x00" not in value
+
+
+def _storable_id(value: str) -> None:
+    """Every other character works end to end: the decision log, the ledger, the engine's Idempotency-Key."""
+    if "\x00" in value:
+        raise ValidationError("Must not contain the NUL character (U+0000): PostgreSQL cannot store it.")
+
+
+ID_RULES = [validate.Length(min=1, max=ID_MAX_LENGTH), _storable_id]
+ID_PATTERN = "^[^\\u0000]*$"  # the same rule for the OpenAPI document
 
 
 def check_value(value: Any, lo: float, hi: float, integer: bool) -> bool:
@@ -164,8 +174,9 @@ class PredictRequestSchema(Schema):
         metadata={"description": f"up to {MAX_HISTORY} earlier opportunities of the stream, oldest first"},
     )
     opportunity_id = fields.String(
-        validate=validate.Length(min=1, max=ID_MAX_LENGTH),
-        metadata={"description": "caller's id; idempotency key of a live dispatch"},
+        validate=ID_RULES,
+        metadata={"description": "caller's id, any string of 1 to 128 characters but NUL; idempotency key of a "
+                                 "live dispatch", "pattern": ID_PATTERN},
     )
     dispatch = StrictBoolean(
         load_default=True, metadata={"description": "false: never dispatch this one, even in LIVE mode"}
@@ -368,7 +379,7 @@ def load_or_raise(schema: Schema, data: Any) -> dict[str, Any]:
 class OutcomeSchema(Schema):
     """One realised outcome (POST /outcomes); loads as a ledger Outcome."""
 
-    opportunity_id = fields.String(required=True, validate=validate.Length(min=1, max=ID_MAX_LENGTH),
+    opportunity_id = fields.String(required=True, validate=ID_RULES,
                                    metadata={"description": "the id the opportunity was scored with"})
     success = StrictBoolean(metadata={"description": "the trade landed and made a profit after gas; "
                                                      "required when executed"})

@@ -328,3 +328,16 @@ def test_quality_gauges_on_the_metrics_port():
     assert float(lines['ai_quality_labelled{model="champion",window="1h"}']) == 20
     assert 0.0 <= float(lines['ai_quality_auc{model="champion",window="24h"}']) <= 1.0
     assert free_port()  # the metrics server stayed up after computing
+
+
+def test_an_id_postgresql_cannot_store_is_refused_and_the_ledger_goes_on(postgres):
+    """NUL in an id used to wedge a worker's PostgreSQL writer for good; it is now refused at the boundary."""
+    with Gunicorn({"AI_LEDGER_URL": postgres.url}, workers=1) as server:
+        status, body, _ = server.post("/predict", {"features": EXAMPLE, "opportunity_id": "poison\x00id"})
+        assert status == 422 and list(body["fields"]) == ["opportunity_id"]
+        assert server.post("/outcomes", {"opportunity_id": "poison\x00id", "success": True})[0] == 422
+        fine = _new_ids(1)[0]
+        assert server.post("/predict", {"features": EXAMPLE, "opportunity_id": fine})[0] == 200
+        status, body, _ = wait_until(lambda: (answer := server.post("/outcomes", {
+            "opportunity_id": fine, "success": True}))[0] != 404 and answer, 10, what="the outcome accepted")
+        assert status == 201

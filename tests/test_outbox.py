@@ -25,7 +25,7 @@ from tests.engine_stub import EngineStub
 from tests.servers import Gunicorn, free_port, wait_until
 
 # Ids no test elsewhere uses: non-Latin-1, line breaks, controls, the escape character itself, spaces, quotes.
-ODD_IDS = ["x-€", "套利-1", "🦄🚀", "a\nb", "tab\there", "nul\x00id", "50%", "a b", 'quo"te', "ü" * 128]
+ODD_IDS = ["x-€", "套利-1", "🦄🚀", "a\nb", "tab\there", "bell\x07", "50%", "a b", 'quo"te', "ü" * 128]
 TERMINAL = set(TERMINAL_STATUSES)
 
 
@@ -92,6 +92,18 @@ def test_any_json_string_id_is_dispatched_with_an_encoded_key(vectors, opportuni
         # The id is used once: a resend is a duplicate, and the engine hears nothing more.
         _, again, _ = server.post("/predict", {"features": vectors[True][0], "opportunity_id": opportunity_id})
         assert again["execution"]["status"] == "skipped" and len(engine.orders) == 1
+
+
+def test_an_id_with_nul_is_refused_before_anything_is_logged(vectors):
+    """NUL is the one character no supported database stores: 422, nothing logged, nothing sent."""
+    with EngineStub() as engine, Gunicorn(live(engine.url), workers=1) as server:
+        status, body, _ = server.post("/predict", {"features": vectors[True][0], "opportunity_id": "nul\x00id"})
+        assert status == 422 and "NUL" in body["fields"]["opportunity_id"][0]
+        status, body, _ = server.post("/predict/batch", {"items": [
+            {"features": vectors[True][0], "opportunity_id": "ok-1"},
+            {"features": vectors[True][1], "opportunity_id": "\x00"}]})
+        assert status == 422 and list(body["fields"]) == ["items.1.opportunity_id"]
+        assert intents(server.decision_log) == [] and engine.orders == []
 
 
 def test_batch_with_odd_ids_dispatches_every_item(vectors):

@@ -184,14 +184,14 @@ def _inputs(inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _ids(tensor: dict[str, Any] | None, batch: int) -> list[str] | None:
-    """The opportunity ids, BYTES [batch] (or [batch, 1]) of strings of 1 to 128 characters."""
+    """The opportunity ids, BYTES [batch] (or [batch, 1]) of strings of 1 to 128 characters, without NUL."""
     if tensor is None:
         return None
     data = tensor["data"]
     if (tensor["datatype"] != "BYTES" or tensor["shape"] not in ([batch], [batch, 1]) or not isinstance(data, list)
             or len(data) != batch or not all(valid_id(i) for i in data)):
         raise V2Error(f"Input '{ID_INPUT}' must be BYTES with shape [{batch}], holding one string of 1 to 128 "
-                      f"characters per row of '{INPUT_NAME}'.")
+                      f"characters (NUL excepted) per row of '{INPUT_NAME}'.")
     return data
 
 
