@@ -131,6 +131,18 @@ def test_a_sqlite_ledger_in_a_directory_that_does_not_exist_yet_works(tmp_path):
         assert status == 201 and body["result"] == "stored"
 
 
+def test_status_never_claims_a_ledger_that_cannot_write(make_app):
+    working = make_app().test_client()
+    working.post("/predict", json={"features": EXAMPLE, "opportunity_id": "status-1"})
+    working.application.extensions["omni_mev.predictor"].ledger.flush()
+    assert working.get("/status").json["ledger"] == {"enabled": True, "writable": True, "problem": None,
+                                                      "pending": 0}
+    nowhere = make_app(AI_LEDGER_URL=f"postgresql+psycopg://omni@127.0.0.1:{free_port()}/postgres")
+    ledger = nowhere.test_client().get("/status").json["ledger"]
+    assert ledger["enabled"] is True and ledger["writable"] is False
+    assert ledger["problem"] == "database unreachable (OperationalError)"
+
+
 def test_a_ledger_directory_that_cannot_be_made_stops_start_up_naming_the_setting(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -46,7 +46,10 @@ def engine_status():
         "total_requests": metrics.snapshot.get()["total_requests"],
         "uptime_s": round(time.time() - _started_at(), 3),
         "worker_pid": os.getpid(),
-        "ledger": {"enabled": predictor.settings.ledger_url is not None, "pending": predictor.ledger.pending},
+        # `writable` is the last attempt's: a ledger whose database cannot be reached is not claimed as working.
+        "ledger": {"enabled": predictor.settings.ledger_url is not None,
+                   "writable": predictor.settings.ledger_url is not None and predictor.ledger.problem is None,
+                   "problem": predictor.ledger.problem, "pending": predictor.ledger.pending},
         # From the served model's own card: a promotion brings its card with it.
         "model_family": predictor.card.get("family", "lstm") if predictor.card else None,
         "recommended_threshold": predictor.card.get("thresholds", {}).get("recommended"),

@@ -135,6 +135,11 @@ class Ledger(ABC):
         """Predictions queued and not yet written."""
         return 0
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last attempt to reach the database failed; None while it works (or nothing was tried)."""
+        return None
+
 
 class NullLedger(Ledger):
     """AI_LEDGER_URL=off: predictions are not kept, and the endpoints that need them say so."""
@@ -160,6 +165,7 @@ class SqlLedger(Ledger):
         self._writer_engine = create_engine(url, synced=False)
         self._insert_sql, self._as_params = _bulk_insert(self._writer_engine)
         self._tables_ready = False
+        self._problem: str | None = None
         try:
             self._ensure_tables()
         except LedgerUnavailable:
@@ -179,6 +185,7 @@ class SqlLedger(Ledger):
             create_tables(self.engine)
         except sa.exc.SQLAlchemyError as error:
             log.error("ledger: database unreachable (%s): predictions are queued, outcomes refused", error)
+            self._problem = f"database unreachable ({_cause(error)})"
             raise LedgerUnavailable("The ledger's database cannot be reached.") from None
         self._tables_ready = True
 
@@ -199,6 +206,10 @@ class SqlLedger(Ledger):
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
 
     def _write_loop(self) -> None:
         while True:
@@ -233,11 +244,13 @@ class SqlLedger(Ledger):
                 # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the
                 # database itself, in the worker that serves requests.
                 connection.exec_driver_sql(self._insert_sql, self._as_params(batch))
-        except sa.exc.SQLAlchemyError:
+        except sa.exc.SQLAlchemyError as error:
+            self._problem = f"cannot write ({_cause(error)})"
             self._queue.extendleft(reversed(batch))
             self._drop_overflow()
             metrics.LEDGER_PENDING.set(len(self._queue))
             raise
+        self._problem = None
         metrics.LEDGER_RECORDS.inc(count)
         metrics.LEDGER_PENDING.set(len(self._queue))
 
@@ -358,6 +371,11 @@ def _bulk_insert(engine: sa.Engine) -> tuple[str, Any]:
             return str(compiled), list  # the rows' tuples as they are
         return str(compiled), lambda rows: [tuple(row[i] for i in order) for row in rows]
     return str(compiled), lambda rows: [row._asdict() for row in rows]
+
+
+def _cause(error: sa.exc.SQLAlchemyError) -> str:
+    """The driver's error class behind SQLAlchemy's (OperationalError, DataError...): no message, no URL."""
+    return type(getattr(error, "orig", None) or error).__name__
 
 
 def _first_per_id(posted: Sequence[Outcome]) -> list[Outcome]:
