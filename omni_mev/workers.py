@@ -59,16 +59,13 @@ from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
 from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
+from omni_mev.config import Settings
 from omni_mev.deferred import DeferredBody
 from omni_mev.errors import BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout
 from omni_mev.jsonio import dumps
 
 # A response must be taken by the client within this long per send.
 SEND_TIMEOUT_S = 5.0
-# Without the application's settings (another WSGI app): the request read
-# deadline and the largest body, as omni-mev's defaults.
-DEFAULT_READ_TIMEOUT_S = 5.0
-DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 # Bytes read from a socket at once.
 RECV_SIZE = 256 * 1024
 # On shutdown, requests already in flight on kept-alive connections are still
@@ -272,9 +269,10 @@ class KeepAliveWorker(Worker):
 
     def _limits(self) -> None:
         """The read deadline and body limit from the application's settings; the head limit from gunicorn's."""
-        settings = getattr(self.wsgi, "config", {}).get("SETTINGS")
-        self.read_timeout_s = getattr(settings, "request_read_timeout_s", DEFAULT_READ_TIMEOUT_S)
-        self.max_body = getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+        # Another WSGI application than omni-mev's gets omni-mev's defaults.
+        settings = getattr(self.wsgi, "config", {}).get("SETTINGS") or Settings()
+        self.read_timeout_s = settings.request_read_timeout_s
+        self.max_body = settings.max_body_bytes
         # A head longer than gunicorn's limits allow is handed to its parser, which refuses it (414, 431).
         cfg = self.cfg
         self.head_limit = (cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 from typing import Any
 
 import orjson
@@ -18,15 +19,13 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, MaxRetryError, N
 
 # Printable ASCII other than "%" travels as it is in the Idempotency-Key; every
 # other character (non-ASCII, spaces, controls, "%") as %XX of its UTF-8 bytes.
-_HEADER_SAFE = frozenset(range(0x21, 0x7F)) - {ord("%")}
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if c != ord("%"))
 
 
 def idempotency_key(opportunity_id: str) -> str:
     """The Idempotency-Key header value of an id: percent-encoded UTF-8, so that any JSON string is a valid
     header and `urllib.parse.unquote(key) == opportunity_id`; ordinary ids are unchanged."""
-    if opportunity_id.isascii() and all(ord(c) in _HEADER_SAFE for c in opportunity_id):
-        return opportunity_id
-    return "".join(chr(b) if b in _HEADER_SAFE else f"%{b:02X}" for b in opportunity_id.encode("utf-8"))
+    return quote(opportunity_id, safe=_HEADER_SAFE)
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ class Outbox:
             self._finish(intent, {"status": "failed", "reason": f"dispatch failed in the service: "
                                                                 f"{type(error).__name__}"})
 
-    def pending(self, intents: list[Intent], wait_s: float) -> list["PendingExecution"]:
+    def pending(self, intents: list[Intent], wait_s: float) -> list[PendingExecution]:
         """Each intent's execution as it will stand at one deadline, `wait_s` from now, for all of them."""
         deadline = time.monotonic() + wait_s
         return [PendingExecution(intent.future, deadline, wait_s) for intent in intents]
