@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc post
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench bench-devices loop shift train system-deps clean
+.PHONY: install serve test bench bench-ledger bench-devices loop shift train system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ train: $(VENV)/.test
 ## writes bench/results/<date>.json and docs/benchmarks.{md,png}
 bench: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.run
+
+## bench-ledger: the outcome ledger under load (~15 minutes): its cost on /predict in three runs, /predict's
+## p99 under outcomes and /quality polls, /quality's latency by ledger size, the ledger's size on disk
+## (bench/results/ledger-<date>.json; figures in docs/benchmarks.md)
+bench-ledger: $(VENV)/.test system-deps
+	$(BIN)/python -m bench.ledger_load
 
 ## bench-devices: predictions/s by batch size on ONNX Runtime and PyTorch, CPU and CUDA where present, and
 ## training time per epoch per device (bench/results/devices-<date>.json; GPU figures in docs/benchmarks.md)

@@ -40,11 +40,12 @@ except (ConfigError, OSError) as _error:
 # (runtime and state directories); otherwise private temp dirs, removed on
 # exit. The environment keeps them across HUP reloads, which re-read this file.
 for _variable, _prefix in (("PROMETHEUS_MULTIPROC_DIR", "omni-mev-metrics-"),
-                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-")):
+                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-"), ("AI_QUALITY_DIR", "omni-mev-quality-")):
     if not os.environ.get(_variable):
         os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
         os.environ["OMNI_MEV_OWN_DIRS"] = os.environ.get("OMNI_MEV_OWN_DIRS", "") + ":" + os.environ[_variable]
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_quality_dir = os.environ["AI_QUALITY_DIR"]
 
 #
 # Server socket
@@ -134,6 +135,9 @@ def on_starting(server):
 def when_ready(server):
     """Serve the aggregated metrics of all workers, and the live quality from the ledger, on PROMETHEUS_PORT.
 
+    With a ledger, start the quality reporter: the one process that computes live quality (workers only read
+    its report).
+
     With a model registry, reload (as HUP does) when its aliases change: a
     promotion or a rollback reaches the workers without a signal from outside.
     """
@@ -141,12 +145,18 @@ def when_ready(server):
 
     from omni_mev import metrics
 
-    metrics.WORKER_EXITS.inc(0)  # the series exists from the start, so increase() sees the first exit
+    # The series exist from the start, so increase() sees the first event.
+    metrics.WORKER_EXITS.inc(0)
+    metrics.LEDGER_DEAD_LETTERS.labels(table="predictions").inc(0)
     exporter = GunicornPrometheusMetrics()
     if _settings.ledger_url is not None:
-        from omni_mev.ledger.collector import QualityCollector
+        from pathlib import Path
 
-        exporter.registry.register(QualityCollector(_settings.ledger_url, _settings.threshold))
+        from omni_mev.ledger.collector import QualityCollector
+        from omni_mev.ledger.reporter import ReporterProcess
+
+        server.omni_mev_reporter = ReporterProcess().start()
+        exporter.registry.register(QualityCollector(Path(_quality_dir), _settings.quality_refresh_s))
     if _settings.model_registry is not None:
         from omni_mev.registry.collector import RegistryCollector
         from omni_mev.registry.watcher import AliasWatcher
@@ -201,6 +211,10 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the directories this master created."""
+    """Stop the quality reporter (it also stops by itself when the master is gone); remove the directories this
+    master created."""
+    reporter = getattr(server, "omni_mev_reporter", None)
+    if reporter is not None:
+        reporter.stop()
     for directory in filter(None, os.environ.get("OMNI_MEV_OWN_DIRS", "").split(":")):
         shutil.rmtree(directory, ignore_errors=True)

@@ -67,7 +67,7 @@ def run_loop(client: Any, n: int, seed: int, run_id: str | None = None) -> dict[
     served = score_stream(client, steps, ids)
     scored_s = time.monotonic() - started
     post_outcomes(client, ids, stream)
-    live = client.quality("1h")["models"]["champion"]
+    live = client.quality("1h", computed_after=time.time())["models"]["champion"]
 
     model_path = ROOT / "models" / "lstm_omni.onnx"
     model = OnnxModel(model_path)

@@ -102,8 +102,10 @@ class Server:
         """The processes that serve requests: the master's children."""
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         children = [int(p) for p in path.read_text().split()] if path.exists() else []
-        # uvicorn --workers spawns a resource tracker too; keep processes that listen.
-        return [pid for pid in children if "resource_tracker" not in _cmdline(pid)]
+        # uvicorn --workers spawns a resource tracker too, and omni-mev's master its quality reporter; keep the
+        # processes that listen.
+        return [pid for pid in children
+                if not any(helper in _cmdline(pid) for helper in ("resource_tracker", "omni_mev.ledger.reporter"))]
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

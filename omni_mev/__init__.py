@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     name (e.g. {"AI_THRESHOLD": 0.5}).
     """
     from omni_mev import auth, cache, metrics
-    from omni_mev.api import PREDICTOR, direct, errors, register_blueprints
+    from omni_mev.api import PREDICTOR, direct, errors, quality, register_blueprints
     from omni_mev.api.application import Application
     from omni_mev.config import load_settings
     from omni_mev.ledger.store import build_ledger
@@ -46,7 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     redis = cache.init_app(app)
     app.extensions[PREDICTOR] = Predictor(settings, load_worker_models(settings), redis,
                                           build_dispatcher(settings, redis),
-                                          build_ledger(settings.ledger_url, settings.ledger_retention_days))
+                                          build_ledger(settings.ledger_url, settings.ledger_retention_days,
+                                                       settings.ledger_dead_letters))
+    quality.init_app(app)
     direct.install(app, api_keys)
     register_blueprints(app)
     return app

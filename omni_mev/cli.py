@@ -119,7 +119,7 @@ def _quality(args: argparse.Namespace) -> int:
         return 2
     threshold = settings.threshold if args.threshold is None else args.threshold
     try:
-        report = quality_report(build_ledger(url, 0.0), args.window, threshold)
+        report = quality_report(build_ledger(url, 0.0), args.window, threshold, serving_version=args.version)
     except LedgerUnavailable as error:
         print(f"omni-mev quality: {error.message}", file=sys.stderr)
         return 2
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--window", default="24h", help="1h, 24h, 7d (or N m/h/d up to 90d)")
     quality.add_argument("--url", help="ledger database URL (default: AI_LEDGER_URL)")
     quality.add_argument("--threshold", type=float, help="default: AI_THRESHOLD")
+    quality.add_argument("--version", help="the champion's model version (default: the version of the newest "
+                                           "prediction, the one serving now)")
     quality.add_argument("--png", help="write a reliability diagram here")
     quality.add_argument("--json", action="store_true", help="machine-readable output")
     quality.set_defaults(handler=_quality)

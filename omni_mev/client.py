@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,15 +143,48 @@ class Client:
         return BatchResult(results, body["threshold"], body["mode"], body["model_type"], body["model_version"],
                            body["inference_time_ms"])
 
-    def post_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def post_outcomes(self, outcomes: Sequence[Mapping[str, Any]], retry_unknown_s: float = 5.0) -> dict[str, Any]:
         """Report what happened: dicts with opportunity_id, success (or executed: false), realised_pnl_usd,
-        observed_at. Returns the counts and per-item results; a conflict raises OmniMevError (409)."""
-        return self._call("POST", "/outcomes", [dict(o) for o in outcomes])
+        observed_at. Returns the counts and per-item results; a conflict raises OmniMevError (409), an outcome
+        observed before its prediction 422.
 
-    def quality(self, window: str = "1h", model: str | None = None) -> dict[str, Any]:
-        """GET /quality: live AUC, calibration, coverage and PnL over the window (1h, 24h, 7d)."""
+        The service answers ids it does not know yet at once (their predictions may be a moment from its
+        ledger); those alone are sent again, as the answer's retry_after_s says, for up to retry_unknown_s.
+        """
+        sent = [dict(o) for o in outcomes]
+        answer = self._call("POST", "/outcomes", sent)
+        deadline = time.monotonic() + retry_unknown_s
+        while answer["unknown"] and time.monotonic() < deadline:
+            time.sleep(min(answer.get("retry_after_s", 1.0), max(0.0, deadline - time.monotonic())))
+            unknown = set(answer["unknown"])
+            again = [o for o in sent if o["opportunity_id"] in unknown]
+            retried = iter(self._call("POST", "/outcomes", again)["results"])
+            results = [next(retried) if item["result"] == "unknown" else item for item in answer["results"]]
+            answer = {**answer, **_outcome_counts(results)}
+            if not answer["unknown"]:
+                answer.pop("retry_after_s", None)
+        return answer
+
+    def quality(self, window: str = "1h", model: str | None = None, computed_after: float | None = None,
+                timeout_s: float = 60.0) -> dict[str, Any]:
+        """GET /quality: live AUC, calibration, coverage and PnL over the window (1h, 24h, 7d), per model version.
+
+        The service computes the report every AI_QUALITY_REFRESH_S; computed_after (a Unix time, e.g. when your
+        last outcomes were acknowledged) waits, for up to timeout_s, for a report computed after it.
+        """
         query = f"?window={window}" + (f"&model={model}" if model else "")
-        return self._call("GET", "/quality" + query)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                report = self._call("GET", "/quality" + query)
+                if computed_after is None or report["computed_at"] > computed_after:
+                    return report
+            except OmniMevError as error:
+                if error.code != "quality_not_ready" or computed_after is None:
+                    raise
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no quality report computed after {computed_after} within {timeout_s} s")
+            time.sleep(0.2)
 
     def health(self) -> bool:
         """True when the answering worker has a model."""
@@ -172,3 +206,14 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _outcome_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary fields of a POST /outcomes answer, from its per-item results."""
+    def ids(kind: str) -> list[str]:
+        return [r["opportunity_id"] for r in results if r["result"] == kind]
+
+    counts: dict[str, Any] = {"stored": len(ids("stored")), "duplicates": len(ids("duplicate")),
+                              "unknown": ids("unknown"), "conflicts": ids("conflict"), "invalid": ids("invalid"),
+                              "results": results}
+    return counts

@@ -213,9 +213,22 @@ class Settings:
         "AI_LEDGER_URL", _database_url, f"sqlite:///{PROJECT_ROOT / 'logs' / 'ledger.db'}",
         "prediction ledger (SQLAlchemy URL: SQLite file or PostgreSQL); off = no ledger",
     )
+    ledger_dead_letters: Path = _setting(
+        "AI_LEDGER_DEAD_LETTERS", _path, PROJECT_ROOT / "logs" / "ledger-dead-letters.jsonl",
+        "JSON-lines file where rows the ledger's database refuses are set aside (the rest of their batch is written)",
+    )
     ledger_retention_days: float = _setting(
         "AI_LEDGER_RETENTION_DAYS", _number(float, 0.0, 36_500.0), 30.0,
         "days predictions and outcomes stay in the ledger; 0 = forever",
+    )
+    quality_dir: Path | None = _setting(
+        "AI_QUALITY_DIR", _path, None,
+        "where the quality reporter writes the live quality report /quality and the gauges read (gunicorn makes a "
+        "temp dir when unset; /run/omni-mev under systemd)",
+    )
+    quality_refresh_s: float = _setting(
+        "AI_QUALITY_REFRESH_S", _number(float, 0.1, 3_600.0), 10.0,
+        "seconds between the end of one live quality report and the start of the next",
     )
     shadow_model_path: Path | None = _setting(
         "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"

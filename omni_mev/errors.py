@@ -88,3 +88,11 @@ class ModelUnavailable(OmniMevError):
 
     status = 503
     code = "model_unavailable"
+
+
+class QualityNotReady(OmniMevError):
+    """No live quality report has been computed yet (or none is computed where the service runs)."""
+
+    status = 503
+    code = "quality_not_ready"
+    headers = {"Retry-After": "10"}

@@ -111,7 +111,11 @@ LEDGER_PENDING = Gauge(
 )
 LEDGER_WRITE_ERRORS = Counter("ai_ledger_write_errors", "Failed ledger writes (the rows are kept and retried)")
 LEDGER_DROPPED = Counter("ai_ledger_dropped", "Unwritten predictions dropped: the database was unreachable too long")
-OUTCOMES = Counter("ai_outcomes", "Outcomes posted, by result (stored, duplicate, unknown, conflict)", ["result"])
+LEDGER_DEAD_LETTERS = Counter(
+    "ai_ledger_dead_letters", "Rows the ledger's database refused, set aside in the dead-letter file", ["table"]
+)
+OUTCOMES = Counter("ai_outcomes", "Outcomes posted, by result (stored, duplicate, unknown, conflict, invalid)",
+                   ["result"])
 SHADOW_ERRORS = Counter("ai_shadow_errors", "Shadow model failures (never affect the response)")
 
 # Children resolved once: labels() costs a dict lookup and a lock per call, on

@@ -262,13 +262,15 @@ def _outcome() -> dict[str, Any]:
 
 def _ledger(spec: APISpec) -> None:
     result = _obj({"opportunity_id": STRING, "result": {"type": "string", "enum": ["stored", "duplicate", "unknown",
-                                                                                    "conflict"]},
-                   "status": {"type": "integer", "enum": [200, 201, 404, 409]}, "message": STRING,
-                   "error": STRING}, required=["opportunity_id", "result", "status", "message"])
-    many = _obj({"stored": {"type": "integer"}, "duplicates": {"type": "integer"},
-                 "unknown": {"type": "array", "items": STRING}, "conflicts": {"type": "array", "items": STRING},
-                 "results": {"type": "array", "items": result}, "error": STRING, "message": STRING},
-                required=["stored", "duplicates", "unknown", "conflicts", "results"])
+                                                                                    "conflict", "invalid"]},
+                   "status": {"type": "integer", "enum": [200, 201, 404, 409, 422]}, "message": STRING,
+                   "error": STRING, "fields": {"type": "object"}},
+                  required=["opportunity_id", "result", "status", "message"])
+    ids = {"type": "array", "items": STRING}
+    many = _obj({"stored": {"type": "integer"}, "duplicates": {"type": "integer"}, "unknown": ids, "conflicts": ids,
+                 "invalid": ids, "retry_after_s": NUMBER, "results": {"type": "array", "items": result},
+                 "error": STRING, "message": STRING},
+                required=["stored", "duplicates", "unknown", "conflicts", "invalid", "results"])
     outcome = _ref("Outcome")
     spec.path(path="/outcomes", operations={"post": {
         "summary": "What happened to judged opportunities: one outcome (object) or up to AI_MAX_BATCH_SIZE (array); "
@@ -277,35 +279,47 @@ def _ledger(spec: APISpec) -> None:
                                                                        "minItems": 1, "maxItems": DEFAULT_MAX_BATCH}]})},
         "responses": {
             "200": {"description": "One: already stored the same. Many: processed; `unknown` lists ids the ledger "
-                                   "does not have", **_json({"oneOf": [result, many]})},
+                                   "does not have yet (retry after `retry_after_s`)", **_json({"oneOf": [result, many]})},
             "201": {"description": "One: stored", **_json(result)},
             "400": _error("The body is not JSON, or neither an object nor an array"),
             "401": _error("Missing or invalid API key"),
-            "404": {"description": "One: no prediction with this opportunity_id", **_json(result)},
+            "404": {"description": "One: no prediction with this opportunity_id yet; answered at once, with "
+                                   "Retry-After (a prediction from the last moment may be on its way)",
+                    **_json(result)},
             "409": {"description": "A different outcome for an id is already stored (the others were processed)",
                     **_json({"oneOf": [result, many]})},
             "413": _error("More outcomes than AI_MAX_BATCH_SIZE, or a body over AI_MAX_BODY_BYTES"),
-            "422": _error("An invalid outcome; `fields` names it (index.field for an array)"),
+            "422": {"description": "An invalid outcome; `fields` names it (index.field for an array). Or observed "
+                                   f"more than {OBSERVED_AT_SKEW_S:.0f} s before its prediction was scored: for an "
+                                   "array, the others were processed and `invalid` lists those ids",
+                    **_json({"oneOf": [_ref("Error"), result, many]})},
             "503": _error("The ledger is off or its database unreachable; nothing was stored"),
         }}})
-    quality = {"type": "object", "description": "per model: predictions, labelled, label_coverage, auc, brier, "
-                                                "log_loss, ece, reliability, precision, recall, pnl, approved, rejected"}
+    figures = {"type": "object", "description": "predictions, labelled, label_coverage, auc, brier, log_loss, ece, "
+                                                "reliability, precision, recall, pnl, approved, rejected"}
+    champion = {**figures, "description": "the version this instance serves, over the rows it scored: `version` "
+                                          "and " + figures["description"]}
+    per_version = {"type": "object", "additionalProperties": figures, "description": "figures per model version"}
     spec.path(path="/quality", operations={"get": {
         "summary": "Live quality of the confidence over the outcomes reported for predictions made in the window",
         "parameters": [
             {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"],
-                                                         "default": "1h"}},
+                                                         "default": "1h"},
+             "description": "other spellings of these durations (60m, 1d, 168h) name the same window"},
             {"name": "model", "in": "query", "schema": {"type": "string", "enum": ["champion", "shadow"]},
              "description": "default: both, side by side"},
         ],
         "responses": {
             "200": {"description": "The report", **_json(_obj({
                 "window": STRING, "since": NUMBER, "until": NUMBER, "threshold": PROBABILITY,
-                "models": {"type": "object", "properties": {"champion": quality, "shadow": quality},
+                "computed_at": NUMBER, "age_s": NUMBER,
+                "models": {"type": "object", "properties": {"champion": champion, "earlier": per_version,
+                                                            "shadow": per_version},
                            "additionalProperties": False}}))},
             "401": _error("Missing or invalid API key"),
             "422": _error("An unknown window or model"),
-            "503": _error("The ledger is off or its database unreachable"),
+            "503": _error("The ledger is off or its database unreachable, or no report computed yet "
+                          "(quality_not_ready, with Retry-After)"),
         }}})
 
 

@@ -109,6 +109,9 @@ class Process:
         os.unlink(self.log.name)
 
 
+REPORTER_MODULE = "omni_mev.ledger.reporter"
+
+
 class Gunicorn(Process):
     """The real service: gunicorn -c gunicorn.conf.py wsgi:app."""
 
@@ -122,6 +125,9 @@ class Gunicorn(Process):
         base = {
             "AI_DECISION_LOG": str(self.decision_log),
             "AI_LEDGER_URL": self.ledger_url,
+            "AI_LEDGER_DEAD_LETTERS": str(self.state_dir / "dead-letters.jsonl"),
+            # Reports every half second, so that a test waits for its outcomes' report briefly.
+            "AI_QUALITY_REFRESH_S": "0.5",
             "AI_ENGINE_HOST": "127.0.0.1",
             "AI_ENGINE_PORT": str(self.port),
             "PROMETHEUS_PORT": str(self.metrics_port),
@@ -154,10 +160,58 @@ class Gunicorn(Process):
     def post(self, path: str, body: Any, **kwargs: Any):
         return http("POST", self.url + path, body, **kwargs)
 
+    def _children(self) -> dict[int, str]:
+        """The master's children and their command lines, read from /proc (of every thread: the reporter is
+        started by one)."""
+        pids = set()
+        for children in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            try:
+                pids.update(int(p) for p in children.read_text().split())
+            except OSError:
+                continue  # the thread just ended
+        found = {}
+        for pid in pids:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # it just ended
+        return found
+
     def worker_pids(self) -> set[int]:
-        """PIDs of the master's children, read from /proc."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return {int(p) for p in children.read_text().split()} if children.exists() else set()
+        """PIDs of the gunicorn workers (the master's children other than the quality reporter)."""
+        return {pid for pid, command in self._children().items() if REPORTER_MODULE not in command}
+
+    def reporter_pids(self) -> set[int]:
+        """PIDs of the quality reporter (one while the ledger is on)."""
+        return {pid for pid, command in self._children().items() if REPORTER_MODULE in command}
+
+    def quality(self, query: str = "window=1h", after: float = 0.0, timeout: float = 30.0,
+                **kwargs: Any) -> dict[str, Any]:
+        """/quality once a report computed after `after` (a time.time()) is served."""
+        def fresh() -> dict[str, Any] | None:
+            status, body, _ = self.get(f"/quality?{query}", **kwargs)
+            if status == 200 and body["computed_at"] > after:
+                return body
+            assert status in (200, 503), (status, body)
+            return None
+
+        return wait_until(fresh, timeout, what=f"a quality report computed after {after}")
+
+    def post_outcomes(self, body: Any, timeout: float = 10.0, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        """POST /outcomes, again while some ids are still unknown (their predictions on the way to the ledger);
+        the answer that knew every id, or the last one."""
+        answers = []
+
+        def known() -> bool:
+            answers.append(self.post("/outcomes", body, **kwargs))
+            status, answer, _ = answers[-1]
+            return status != 404 and not (isinstance(answer, dict) and answer.get("unknown"))
+
+        try:
+            wait_until(known, timeout, interval=0.1, what="every outcome's prediction in the ledger")
+        except TimeoutError:
+            pass
+        return answers[-1]
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)

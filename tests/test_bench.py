@@ -47,3 +47,20 @@ def test_smoke_run_writes_results_and_report(tmp_path):
     assert "Serving the ensemble, `/predict` runs at" in report
     assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+def test_ledger_load_smoke_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.ledger_load", "--smoke", "--results", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("ledger-*-smoke.json")
+    results = json.loads(path.read_text())
+    assert all(run["median_ratio"] > 0 for run in results["ledger_cost"])
+    mixed = results["mixed"]
+    assert all(r["non_2xx"] == 0 and r["requests"] > 0 for runs in mixed["runs"].values() for r in runs)
+    # Half the outcomes were for unknown ids: answered 404 (at once), the others stored; no other answer.
+    assert set(mixed["outcomes"]) == {"201", "404"} and mixed["quality"] and set(mixed["quality"]) == {"200"}
+    (quality,) = results["quality"]
+    assert quality["statuses"] == {"200": quality["latency"]["count"]} and quality["latency"]["count"] >= 200
+    assert results["ledger_size"]["steps_1"]["mb_per_million"] > 0

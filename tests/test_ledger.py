@@ -1,6 +1,7 @@
 """The outcome ledger: on SQLite and on a real PostgreSQL, through the API and the real gunicorn."""
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import signal
@@ -15,8 +16,9 @@ import sqlalchemy as sa
 from omni_mev.features import EXAMPLE_FEATURES
 from omni_mev.ledger import schema
 from omni_mev.ledger.schema import outcomes, predictions
-from omni_mev.ledger.store import (CONFLICT, DUPLICATE, STORED, UNKNOWN, LedgerUnavailable, Outcome, PredictionRow,
-                                   SqlLedger)
+from omni_mev.ledger import dead_letters
+from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, OBSERVED_AT_SKEW_S, STORED, UNKNOWN,
+                                   LedgerUnavailable, Outcome, PredictionRow, SqlLedger)
 from omni_mev.runtime.base import version_of
 from tests.servers import Gunicorn, Nginx, PostgresServer, free_port, wait_until
 
@@ -106,17 +108,68 @@ def test_retention_removes_old_rows(ledger_url):
 
 
 def test_retention_follows_the_service_clock_not_observed_at(ledger_url):
-    """An outcome claiming 2001 stays as long as its fresh prediction, so the first outcome keeps winning."""
+    """An outcome stays as long as its prediction, whatever it says it observed, so the first outcome keeps
+    winning; one that claims 2001 for a fresh prediction is refused outright."""
     ledger = SqlLedger(ledger_url, retention_days=1)
-    ledger.record([row("fresh"), row("stale", at=time.time() - 3 * 86_400)])
+    three_days_ago = time.time() - 3 * 86_400
+    ledger.record([row("fresh"), row("stale", at=three_days_ago), row("claims-2001")])
     ledger.flush()
-    claimed_2001 = Outcome("fresh", True, True, 1.5, 978_307_200.0)
-    assert [r.status for r in ledger.add_outcomes([claimed_2001, outcome("stale")])] == [STORED, STORED]
+    behind = Outcome("fresh", True, True, 1.5, time.time() - 200)  # a client clock 200 s behind: in bounds
+    results = ledger.add_outcomes([behind, Outcome("stale", True, True, 1.5, three_days_ago),
+                                   Outcome("claims-2001", True, True, 1.5, 978_307_200.0)])
+    assert [r.status for r in results] == [STORED, STORED, INVALID]
     ledger._purge_if_due()
     with ledger.engine.connect() as connection:
         assert connection.execute(sa.select(outcomes.c.opportunity_id)).scalars().all() == ["fresh"]
     assert [r.status for r in ledger.add_outcomes([outcome("fresh", False, -1.0)])] == [CONFLICT]
     assert [r.status for r in ledger.add_outcomes([outcome("stale")])] == [UNKNOWN]  # its prediction is gone
+
+
+def test_observed_at_may_not_precede_the_prediction_beyond_the_skew(ledger_url):
+    ledger = SqlLedger(ledger_url)
+    scored = time.time()
+    ledger.record([row("early", at=scored), row("skewed", at=scored), row("year-1", at=scored), row("fine")])
+    ledger.flush()
+    results = ledger.add_outcomes([
+        Outcome("early", True, True, 1.0, scored - OBSERVED_AT_SKEW_S - 60),
+        Outcome("skewed", True, True, 1.0, scored - OBSERVED_AT_SKEW_S + 60),  # a client clock a little behind
+        Outcome("year-1", True, True, 1.0, -62_135_596_800.0),
+        outcome("fine")])
+    assert [r.status for r in results] == [INVALID, STORED, INVALID, STORED]
+    assert "before the prediction it answers was scored" in results[0].message
+    with ledger.engine.connect() as connection:
+        assert set(connection.execute(sa.select(outcomes.c.opportunity_id)).scalars()) == {"skewed", "fine"}
+    # Nothing was stored for a refused one: the first outcome in bounds is the one kept.
+    assert [r.status for r in ledger.add_outcomes([outcome("early", False, -1.0)])] == [STORED]
+    assert [r.status for r in ledger.add_outcomes([outcome("early", True, 1.0)])] == [CONFLICT]
+
+
+def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_its_batch_written(ledger_url, tmp_path):
+    """One bad row used to send its whole batch back to the queue for ever; now it alone goes to the dead letters."""
+    from omni_mev import metrics
+
+    path = tmp_path / "dead" / "letters.jsonl"  # made when first needed
+    ledger = SqlLedger(ledger_url, dead_letters=path)
+    poison = [row("bad-null")._replace(confidence=None)]  # NOT NULL, on both databases
+    if ledger_url.startswith("postgresql"):
+        poison.append(row("bad\x00nul"))  # text PostgreSQL cannot store (the API refuses it before this)
+    good = [row(f"good-{i}") for i in range(11)]
+    counted = metrics.LEDGER_DEAD_LETTERS.labels(table="predictions")._value.get()
+    ledger.record(good[:4] + poison[:1] + good[4:8] + poison[1:] + good[8:])
+    ledger.flush()
+    wait_until(lambda: ledger.pending == 0 and len(dead_letters.read(path)) == len(poison), 10,
+               what="the batch written, the refused rows set aside")
+    assert sorted(r.opportunity_id for r in _ledger_rows(ledger_url)) == sorted(r.opportunity_id for r in good)
+    letters = dead_letters.read(path)
+    assert [letter["row"]["opportunity_id"] for letter in letters] == [r.opportunity_id for r in poison]
+    assert all(letter["table"] == "predictions" and letter["error"] for letter in letters)
+    assert base64.b64decode(letters[0]["row"]["features"]["base64"]) == poison[0].features
+    assert metrics.LEDGER_DEAD_LETTERS.labels(table="predictions")._value.get() == counted + len(poison)
+    # The ledger goes on: no problem reported, later rows written, outcomes for the good rows stored.
+    assert ledger.problem is None
+    ledger.record([row("after")])
+    ledger.flush()
+    assert [r.status for r in ledger.add_outcomes([outcome("good-0"), outcome("after")])] == [STORED, STORED]
 
 
 def test_a_sqlite_ledger_in_a_directory_that_does_not_exist_yet_works(tmp_path):
@@ -125,9 +178,9 @@ def test_a_sqlite_ledger_in_a_directory_that_does_not_exist_yet_works(tmp_path):
     with Gunicorn({"AI_LEDGER_URL": url}, workers=1) as server:
         opportunity_id = _new_ids(1)[0]
         assert server.post("/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id})[0] == 200
-        status, body, _ = wait_until(lambda: (answer := server.post("/outcomes", {
-            "opportunity_id": opportunity_id, "success": True, "realised_pnl_usd": 3.1}))[0] != 404 and answer, 10,
-            what="the outcome accepted")
+        # One worker: the outcome's request writes that worker's queued prediction first.
+        status, body, _ = server.post("/outcomes", {"opportunity_id": opportunity_id, "success": True,
+                                                    "realised_pnl_usd": 3.1})
         assert status == 201 and body["result"] == "stored"
 
 
@@ -192,6 +245,13 @@ def _ledger_rows(url: str) -> list:
         engine.dispose()
 
 
+def _wait_written(url: str, ids: list[str]) -> None:
+    """Until every id's prediction is in the ledger (workers write theirs every FLUSH_S)."""
+    wanted = set(ids)
+    wait_until(lambda: wanted <= {r.opportunity_id for r in _ledger_rows(url)}, 10, what=f"{len(ids)} predictions "
+               "written")
+
+
 def _new_ids(n: int) -> list[str]:
     return [f"opp-{uuid.uuid4().hex[:12]}" for _ in range(n)]
 
@@ -229,12 +289,13 @@ def test_outcomes_endpoint(tmp_path):
     key = "outcomes-key-0123456789"
     with Gunicorn({"AI_API_KEYS": key}, workers=1) as server:
         auth = {"Authorization": f"Bearer {key}"}
-        known = _new_ids(3)
+        known = _new_ids(4)
         for opportunity_id in known:
             server.post("/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id}, headers=auth)
         assert server.post("/outcomes", {"opportunity_id": known[0], "success": True})[0] == 401
+        observed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
         status, body, _ = server.post("/outcomes", {"opportunity_id": known[0], "success": True,
-                                                    "realised_pnl_usd": 3.1, "observed_at": "2026-11-27T10:00:00Z"},
+                                                    "realised_pnl_usd": 3.1, "observed_at": observed},
                                       headers=auth)
         assert (status, body["result"]) == (201, "stored")
         assert server.post("/outcomes", {"opportunity_id": known[0], "success": True, "realised_pnl_usd": 3.1},
@@ -243,17 +304,27 @@ def test_outcomes_endpoint(tmp_path):
                                                        "message": "The same outcome was already stored."})
         status, body, _ = server.post("/outcomes", {"opportunity_id": known[0], "success": False}, headers=auth)
         assert status == 409 and body["error"] == "conflict" and body["opportunity_id"] == known[0]
-        status, body, _ = server.post("/outcomes", {"opportunity_id": "never-scored", "success": True}, headers=auth)
-        assert status == 404 and body["error"] == "unknown_opportunity"
+        status, body, head = server.post("/outcomes", {"opportunity_id": "never-scored", "success": True},
+                                         headers=auth)
+        assert status == 404 and body["error"] == "unknown_opportunity" and head["Retry-After"] == "1"
+        assert "retry" in body["message"]
         status, body, _ = server.post("/outcomes", [
             {"opportunity_id": known[1], "success": True}, {"opportunity_id": "ghost", "success": False},
             {"opportunity_id": known[2], "executed": False}], headers=auth)
         assert status == 200 and (body["stored"], body["unknown"], body["conflicts"]) == (2, ["ghost"], [])
+        assert body["retry_after_s"] == 1
         status, body, _ = server.post("/outcomes", [{"opportunity_id": known[1], "success": False},
                                                     {"opportunity_id": known[2], "executed": False}], headers=auth)
         assert status == 409 and body["conflicts"] == [known[1]] and body["duplicates"] == 1
         status, body, _ = server.post("/outcomes", [{"opportunity_id": "a"}], headers=auth)
         assert status == 422 and list(body["fields"]) == ["0.success"]
+        # Observed before its prediction was scored: 422 naming observed_at; the rest of a batch is processed.
+        year_one = {"opportunity_id": known[3], "success": True, "observed_at": "0001-01-01T00:00:00Z"}
+        status, body, _ = server.post("/outcomes", year_one, headers=auth)
+        assert status == 422 and body["error"] == "validation_error" and list(body["fields"]) == ["observed_at"]
+        status, body, _ = server.post("/outcomes", [year_one, {"opportunity_id": known[0], "success": True,
+                                                                "realised_pnl_usd": 3.1}], headers=auth)
+        assert status == 422 and body["invalid"] == [known[3]] and body["duplicates"] == 1
         status, body, _ = server.post("/outcomes", [{"opportunity_id": "a", "success": True}] * 4097, headers=auth)
         assert status == 413
 
@@ -264,6 +335,7 @@ def test_no_acknowledged_outcome_lost_when_a_worker_is_killed():
         for start in range(0, len(ids), 100):
             server.post("/predict/batch", {"items": [{"features": EXAMPLE, "opportunity_id": i}
                                                      for i in ids[start:start + 100]]})
+        _wait_written(server.ledger_url, ids)
         acknowledged, failed = [], []
         stop = threading.Event()
 
@@ -306,14 +378,18 @@ def test_two_instances_behind_nginx_share_one_postgres_ledger(postgres, tmp_path
         for opportunity_id in ids:  # both instances predict (nginx alternates)
             status, _, _ = _https(proxy, "/predict", {"features": EXAMPLE, "opportunity_id": opportunity_id}, context)
             assert status == 200
-        time.sleep(0.3)
+        _wait_written(postgres.url, ids)
         for opportunity_id in ids:
             status, body, _ = _https(proxy, "/outcomes", {"opportunity_id": opportunity_id, "success": True}, context)
             assert status == 201, body
+        reported_at = time.time()
         with engine.connect() as connection:
             predicted = connection.execute(sa.select(predictions.c.opportunity_id)).scalars().all()
             reported = connection.execute(sa.select(outcomes.c.opportunity_id)).scalars().all()
-        quality = [_https(proxy, "/quality?window=1h", None, context)[1] for _ in range(2)]
+        # Each instance's reporter computes from the shared ledger; nginx asks both in turn.
+        quality = [wait_until(lambda: (answer := _https(proxy, "/quality?window=1h", None, context)[1])
+                              .get("computed_at", 0) > reported_at and answer, 30, what="a fresh report")
+                   for _ in range(2)]
     engine.dispose()
     assert sorted(predicted) == sorted(ids) and sorted(reported) == sorted(ids)
     assert all(q["models"]["champion"]["labelled"] == 40 for q in quality)
@@ -325,21 +401,27 @@ def _https(proxy: Nginx, path: str, body, context):
     return http("GET" if body is None else "POST", proxy.https + path, body, context=context)
 
 
-def test_quality_gauges_on_the_metrics_port():
+def test_quality_gauges_on_the_metrics_port_carry_the_version():
+    import re
     import urllib.request
+
+    def gauges() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines()
+                                                       if line.startswith("ai_quality"))}
 
     with Gunicorn(workers=1) as server:
         ids = _new_ids(20)
         for k, opportunity_id in enumerate(ids):
             server.post("/predict", {"features": [*EXAMPLE[:4], k / 20, *EXAMPLE[5:]], "opportunity_id": opportunity_id})
-        time.sleep(0.2)
-        server.post("/outcomes", [{"opportunity_id": i, "success": k % 2 == 0} for k, i in enumerate(ids)])
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("ai_quality"))
-    assert float(lines["ai_quality_up"]) == 1.0
-    assert float(lines['ai_quality_labelled{model="champion",window="1h"}']) == 20
-    assert 0.0 <= float(lines['ai_quality_auc{model="champion",window="24h"}']) <= 1.0
-    assert free_port()  # the metrics server stayed up after computing
+        assert server.post("/outcomes", [{"opportunity_id": i, "success": k % 2 == 0}
+                                         for k, i in enumerate(ids)])[1]["stored"] == 20
+        version = server.get("/status")[1]["model_version"]
+        labelled = f'ai_quality_labelled{{model="champion",version="{version}",window="1h"}}'
+        lines = wait_until(lambda: (found := gauges()).get(labelled) == 20 and found, 30, what="the gauges")
+    assert lines["ai_quality_up"] == 1.0 and 0 <= lines["ai_quality_report_age_seconds"] < 60
+    assert 0.0 <= lines[f'ai_quality_auc{{model="champion",version="{version}",window="24h"}}'] <= 1.0
+    assert all(re.search(r'version="[0-9a-f]{12}"', name) for name in lines if "{" in name)
 
 
 def test_an_id_postgresql_cannot_store_is_refused_and_the_ledger_goes_on(postgres):

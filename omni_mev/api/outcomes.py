@@ -12,14 +12,18 @@ from omni_mev.api.batch import check_batch_size
 from omni_mev.api.direct import read_body
 from omni_mev.api.errors import json_response
 from omni_mev.errors import BadRequest
-from omni_mev.ledger.store import CONFLICT, DUPLICATE, STORED, UNKNOWN, OutcomeResult
+from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
+                                   OutcomeResult)
 from omni_mev.schemas import OutcomeSchema, load_or_raise
 
 bp = Blueprint("outcomes", __name__)
 _one = OutcomeSchema()
 _many = OutcomeSchema(many=True)
-RESULT_NAMES = {STORED: "stored", DUPLICATE: "duplicate", UNKNOWN: "unknown", CONFLICT: "conflict"}
-ERROR_CODES = {UNKNOWN: "unknown_opportunity", CONFLICT: "conflict"}
+RESULT_NAMES = {STORED: "stored", DUPLICATE: "duplicate", UNKNOWN: "unknown", CONFLICT: "conflict",
+                INVALID: "invalid"}
+ERROR_CODES = {UNKNOWN: "unknown_opportunity", CONFLICT: "conflict", INVALID: "validation_error"}
+# An unknown id is answered at once; its prediction may be a moment from the database (docs/api.md).
+RETRY_HEADERS = {"Retry-After": str(RETRY_UNKNOWN_AFTER_S)}
 
 
 def _body() -> Any:
@@ -57,15 +61,28 @@ def post_outcomes():
         answer = _item(result)
         if result.status in ERROR_CODES:
             answer.update(error=ERROR_CODES[result.status])
-        return json_response(answer, result.status)
+        if result.status == INVALID:
+            answer.update(fields={"observed_at": [result.message]})
+        return json_response(answer, result.status, RETRY_HEADERS if result.status == UNKNOWN else None)
     conflicts = [r.opportunity_id for r in results if r.status == CONFLICT]
+    invalid = [r.opportunity_id for r in results if r.status == INVALID]
+    unknown = [r.opportunity_id for r in results if r.status == UNKNOWN]
     answer = {
         "stored": sum(r.status == STORED for r in results),
         "duplicates": sum(r.status == DUPLICATE for r in results),
-        "unknown": [r.opportunity_id for r in results if r.status == UNKNOWN],
+        "unknown": unknown,
         "conflicts": conflicts,
+        "invalid": invalid,
         "results": [_item(r) for r in results],
     }
+    if unknown:
+        answer.update(retry_after_s=RETRY_UNKNOWN_AFTER_S)
+    # Every item was processed; the status names the worst, the items say each one's fate.
+    if invalid:
+        answer.update(error="validation_error", message=f"{len(invalid)} outcome(s) were observed before their "
+                                                        f"prediction was scored ({', '.join(invalid[:5])}); "
+                                                        "the others were processed.")
+        return json_response(answer, INVALID)
     if conflicts:
         answer.update(error="conflict", message=f"{len(conflicts)} outcome(s) conflict with stored ones "
                                                 f"({', '.join(conflicts[:5])}); the others were processed.")

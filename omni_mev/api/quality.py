@@ -1,40 +1,49 @@
-"""GET /quality: how good the confidence is on the outcomes callers reported."""
+"""GET /quality: how good the confidence is on the outcomes callers reported, from the reporter's latest report.
+
+Nothing is computed here: the quality reporter (omni_mev/ledger/reporter.py)
+computes every window for every model version at a bounded cadence, and this
+view picks the window and names this worker's serving version the champion.
+"""
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Flask, current_app, request
 
 from omni_mev.api import predictor_of
-from omni_mev.errors import ValidationFailed
-from omni_mev.ledger.quality import MODELS, quality_report
+from omni_mev.errors import QualityNotReady, ValidationFailed
+from omni_mev.ledger.quality import MODELS, normalise_window, present
+from omni_mev.ledger.reporter import QualityReports
+from omni_mev.ledger.store import LedgerUnavailable, NullLedger
 
 bp = Blueprint("quality", __name__)
-# Dashboards poll; the report reads the whole window from the database.
-CACHE_S = 2.0
-_cache: dict[tuple[str, tuple[str, ...]], tuple[float, dict[str, Any]]] = {}
-_cache_lock = threading.Lock()
+REPORTS = "omni_mev.quality_reports"
+
+
+def init_app(app: Flask) -> None:
+    """The reader of the live quality report (none where no reporter runs: /quality then says so)."""
+    app.extensions[REPORTS] = QualityReports(app.config["SETTINGS"].quality_dir)
 
 
 @bp.get("/quality")
 def quality():
-    """?window=1h|24h|7d (default 1h) &model=champion|shadow (default: both, side by side)."""
-    window = request.args.get("window", "1h")
+    """?window=1h|24h|7d (default 1h) &model=champion|shadow (default: both)."""
+    window = normalise_window(request.args.get("window", "1h"))
     model = request.args.get("model")
     if model is not None and model not in MODELS:
         raise ValidationFailed(f"model={model!r} is not a model; use champion or shadow.",
                                fields={"model": ["Must be champion or shadow."]})
-    models = (model,) if model else MODELS
-    key = (window, models)
-    now = time.monotonic()
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None and now - cached[0] < CACHE_S:
-        return cached[1]
     predictor = predictor_of(current_app)
-    report = quality_report(predictor.ledger, window, predictor.threshold, models)
-    with _cache_lock:
-        _cache[key] = (now, report)
-    return report
+    if isinstance(predictor.ledger, NullLedger):
+        raise LedgerUnavailable(NullLedger.REASON)
+    report = current_app.extensions[REPORTS].latest()
+    if report is None:
+        raise QualityNotReady("No live quality report yet: the quality reporter that gunicorn starts computes one "
+                              f"every AI_QUALITY_REFRESH_S ({predictor.settings.quality_refresh_s:g} s); retry.")
+    if report["error"] is not None:
+        raise LedgerUnavailable(report["error"])
+    answer = present(window, report["windows"][window], report["threshold"], (model,) if model else MODELS,
+                     predictor.status().version)
+    answer.update(computed_at=round(report["computed_at"], 3),
+                  age_s=round(max(0.0, time.time() - report["computed_at"]), 3))
+    return answer

@@ -1,24 +1,21 @@
-"""Live quality as Prometheus gauges, computed from the ledger by the metrics server, at most every REFRESH_S.
+"""Live quality as Prometheus gauges, read from the quality reporter's latest report (reporter.py).
 
-Registered in the gunicorn master's metrics registry (gunicorn.conf.py): one
-process computes the figures for all workers, on a scrape, never on a request.
+Registered in the gunicorn master's metrics registry (gunicorn.conf.py): a
+scrape reads one small file, never the ledger.
 """
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from omni_mev.ledger.quality import WINDOWS, quality_report
-from omni_mev.ledger.store import LedgerUnavailable, SqlLedger
+from omni_mev.ledger.quality import present
+from omni_mev.ledger.reporter import QualityReports
 
-log = logging.getLogger(__name__)
-REFRESH_S = 15.0
 FIGURES = {
     "predictions": "Predictions made in the window (latest per opportunity)",
     "labelled": "Of those, with a reported outcome that says whether the trade succeeded",
@@ -30,50 +27,51 @@ FIGURES = {
     "precision": "Share of labelled predictions at or above the threshold that succeeded",
     "recall": "Share of labelled successes the threshold approved",
 }
+LABELS = ["window", "model", "version"]
+
+
+def _series(report: dict[str, Any]) -> Iterator[tuple[list[str], dict[str, Any]]]:
+    """(labels, figures) of each model version in each window: the champion (the version of the newest
+    prediction: the one serving now), the versions that served earlier in the window, each shadow version."""
+    for window, figures in report["windows"].items():
+        models = present(window, figures, report["threshold"])["models"]
+        if models["champion"]["version"] is not None:
+            yield [window, "champion", models["champion"]["version"]], models["champion"]
+        for role in ("earlier", "shadow"):
+            for version, values in models.get(role, {}).items():
+                yield [window, role, version], values
 
 
 class QualityCollector(Collector):
-    """ai_quality_<figure>{window, model} for the windows of /quality, and ai_quality_up."""
+    """ai_quality_<figure>{window, model, version} for the windows of /quality, ai_quality_up and the report's age."""
 
-    def __init__(self, ledger_url: str, threshold: float) -> None:
-        self.ledger_url = ledger_url
-        self.threshold = threshold
-        self._lock = threading.Lock()
-        self._computed_at = float("-inf")
-        self._reports: dict[str, dict[str, Any]] = {}
-        self._up = 0.0
-
-    def _refresh(self) -> None:
-        ledger = SqlLedger(self.ledger_url)
-        try:
-            self._reports = {window: quality_report(ledger, window, self.threshold) for window in WINDOWS}
-            self._up = 1.0
-        except LedgerUnavailable as error:
-            log.warning("live quality not computed: %s", error.message)
-            self._up = 0.0
-        finally:
-            ledger.engine.dispose()  # no connection outlives the scrape (the master forks workers)
+    def __init__(self, directory: Path, refresh_s: float) -> None:
+        self.reports = QualityReports(directory)
+        # A report older than this means the reporter stopped: the figures are no longer live.
+        self.max_age_s = 3 * refresh_s + 60.0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            if time.monotonic() - self._computed_at >= REFRESH_S:
-                self._refresh()
-                self._computed_at = time.monotonic()
-            reports, up = self._reports, self._up
-        yield GaugeMetricFamily("ai_quality_up", "1 when the live quality figures could be computed", value=up)
-        families = {name: GaugeMetricFamily(f"ai_quality_{name}", text, labels=["window", "model"])
+        report = self.reports.latest()
+        age = time.time() - report["computed_at"] if report is not None else None
+        up = report is not None and report["error"] is None and age is not None and age <= self.max_age_s
+        yield GaugeMetricFamily("ai_quality_up", "1 when the live quality report is fresh and the ledger was read",
+                                value=1.0 if up else 0.0)
+        if age is not None:
+            yield GaugeMetricFamily("ai_quality_report_age_seconds", "Seconds since the live quality report was "
+                                    "computed", value=age)
+        families = {name: GaugeMetricFamily(f"ai_quality_{name}", text, labels=LABELS)
                     for name, text in FIGURES.items()}
         realised = GaugeMetricFamily("ai_quality_pnl_realised_usd", "Realised PnL of approved labelled trades, USD",
-                                     labels=["window", "model"])
+                                     labels=LABELS)
         expected = GaugeMetricFamily("ai_quality_pnl_expected_usd",
-                                     "What the confidence expected of the same trades, USD", labels=["window", "model"])
-        for window, report in reports.items():
-            for model, figures in report["models"].items():
+                                     "What the confidence expected of the same trades, USD", labels=LABELS)
+        if up:
+            for labels, figures in _series(report):
                 for name, family in families.items():
                     if figures.get(name) is not None:
-                        family.add_metric([window, model], figures[name])
-                realised.add_metric([window, model], figures["pnl"]["realised_usd"] or 0.0)
-                expected.add_metric([window, model], figures["pnl"]["expected_usd"] or 0.0)
+                        family.add_metric(labels, figures[name])
+                realised.add_metric(labels, figures["pnl"]["realised_usd"] or 0.0)
+                expected.add_metric(labels, figures["pnl"]["expected_usd"] or 0.0)
         yield from families.values()
         yield realised
         yield expected

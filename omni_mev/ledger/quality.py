@@ -18,6 +18,9 @@ from omni_mev.evaluation import (ECE_BINS, auc_roc, brier, expected_calibration_
 from omni_mev.ledger.store import Ledger, LedgerRecords
 from omni_mev.windows import parse_window
 
+# The windows /quality and the gauges report, computed ahead by the reporter (reporter.py). Other spellings
+# of the same durations (60m, 1d, 168h) name the same window; any other window is refused, so varying it
+# cannot defeat the precomputation. The CLI and retraining read any window straight from the ledger.
 WINDOWS = {"1h": 3_600.0, "24h": 86_400.0, "7d": 604_800.0}
 MODELS = ("champion", "shadow")
 
@@ -29,6 +32,18 @@ def window_seconds(window: str) -> float:
         raise ValidationFailed(f"window={window!r} is not a window; use 1h, 24h or 7d (or N m/h/d up to 90d).",
                                fields={"window": ["Must be 1h, 24h, 7d, or N followed by m, h or d."]})
     return seconds
+
+
+def normalise_window(window: str) -> str:
+    """The name in WINDOWS of the duration `window` spells ('60m' -> '1h'); 422 for any other."""
+    seconds = parse_window(window)
+    for name, length in WINDOWS.items():
+        if seconds == length:
+            return name
+    allowed = ", ".join(WINDOWS)
+    raise ValidationFailed(f"window={window!r} is not one of the reported windows: {allowed} (other spellings of "
+                           "the same durations, such as 60m or 1d, are accepted).",
+                           fields={"window": [f"Must be one of {allowed}."]})
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:
@@ -90,17 +105,65 @@ def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: fl
     return report
 
 
+def _versions(names: list[str | None], mask: np.ndarray) -> list[str]:
+    return sorted({name for name, kept in zip(names, mask) if kept and name is not None})
+
+
+def window_figures(records: LedgerRecords, threshold: float, since: float, until: float) -> dict[str, Any]:
+    """Every version's figures over the records predicted in [since, until]: as the model that answered
+    (`served`) and as the shadow (`shadow`), each version on the rows it scored, never pooled."""
+    in_window = (records.predicted_at >= since) & (records.predicted_at <= until)
+    served_names = np.array(records.model_version, dtype=object)
+    shadow_names = np.array(records.shadow_version, dtype=object)
+    served: dict[str, Any] = {}
+    for version in _versions(records.model_version, in_window):
+        mask = in_window & (served_names == version)
+        served[version] = model_quality(records, np.where(mask, records.confidence, np.nan), threshold)
+    shadow: dict[str, Any] = {}
+    for version in _versions(records.shadow_version, in_window & np.isfinite(records.shadow_confidence)):
+        mask = in_window & (shadow_names == version)
+        shadow[version] = model_quality(records, np.where(mask, records.shadow_confidence, np.nan), threshold)
+    newest = np.flatnonzero(in_window)
+    return {"since": round(since, 3), "until": round(until, 3), "served": served, "shadow": shadow,
+            "newest_version": records.model_version[newest[-1]] if len(newest) else None}
+
+
+def present(window: str, figures: dict[str, Any], threshold: float, models: tuple[str, ...] = MODELS,
+            serving_version: str | None = None) -> dict[str, Any]:
+    """The /quality answer from a window's figures: the champion is the version serving now (by default the
+    version of the newest prediction), over the rows it scored; other versions that answered in the window are
+    `earlier`; the shadow is reported per challenger version."""
+    champion = serving_version or figures["newest_version"]
+    served = figures["served"]
+    report: dict[str, Any] = {"window": window, "since": figures["since"], "until": figures["until"],
+                              "threshold": threshold, "models": {}}
+    if "champion" in models:
+        own = served.get(champion) if champion is not None else None
+        report["models"]["champion"] = {"version": champion, **(own or _no_rows(threshold))}
+        earlier = {version: values for version, values in served.items() if version != champion}
+        if earlier:
+            report["models"]["earlier"] = earlier
+    if "shadow" in models and figures["shadow"]:
+        report["models"]["shadow"] = figures["shadow"]
+    return report
+
+
+def _no_rows(threshold: float) -> dict[str, Any]:
+    return model_quality(_EMPTY, np.empty(0), threshold)
+
+
 def quality_report(ledger: Ledger, window: str, threshold: float, models: tuple[str, ...] = MODELS,
-                   now: float | None = None) -> dict[str, Any]:
-    """The /quality answer: each model's figures over the predictions made in the last `window`."""
+                   now: float | None = None, serving_version: str | None = None) -> dict[str, Any]:
+    """Quality over any window, read from the ledger now (the CLI and retraining; /quality reads the reporter's)."""
     seconds = window_seconds(window)
     until = time.time() if now is None else now
     records = ledger.records(until - seconds, until)
-    report: dict[str, Any] = {"window": window, "since": round(until - seconds, 3), "until": round(until, 3),
-                              "threshold": threshold, "models": {}}
-    if "champion" in models:
-        report["models"]["champion"] = {"versions": sorted(set(records.model_version)),
-                                        **model_quality(records, records.confidence, threshold)}
-    if "shadow" in models and np.isfinite(records.shadow_confidence).any():
-        report["models"]["shadow"] = model_quality(records, records.shadow_confidence, threshold)
-    return report
+    return present(window, window_figures(records, threshold, until - seconds, until), threshold, models,
+                   serving_version)
+
+
+_EMPTY = LedgerRecords(
+    opportunity_id=[], predicted_at=np.empty(0), model_version=[], confidence=np.empty(0),
+    shadow_confidence=np.empty(0), shadow_version=[], threshold=np.empty(0), decision=np.empty(0, bool),
+    profit_usd=np.empty(0), executed=np.empty(0, bool), has_outcome=np.empty(0, bool), success=np.empty(0),
+    realised_pnl_usd=np.empty(0), windows=[])

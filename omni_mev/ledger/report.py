@@ -16,23 +16,34 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
-def render(report: dict[str, Any]) -> str:
-    """Plain-text table, champion and shadow side by side."""
+def columns(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, figures) per model version: the champion, the versions that served earlier, each shadow."""
     models = report["models"]
-    names = list(models)
+    found = []
+    if "champion" in models:
+        found.append((f"champion {models['champion']['version'] or '-'}", models["champion"]))
+    for role in ("earlier", "shadow"):
+        found += [(f"{role} {version}", figures) for version, figures in models.get(role, {}).items()]
+    return found
+
+
+def render(report: dict[str, Any]) -> str:
+    """Plain-text table, one column per model version, side by side."""
+    found = columns(report)
+    width = max([16, *(len(name) + 2 for name, _ in found)])
     lines = [f"live quality, window {report['window']}, threshold {report['threshold']}", ""]
-    header = f"{'':28}" + "".join(f"{name:>14}" for name in names)
-    lines.append(header)
+    lines.append(f"{'':28}" + "".join(f"{name:>{width}}" for name, _ in found))
     for key, label in ROWS:
-        lines.append(f"{label:28}" + "".join(f"{_cell(models[n].get(key)):>14}" for n in names))
+        lines.append(f"{label:28}" + "".join(f"{_cell(figures.get(key)):>{width}}" for _, figures in found))
     for side in ("approved", "rejected"):
         for key in ("predictions", "labelled", "label_coverage", "success_rate", "mean_confidence"):
             label = f"{side}: {key.replace('_', ' ')}"
-            lines.append(f"{label:28}" + "".join(f"{_cell(models[n][side].get(key)):>14}" for n in names))
+            lines.append(f"{label:28}" + "".join(f"{_cell(figures[side].get(key)):>{width}}" for _, figures in found))
     for key, label in (("realised_usd", "PnL realised, USD"), ("expected_usd", "PnL expected, USD")):
-        lines.append(f"{label:28}" + "".join(f"{_cell(models[n]['pnl'][key]):>14}" for n in names))
-    lines += ["", "Outcomes come mostly from approved trades: compare approved and rejected coverage before "
-                  "trusting pooled figures (docs/operations.md)."]
+        lines.append(f"{label:28}" + "".join(f"{_cell(figures['pnl'][key]):>{width}}" for _, figures in found))
+    lines += ["", "Each column is one model version on the rows it scored. Outcomes come mostly from approved "
+                  "trades:", "compare approved and rejected coverage before trusting pooled figures "
+                  "(docs/operations.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -45,7 +56,7 @@ def reliability_png(report: dict[str, Any], path: Path) -> None:
 
     fig, axis = plt.subplots(figsize=(5, 5), dpi=100)
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for name, figures in report["models"].items():
+    for name, figures in columns(report):
         bins = figures["reliability"]
         if bins:
             axis.scatter([b["mean_confidence"] for b in bins], [b["observed_rate"] for b in bins],

@@ -6,11 +6,17 @@ FLUSH_S. A process killed with SIGKILL loses at most the rows of its last
 FLUSH_S (plus a transaction in flight). Outcomes are written in the request
 that brings them, and committed before it is answered. SQLite (the default,
 WAL mode) and PostgreSQL run the same code through SQLAlchemy Core.
+
+A row the database refuses (it breaks a constraint, or holds a value the
+database cannot store) must not hold back the rows queued with it: the writer
+splits a refused batch until it has the refused rows alone, writes the rest,
+and appends those rows to the dead-letter file (dead_letters.py).
 """
 from __future__ import annotations
 
 import atexit
 import logging
+from pathlib import Path
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -25,6 +31,7 @@ import sqlalchemy as sa
 from omni_mev import metrics
 from omni_mev.errors import OmniMevError
 from omni_mev.features import N_FEATURES
+from omni_mev.ledger.dead_letters import DeadLetters
 from omni_mev.ledger.schema import create_engine, create_tables, insert_or_ignore, outcomes, predictions
 
 log = logging.getLogger(__name__)
@@ -33,9 +40,13 @@ FLUSH_S = 0.1
 MAX_PENDING = 200_000
 RETRY_S = 1.0
 PURGE_EVERY_S = 3600.0
-# An outcome may arrive before the prediction it answers has left its worker's queue.
-UNKNOWN_GRACE_S = 3 * FLUSH_S
-STORED, DUPLICATE, UNKNOWN, CONFLICT = 201, 200, 404, 409
+# An outcome may arrive before the prediction it answers has left its worker's queue (written every FLUSH_S):
+# an unknown id is answered at once, with this hint to retry.
+RETRY_UNKNOWN_AFTER_S = 1
+# Clocks differ: an outcome may say it was observed this long before its prediction was scored (and the schema
+# allows as much into the future).
+OBSERVED_AT_SKEW_S = 300.0
+STORED, DUPLICATE, UNKNOWN, CONFLICT, INVALID = 201, 200, 404, 409, 422
 
 
 class LedgerUnavailable(OmniMevError):
@@ -82,7 +93,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class OutcomeResult:
-    """What became of one posted outcome: stored (201), a duplicate (200), unknown id (404), conflict (409)."""
+    """What became of one posted outcome: stored (201), a duplicate (200), unknown id (404), conflict (409),
+    or observed before its prediction was scored (422)."""
 
     opportunity_id: str
     status: int
@@ -159,8 +171,9 @@ class NullLedger(Ledger):
 class SqlLedger(Ledger):
     """The ledger in a SQL database, written by a background thread."""
 
-    def __init__(self, url: str, retention_days: float = 0.0) -> None:
+    def __init__(self, url: str, retention_days: float = 0.0, dead_letters: Path | None = None) -> None:
         self.engine = create_engine(url)
+        self.dead_letters = DeadLetters(dead_letters)
         # The background writer's own engine: its commits need not wait for the disk (docs/operations.md).
         self._writer_engine = create_engine(url, synced=False)
         self._insert_sql, self._as_params = _bulk_insert(self._writer_engine)
@@ -239,20 +252,38 @@ class SqlLedger(Ledger):
             return
         self._ensure_tables()
         batch = [self._queue.popleft() for _ in range(count)]
-        try:
-            with self._writer_engine.begin() as connection:
-                # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the
-                # database itself, in the worker that serves requests.
-                connection.exec_driver_sql(self._insert_sql, self._as_params(batch))
-        except sa.exc.SQLAlchemyError as error:
-            self._problem = f"cannot write ({_cause(error)})"
-            self._queue.extendleft(reversed(batch))
-            self._drop_overflow()
-            metrics.LEDGER_PENDING.set(len(self._queue))
-            raise
+        # Parts still to write, last first; a refused part is split in two until its refused rows are alone.
+        parts = [batch]
+        written = 0
+        while parts:
+            part = parts.pop()
+            try:
+                self._insert(part)
+            except (sa.exc.SQLAlchemyError, ValueError, TypeError) as error:
+                if not _refused(error):
+                    self._problem = f"cannot write ({_cause(error)})"
+                    self._queue.extendleft(reversed([row for unwritten in reversed(parts + [part])
+                                                     for row in unwritten]))
+                    self._drop_overflow()
+                    metrics.LEDGER_RECORDS.inc(written)
+                    metrics.LEDGER_PENDING.set(len(self._queue))
+                    raise
+                if len(part) == 1:
+                    self.dead_letters.add("predictions", part[0]._asdict(), _cause(error))
+                    continue
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+                continue
+            written += len(part)
         self._problem = None
-        metrics.LEDGER_RECORDS.inc(count)
+        metrics.LEDGER_RECORDS.inc(written)
         metrics.LEDGER_PENDING.set(len(self._queue))
+
+    def _insert(self, rows: list[PredictionRow]) -> None:
+        with self._writer_engine.begin() as connection:
+            # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the
+            # database itself, in the worker that serves requests.
+            connection.exec_driver_sql(self._insert_sql, self._as_params(rows))
 
     def _flush_at_exit(self) -> None:
         try:
@@ -290,13 +321,14 @@ class SqlLedger(Ledger):
         ids = list(dict.fromkeys(o.opportunity_id for o in posted))
         self._ensure_tables()
         try:
-            known = self._known(ids)
-            if len(known) < len(ids):
-                # A prediction from the last moments may still be in a worker's queue.
+            scored_at = self._scored_at(ids)
+            if len(scored_at) < len(ids) and self._queue:
+                # This worker's own recent predictions are written now; another worker's are a moment away, and
+                # the caller is told to retry (nothing here waits for them).
                 self.flush()
-                time.sleep(UNKNOWN_GRACE_S)
-                known = self._known(ids)
-            fresh = [o for o in _first_per_id(posted) if o.opportunity_id in known]
+                scored_at = self._scored_at(ids)
+            fresh = [o for o in _first_per_id(posted)
+                     if o.opportunity_id in scored_at and _observed_in_time(o, scored_at[o.opportunity_id])]
             received = time.time()
             inserted: set[str] = set()
             with self.engine.begin() as connection:
@@ -307,19 +339,28 @@ class SqlLedger(Ledger):
                              "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at,
                              "received_at": received} for o in fresh]).scalars())
                 stored = {row.opportunity_id: row for row in connection.execute(
-                    sa.select(outcomes).where(outcomes.c.opportunity_id.in_(known)))}
+                    sa.select(outcomes).where(outcomes.c.opportunity_id.in_(scored_at)))}
         except sa.exc.SQLAlchemyError as error:
             log.error("ledger: cannot store outcomes: %s", error)
             raise LedgerUnavailable("The ledger's database cannot be reached; nothing was stored, retry.") from None
         first = {id(o) for o in fresh}
-        return [self._result(o, known, stored, id(o) in first and o.opportunity_id in inserted) for o in posted]
+        return [self._result(o, scored_at, stored, id(o) in first and o.opportunity_id in inserted) for o in posted]
 
     @staticmethod
-    def _result(outcome: Outcome, known: set[str], stored: dict[str, Any], inserted: bool) -> OutcomeResult:
+    def _result(outcome: Outcome, scored_at: dict[str, float], stored: dict[str, Any],
+                inserted: bool) -> OutcomeResult:
         opportunity_id = outcome.opportunity_id
-        if opportunity_id not in known:
-            return OutcomeResult(opportunity_id, UNKNOWN, "No prediction with this opportunity_id in the ledger.")
-        row = stored[opportunity_id]
+        if opportunity_id not in scored_at:
+            return OutcomeResult(opportunity_id, UNKNOWN,
+                                 "No prediction with this opportunity_id in the ledger yet: one scored in the last "
+                                 f"moment may still be on its way to the database; retry after "
+                                 f"{RETRY_UNKNOWN_AFTER_S} s.")
+        row = stored.get(opportunity_id)
+        if row is None:  # nothing stored, and this one was not in time
+            return OutcomeResult(opportunity_id, INVALID,
+                                 f"observed_at is before the prediction it answers was scored "
+                                 f"({_utc(scored_at[opportunity_id])}, allowing {OBSERVED_AT_SKEW_S:.0f} s of clock "
+                                 "skew); nothing was stored.")
         if not outcome.same_as(row):
             return OutcomeResult(opportunity_id, CONFLICT,
                                  "A different outcome for this opportunity_id is already stored; it is kept.")
@@ -327,11 +368,12 @@ class SqlLedger(Ledger):
             return OutcomeResult(opportunity_id, STORED, "Stored.")
         return OutcomeResult(opportunity_id, DUPLICATE, "The same outcome was already stored.")
 
-    def _known(self, ids: list[str]) -> set[str]:
+    def _scored_at(self, ids: list[str]) -> dict[str, float]:
+        """When each known id's latest prediction was scored (the one its outcome measures)."""
         with self.engine.connect() as connection:
-            return set(connection.execute(
-                sa.select(predictions.c.opportunity_id).where(predictions.c.opportunity_id.in_(ids)).distinct()
-            ).scalars())
+            return {opportunity_id: scored for opportunity_id, scored in connection.execute(
+                sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at))
+                .where(predictions.c.opportunity_id.in_(ids)).group_by(predictions.c.opportunity_id))}
 
     # Reads
 
@@ -378,6 +420,25 @@ def _cause(error: sa.exc.SQLAlchemyError) -> str:
     return type(getattr(error, "orig", None) or error).__name__
 
 
+def _refused(error: Exception) -> bool:
+    """Whether the database refused the rows themselves (a constraint, a value it cannot store), not the write.
+
+    Such rows fail however often they are retried; an unreachable or broken
+    database fails every row alike, and the rows wait for it.
+    """
+    if isinstance(error, (ValueError, TypeError)):  # the driver could not send the value at all
+        return True
+    return isinstance(error, (sa.exc.DataError, sa.exc.IntegrityError))
+
+
+def _observed_in_time(outcome: Outcome, scored_at: float) -> bool:
+    return outcome.observed_at >= scored_at - OBSERVED_AT_SKEW_S
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
 def _first_per_id(posted: Sequence[Outcome]) -> list[Outcome]:
     seen: dict[str, Outcome] = {}
     for outcome in posted:
@@ -409,8 +470,8 @@ def _records(rows: list[Any]) -> LedgerRecords:
     )
 
 
-def build_ledger(url: str | None, retention_days: float) -> Ledger:
+def build_ledger(url: str | None, retention_days: float, dead_letters: Path | None = None) -> Ledger:
     """The SQL ledger at `url`, or the null ledger when it is off."""
     if url is None:
         return NullLedger()
-    return SqlLedger(url, retention_days)
+    return SqlLedger(url, retention_days, dead_letters)

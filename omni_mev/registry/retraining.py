@@ -71,7 +71,9 @@ def triggers(settings: Settings, registry: Registry, ledger: SqlLedger, now: flo
             reasons.append(f"schedule: the last was trained {(now - trained[-1]) / 86_400:.1f} days ago "
                            f"(AI_RETRAIN_EVERY={settings.retrain_every})")
     if settings.retrain_below_auc is not None or settings.retrain_above_ece is not None:
-        report = quality_report(ledger, settings.retrain_quality_window, settings.threshold, ("champion",), now=now)
+        champion = registry.resolve("champion")
+        report = quality_report(ledger, settings.retrain_quality_window, settings.threshold, ("champion",), now=now,
+                                serving_version=champion.version if champion is not None else None)
         live = report["models"]["champion"]
         if live["labelled"] < settings.promote_min_outcomes:
             log.info("live quality not judged: %d labelled outcomes in %s, %d needed", live["labelled"],
