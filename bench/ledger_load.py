@@ -214,18 +214,27 @@ def quality_at_size(scratch: Path, rows: int, polls: int, servers: list[Server])
             "latency": percentiles(poller.latencies_ms)}
 
 
-def run(smoke: bool) -> dict[str, Any]:
+PARTS = ("cost", "mixed", "quality", "size")
+
+
+def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     rounds, duration_s = (1, 1.0) if smoke else (5, 10.0)
     results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine()}
     scratch = Path(tempfile.mkdtemp(prefix="omni-mev-bench-ledger-"))
     servers: list[Server] = []
     try:
-        results["ledger_cost"] = [ledger_cost(scratch, rounds, duration_s, servers) for _ in range(1 if smoke else 3)]
-        results["mixed"] = mixed_load(scratch, 1 if smoke else 3, duration_s, 5_000 if smoke else 56_000, servers)
-        results["quality"] = [quality_at_size(scratch, rows, 200 if smoke else 2_000, servers)
-                              for rows in ((5_000,) if smoke else (56_000, 500_000))]
-        results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
+        if "cost" in parts:
+            results["ledger_cost"] = [ledger_cost(scratch, rounds, duration_s, servers)
+                                      for _ in range(1 if smoke else 3)]
+        if "mixed" in parts:
+            results["mixed"] = mixed_load(scratch, 1 if smoke else 3, duration_s, 5_000 if smoke else 56_000,
+                                          servers)
+        if "quality" in parts:
+            results["quality"] = [quality_at_size(scratch, rows, 200 if smoke else 2_000, servers)
+                                  for rows in ((5_000,) if smoke else (56_000, 500_000))]
+        if "size" in parts:
+            results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
     finally:
         for server in servers:
             server.stop()
@@ -234,12 +243,15 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def summary(results: dict[str, Any]) -> str:
-    costs = [1 - r["median_ratio"] for r in results["ledger_cost"]]
-    mixed = results["mixed"]
-    lines = [f"ledger cost on /predict per run: {', '.join(f'{c:.1%}' for c in costs)} (goal <= 5%)",
-             f"/predict p99 mixed / alone, median of {mixed['rounds']} rounds: {mixed['median_p99_ratio']:.2f}x "
-             "(goal <= 1.5x)"]
-    for row in results["quality"]:
+    lines = []
+    if "ledger_cost" in results:
+        costs = [1 - r["median_ratio"] for r in results["ledger_cost"]]
+        lines.append(f"ledger cost on /predict per run: {', '.join(f'{c:.1%}' for c in costs)} (goal <= 5%)")
+    if "mixed" in results:
+        mixed = results["mixed"]
+        lines.append(f"/predict p99 mixed / alone, median of {mixed['rounds']} rounds: "
+                     f"{mixed['median_p99_ratio']:.2f}x (goal <= 1.5x)")
+    for row in results.get("quality", []):
         lines.append(f"/quality at {row['predictions']:,} predictions: p99 {row['latency'].get('p99_ms', 0):.2f} ms, "
                      f"max {row['latency'].get('max_ms', 0):.2f} ms (goal <= 10 ms); report computed in "
                      f"{min(row['report_compute_s']):.2f} s")
@@ -250,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to check the harness")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to measure")
     args = parser.parse_args(argv)
-    results = run(args.smoke)
+    parts = tuple(args.parts.split(","))
+    results = run(args.smoke, parts)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ledger-{results['date'][:10]}{'-smoke' if args.smoke else ''}.json"
+    name = "" if parts == PARTS else "-" + "-".join(parts)
+    path = out / f"ledger-{results['date'][:10]}{name}{'-smoke' if args.smoke else ''}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(summary(results))
     print(f"wrote {path}")

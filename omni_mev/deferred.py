@@ -6,24 +6,43 @@ other request on that worker wait too: scoring must not wait on dispatch.
 So the application answers with a `DeferredBody`, a WSGI body that knows the
 futures it waits on and its deadline. omni-mev's worker (omni_mev.workers)
 parks the connection, serves others, and writes the body once the futures are
-done or the deadline has passed; any other WSGI server simply iterates it,
-which waits. Nothing here knows HTTP or the trading code.
+done or the deadline has passed. The render may decide the status and add
+headers (an answer whose status depends on the work, as /outcomes'): the
+worker writes the status line only with the body. It says so to the
+application by setting PARKS in the WSGI environ; under any other WSGI server
+the application waits for the work before it answers. Nothing here knows HTTP
+frameworks or the trading code.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+
+# In the WSGI environ: the server parks deferred bodies, and takes their status from the render.
+PARKS = "omni_mev.parks_deferred"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered answer that decides its own status line and extra headers."""
+
+    status: str
+    content: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class DeferredBody:
     """A response body rendered once `futures` are done, or at `deadline` (time.monotonic) at the latest."""
 
-    def __init__(self, futures: Sequence[Future], deadline: float, render: Callable[[], bytes]) -> None:
+    def __init__(self, futures: Sequence[Future], deadline: float, render: Callable[[], bytes | Rendered]) -> None:
         self.futures = futures
         self.deadline = deadline
         self._render = render
         self._content: bytes | None = None
+        self.status: str | None = None  # set when the render decided it
+        self.headers: list[tuple[str, str]] = []
 
     def ready(self) -> bool:
         """Whether the body can be rendered now without waiting."""
@@ -35,9 +54,12 @@ class DeferredBody:
             future.add_done_callback(lambda _: callback())
 
     def content(self) -> bytes:
-        """The rendered body (once), whatever is done by now."""
+        """The rendered body (once), whatever is done by now; `status` and `headers` are known after it."""
         if self._content is None:
-            self._content = self._render()
+            rendered = self._render()
+            if isinstance(rendered, Rendered):
+                self.status, self.headers, rendered = rendered.status, rendered.headers, rendered.content
+            self._content = rendered
         return self._content
 
     def __iter__(self) -> Iterator[bytes]:

@@ -289,11 +289,13 @@ def _ledger(spec: APISpec) -> None:
             "409": {"description": "A different outcome for an id is already stored (the others were processed)",
                     **_json({"oneOf": [result, many]})},
             "413": _error("More outcomes than AI_MAX_BATCH_SIZE, or a body over AI_MAX_BODY_BYTES"),
-            "422": {"description": "An invalid outcome; `fields` names it (index.field for an array). Or observed "
-                                   f"more than {OBSERVED_AT_SKEW_S:.0f} s before its prediction was scored: for an "
-                                   "array, the others were processed and `invalid` lists those ids",
+            "422": {"description": "An invalid outcome; `fields` names it (index.field for an array). Or one not "
+                                   f"stored: observed more than {OBSERVED_AT_SKEW_S:.0f} s before its prediction "
+                                   "was scored, or refused by the ledger's database (set aside); for an array, the "
+                                   "others were processed and `invalid` lists those ids",
                     **_json({"oneOf": [_ref("Error"), result, many]})},
-            "503": _error("The ledger is off or its database unreachable; nothing was stored"),
+            "503": _error("The ledger is off or its database unreachable (nothing was stored), or it did not "
+                          "commit within 10 s (send again: the same outcome twice is one outcome)"),
         }}})
     figures = {"type": "object", "description": "predictions, labelled, label_coverage, auc, brier, log_loss, ece, "
                                                 "reliability, precision, recall, pnl, approved, rejected"}

@@ -12,7 +12,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from omni_mev.errors import ValidationFailed
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, FLOAT32_MAX, MAX_HISTORY, N_FEATURES, FeatureBounds
-from omni_mev.ledger.store import Outcome
+from omni_mev.ledger.store import OBSERVED_AT_SKEW_S, Outcome
 from omni_mev.predictor import Opportunity, OpportunityBatch
 from omni_mev.trading.outbox import EXECUTION_STATUSES
 
@@ -38,8 +38,6 @@ _HIGH = np.array([r[2] for r in _RULES])
 _INTEGER_COLUMNS = np.array([i for i, r in enumerate(_RULES) if r[3]])
 NUMBER_TYPES = frozenset({int, float})
 ID_MAX_LENGTH = 128
-# How far ahead of the service's clock an outcome's observed_at may be: clocks of bots and hosts disagree.
-OBSERVED_AT_SKEW_S = 300.0
 
 
 def valid_id(value: Any) -> bool:

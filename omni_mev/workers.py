@@ -60,7 +60,7 @@ from gunicorn.workers.base import Worker
 
 from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
 from omni_mev.config import Settings
-from omni_mev.deferred import DeferredBody
+from omni_mev.deferred import PARKS, DeferredBody
 from omni_mev.errors import BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout
 from omni_mev.jsonio import dumps
 
@@ -584,6 +584,7 @@ class KeepAliveWorker(Worker):
             connection.requests += 1
             if not self.alive or connection.requests >= KEEPALIVE_REQUESTS:
                 response.force_close()
+            environ[PARKS] = True
             body = self.wsgi(environ, response.start_response)
         except Exception:
             self._after_request(request, environ, response)
@@ -607,8 +608,11 @@ class KeepAliveWorker(Worker):
             self._after_request(request, environ, response)
 
     def _write(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> None:
-        if isinstance(body, DeferredBody):  # rendered only now: its length is known only now
+        if isinstance(body, DeferredBody):  # rendered only now: its length (and maybe its status) known only now
             content = body.content()
+            if body.status is not None:
+                response.status, response.status_code = body.status, int(body.status.split(None, 1)[0])
+                response.headers.extend(body.headers)
             response.headers.append(("Content-Length", str(len(content))))
             response.response_length = len(content)
             response.chunked = response.is_chunked()  # decided at start_response, before the length was known

@@ -172,6 +172,21 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_its_batch_writt
     assert [r.status for r in ledger.add_outcomes([outcome("good-0"), outcome("after")])] == [STORED, STORED]
 
 
+def test_an_outcome_the_database_refuses_is_set_aside_and_the_others_stored(ledger_url, tmp_path):
+    path = tmp_path / "letters.jsonl"
+    ledger = SqlLedger(ledger_url, dead_letters=path)
+    ledger.record([row("kept-a"), row("refused"), row("kept-b")])
+    ledger.flush()
+    broken = Outcome("refused", None, True, 1.0, time.time())  # executed is NOT NULL
+    results = ledger.add_outcomes([outcome("kept-a"), broken, outcome("kept-b")])
+    assert [r.status for r in results] == [STORED, INVALID, STORED]
+    assert "refused this outcome" in results[1].message and results[1].field is None
+    (letter,) = dead_letters.read(path)
+    assert letter["table"] == "outcomes" and letter["row"]["opportunity_id"] == "refused"
+    # Nothing was stored for it: a correct outcome is still the first.
+    assert [r.status for r in ledger.add_outcomes([outcome("refused")])] == [STORED]
+
+
 def test_a_sqlite_ledger_in_a_directory_that_does_not_exist_yet_works(tmp_path):
     """As on a fresh clone, where the default ledger's logs/ is missing."""
     url = f"sqlite:///{tmp_path / 'new' / 'deeper' / 'ledger.db'}"

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 
 from omni_mev import metrics
 from omni_mev.auth import ApiKeys
-from omni_mev.deferred import DeferredBody
+from omni_mev.deferred import PARKS, DeferredBody, Rendered
 from omni_mev.errors import BadRequest, MethodNotAllowed, OmniMevError, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
@@ -52,13 +52,22 @@ class DirectRequest:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A handler's answer with a status other than 200, or extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Later:
     """A handler's answer that waits on work running elsewhere: `render()` once `futures` are done, or at
     `deadline` (time.monotonic) at the latest; the worker serves other requests meanwhile (omni_mev.deferred)."""
 
     futures: Sequence[Future]
     deadline: float
-    render: Callable[[], Any]
+    render: Callable[[], dict[str, Any] | Answer]
 
 
 Handler = Callable[[DirectRequest], Any]
@@ -160,8 +169,16 @@ class DirectRoutes:
             request = DirectRequest(self.app, read_body(environ, self.max_body_bytes), params, environ)
             answer = route.handler(request)
             if isinstance(answer, Later):
-                return self._later(route, answer, started, headers, start_response)
-            status, body = 200, dumps(answer)
+                if environ.get(PARKS):
+                    return self._later(route, answer, started, headers, start_response)
+                # A server that cannot park: wait here, then answer as any other.
+                wait(answer.futures, timeout=max(0.0, answer.deadline - time.monotonic()))
+                answer = answer.render()
+            if isinstance(answer, Answer):
+                status, body = answer.status, dumps(answer.body)
+                headers.extend((answer.headers or {}).items())
+            else:
+                status, body = 200, dumps(answer)
         except OmniMevError as error:
             status, body = error.status, dumps(route.error_body(error))
             headers.extend(error.headers.items())
@@ -177,12 +194,16 @@ class DirectRoutes:
     @staticmethod
     def _later(route: DirectRoute, answer: Later, started: float, headers: list[tuple[str, str]],
                start_response: Callable) -> DeferredBody:
-        """200 now; the body (and so its Content-Length, set by the server) when the answer is rendered."""
+        """200 for now; the body (and so its Content-Length, set by the server), and the status when the answer
+        decides it, when the answer is rendered."""
 
-        def render() -> bytes:
-            body = dumps(answer.render())
-            metrics.count_request(route.rule, metrics.outcome_of(200), (time.perf_counter() - started) * 1000.0)
-            return body
+        def render() -> bytes | Rendered:
+            rendered = answer.render()
+            status = rendered.status if isinstance(rendered, Answer) else 200
+            metrics.count_request(route.rule, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+            if isinstance(rendered, Answer):
+                return Rendered(_STATUS_LINES[status], dumps(rendered.body), list((rendered.headers or {}).items()))
+            return dumps(rendered)
 
         start_response(_STATUS_LINES[200], headers)
         return DeferredBody(answer.futures, answer.deadline, render)

@@ -1,21 +1,30 @@
-"""POST /outcomes: what happened to the opportunities the service judged, into the ledger."""
+"""POST /outcomes: what happened to the opportunities the service judged, into the ledger.
+
+The ledger commits outcomes on its own thread (the commit waits for the disk);
+the answer waits for it without holding the worker, as a dispatch's does
+(omni_mev.deferred), and its status is decided when it is rendered.
+"""
 from __future__ import annotations
 
+import logging
+import time
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
-from flask import Blueprint, current_app, request
+from flask import Blueprint
 
 from omni_mev import metrics
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size
-from omni_mev.api.direct import read_body
-from omni_mev.api.errors import json_response
-from omni_mev.errors import BadRequest
+from omni_mev.api.direct import Answer, DirectRequest, Later, direct_route
+from omni_mev.api.errors import INTERNAL_ERROR
+from omni_mev.errors import BadRequest, OmniMevError
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
-                                   OutcomeResult)
+                                   LedgerUnavailable, OutcomeResult)
 from omni_mev.schemas import OutcomeSchema, load_or_raise
 
+log = logging.getLogger(__name__)
 bp = Blueprint("outcomes", __name__)
 _one = OutcomeSchema()
 _many = OutcomeSchema(many=True)
@@ -24,10 +33,12 @@ RESULT_NAMES = {STORED: "stored", DUPLICATE: "duplicate", UNKNOWN: "unknown", CO
 ERROR_CODES = {UNKNOWN: "unknown_opportunity", CONFLICT: "conflict", INVALID: "validation_error"}
 # An unknown id is answered at once; its prediction may be a moment from the database (docs/api.md).
 RETRY_HEADERS = {"Retry-After": str(RETRY_UNKNOWN_AFTER_S)}
+# The most an answer waits for the ledger's commit; then 503 (whether it was stored is unknown: outcomes are
+# idempotent, so the caller sends it again).
+COMMIT_WAIT_S = 10.0
 
 
-def _body() -> Any:
-    raw = read_body(request.environ, current_app.config["SETTINGS"].max_body_bytes)
+def _body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -39,35 +50,20 @@ def _item(result: OutcomeResult) -> dict[str, Any]:
             "status": result.status, "message": result.message}
 
 
-@bp.post("/outcomes")
-def post_outcomes():
-    """One outcome (an object) or up to AI_MAX_BATCH_SIZE (an array); idempotent per opportunity_id."""
-    body = _body()
-    predictor = predictor_of(current_app)
-    if isinstance(body, list):
-        check_batch_size(len(body), predictor.settings.max_batch_size)
-        if not body:
-            raise BadRequest("The array is empty; send at least one outcome.")
-        posted = load_or_raise(_many, body)
-    elif isinstance(body, dict):
-        posted = [load_or_raise(_one, body)]
-    else:
-        raise BadRequest("The body must be one outcome (an object) or a list of them (an array).")
-    results = predictor.ledger.add_outcomes(posted)
-    for result in results:
-        metrics.OUTCOMES.labels(result=RESULT_NAMES[result.status]).inc()
-    if isinstance(body, dict):
-        (result,) = results
-        answer = _item(result)
-        if result.status in ERROR_CODES:
-            answer.update(error=ERROR_CODES[result.status])
-        if result.status == INVALID:
-            answer.update(fields={"observed_at": [result.message]})
-        return json_response(answer, result.status, RETRY_HEADERS if result.status == UNKNOWN else None)
+def _one_answer(result: OutcomeResult) -> Answer:
+    answer = _item(result)
+    if result.status in ERROR_CODES:
+        answer.update(error=ERROR_CODES[result.status])
+    if result.field is not None:
+        answer.update(fields={result.field: [result.message]})
+    return Answer(result.status, answer, RETRY_HEADERS if result.status == UNKNOWN else None)
+
+
+def _many_answer(results: list[OutcomeResult]) -> Answer:
     conflicts = [r.opportunity_id for r in results if r.status == CONFLICT]
     invalid = [r.opportunity_id for r in results if r.status == INVALID]
     unknown = [r.opportunity_id for r in results if r.status == UNKNOWN]
-    answer = {
+    answer: dict[str, Any] = {
         "stored": sum(r.status == STORED for r in results),
         "duplicates": sum(r.status == DUPLICATE for r in results),
         "unknown": unknown,
@@ -79,11 +75,51 @@ def post_outcomes():
         answer.update(retry_after_s=RETRY_UNKNOWN_AFTER_S)
     # Every item was processed; the status names the worst, the items say each one's fate.
     if invalid:
-        answer.update(error="validation_error", message=f"{len(invalid)} outcome(s) were observed before their "
-                                                        f"prediction was scored ({', '.join(invalid[:5])}); "
+        answer.update(error="validation_error", message=f"{len(invalid)} outcome(s) were not stored "
+                                                        f"({', '.join(invalid[:5])}; each item says why); "
                                                         "the others were processed.")
-        return json_response(answer, INVALID)
+        return Answer(INVALID, answer)
     if conflicts:
         answer.update(error="conflict", message=f"{len(conflicts)} outcome(s) conflict with stored ones "
                                                 f"({', '.join(conflicts[:5])}); the others were processed.")
-    return json_response(answer, 409 if conflicts else 200)
+        return Answer(CONFLICT, answer)
+    return Answer(200, answer)
+
+
+def _answer(stored: Future, one: bool) -> Answer:
+    """The answer once the ledger is done with the post, or 503 if it could not be (in time)."""
+    if not stored.done():
+        error: OmniMevError = LedgerUnavailable(f"The ledger did not commit within {COMMIT_WAIT_S:g} s; whether "
+                                                "the outcomes were stored is unknown: send them again (the same "
+                                                "outcome twice is one outcome).")
+    else:
+        try:
+            results = stored.result()
+        except OmniMevError as failure:
+            error = failure
+        except Exception:  # noqa: BLE001 - a bug answers 500 JSON, never a traceback
+            log.exception("unhandled error storing outcomes")
+            return Answer(500, INTERNAL_ERROR)
+        else:
+            for result in results:
+                metrics.OUTCOMES.labels(result=RESULT_NAMES[result.status]).inc()
+            return _one_answer(results[0]) if one else _many_answer(results)
+    return Answer(error.status, error.to_dict(), error.headers)
+
+
+@direct_route(bp, "/outcomes")
+def post_outcomes(request: DirectRequest) -> Later:
+    """One outcome (an object) or up to AI_MAX_BATCH_SIZE (an array); idempotent per opportunity_id."""
+    body = _body(request.body)
+    predictor = predictor_of(request.app)
+    if isinstance(body, list):
+        check_batch_size(len(body), predictor.settings.max_batch_size)
+        if not body:
+            raise BadRequest("The array is empty; send at least one outcome.")
+        posted = load_or_raise(_many, body)
+    elif isinstance(body, dict):
+        posted = [load_or_raise(_one, body)]
+    else:
+        raise BadRequest("The body must be one outcome (an object) or a list of them (an array).")
+    stored = predictor.ledger.submit_outcomes(posted)
+    return Later([stored], time.monotonic() + COMMIT_WAIT_S, lambda: _answer(stored, isinstance(body, dict)))

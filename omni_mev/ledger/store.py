@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import atexit
 import logging
-from pathlib import Path
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,10 +44,11 @@ PURGE_EVERY_S = 3600.0
 # An outcome may arrive before the prediction it answers has left its worker's queue (written every FLUSH_S):
 # an unknown id is answered at once, with this hint to retry.
 RETRY_UNKNOWN_AFTER_S = 1
-# Clocks differ: an outcome may say it was observed this long before its prediction was scored (and the schema
-# allows as much into the future).
+# Clocks of bots and hosts disagree: an outcome's observed_at may lie this long before its prediction was scored,
+# or ahead of the service's clock (the schema checks that side).
 OBSERVED_AT_SKEW_S = 300.0
 STORED, DUPLICATE, UNKNOWN, CONFLICT, INVALID = 201, 200, 404, 409, 422
+GROUP_COMMIT_S = 0.01
 
 
 class LedgerUnavailable(OmniMevError):
@@ -94,11 +96,12 @@ class Outcome:
 @dataclass(frozen=True)
 class OutcomeResult:
     """What became of one posted outcome: stored (201), a duplicate (200), unknown id (404), conflict (409),
-    or observed before its prediction was scored (422)."""
+    or not stored (422): observed before its prediction was scored, or refused by the database."""
 
     opportunity_id: str
     status: int
     message: str
+    field: str | None = None  # the outcome's field at fault, for a 422
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,15 @@ class Ledger(ABC):
     @abstractmethod
     def add_outcomes(self, posted: Sequence[Outcome]) -> list[OutcomeResult]:
         """Store outcomes, committed before returning; one result per outcome, in order."""
+
+    def submit_outcomes(self, posted: Sequence[Outcome]) -> Future:
+        """add_outcomes, done by the time the future is: its result, or its exception."""
+        future: Future = Future()
+        try:
+            future.set_result(self.add_outcomes(posted))
+        except Exception as error:  # noqa: BLE001 - the caller gets it from the future
+            future.set_exception(error)
+        return future
 
     @abstractmethod
     def records(self, since: float, until: float | None = None) -> LedgerRecords:
@@ -190,6 +202,9 @@ class SqlLedger(Ledger):
         self._writer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._next_purge = 0.0
+        self._outcome_requests: deque[tuple[list[Outcome], Future]] = deque()
+        self._outcome_wake = threading.Event()
+        self._outcome_writer: threading.Thread | None = None
 
     def _ensure_tables(self) -> None:
         if self._tables_ready:
@@ -317,63 +332,139 @@ class SqlLedger(Ledger):
 
     # Outcomes
 
+    def submit_outcomes(self, posted: Sequence[Outcome]) -> Future:
+        """Store outcomes on the outcome thread, never in the caller's: the commit waits for the disk, and the
+        worker serves other requests meanwhile. Posts that wait together are stored in one transaction (one
+        sync to disk), in the order they came, so each is answered as if alone."""
+        future: Future = Future()
+        self._outcome_requests.append((list(posted), future))
+        if self._outcome_writer is None:
+            with self._writer_lock:
+                if self._outcome_writer is None:
+                    self._outcome_writer = threading.Thread(target=self._outcome_loop, name="ledger-outcomes",
+                                                            daemon=True)
+                    self._outcome_writer.start()
+        self._outcome_wake.set()
+        return future
+
+    def _outcome_loop(self) -> None:
+        while True:
+            self._outcome_wake.wait()
+            self._outcome_wake.clear()
+            # Posts arriving within GROUP_COMMIT_S share one commit: one sync to disk for all of them.
+            time.sleep(GROUP_COMMIT_S)
+            while self._outcome_requests:
+                group = [self._outcome_requests.popleft() for _ in range(len(self._outcome_requests))]
+                try:
+                    results = self.add_outcomes([o for posted, _ in group for o in posted])
+                except Exception as error:  # noqa: BLE001 - each poster gets it (LedgerUnavailable: a 503)
+                    for _, future in group:
+                        future.set_exception(error)
+                    continue
+                start = 0
+                for posted, future in group:
+                    future.set_result(results[start:start + len(posted)])
+                    start += len(posted)
+
     def add_outcomes(self, posted: Sequence[Outcome]) -> list[OutcomeResult]:
         ids = list(dict.fromkeys(o.opportunity_id for o in posted))
         self._ensure_tables()
         try:
-            scored_at = self._scored_at(ids)
-            if len(scored_at) < len(ids) and self._queue:
+            scored_at, stored = self._known(ids)
+            if len(scored_at) < len(ids) and self._queued(set(ids) - set(scored_at)):
                 # This worker's own recent predictions are written now; another worker's are a moment away, and
                 # the caller is told to retry (nothing here waits for them).
                 self.flush()
-                scored_at = self._scored_at(ids)
-            fresh = [o for o in _first_per_id(posted)
-                     if o.opportunity_id in scored_at and _observed_in_time(o, scored_at[o.opportunity_id])]
-            received = time.time()
-            inserted: set[str] = set()
-            with self.engine.begin() as connection:
-                if fresh:
-                    inserted = set(connection.execute(
-                        insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id), [
-                            {"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
-                             "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at,
-                             "received_at": received} for o in fresh]).scalars())
-                stored = {row.opportunity_id: row for row in connection.execute(
-                    sa.select(outcomes).where(outcomes.c.opportunity_id.in_(scored_at)))}
+                scored_at, stored = self._known(ids)
+            # Only what is new is written: a repeated outcome costs no write (and no wait for the disk).
+            fresh = _first_per_id([o for o in posted if o.opportunity_id in scored_at and o.opportunity_id not in
+                                   stored and _observed_in_time(o, scored_at[o.opportunity_id])])
+            inserted, refused = self._insert_outcomes(fresh)
+            stored.update((o.opportunity_id, o) for o in fresh if o.opportunity_id in inserted)
+            raced = [o.opportunity_id for o in fresh if o.opportunity_id not in inserted | refused.keys()]
+            if raced:  # another worker stored an outcome for the id in between: it is the first
+                stored.update(self._known(raced)[1])
         except sa.exc.SQLAlchemyError as error:
             log.error("ledger: cannot store outcomes: %s", error)
             raise LedgerUnavailable("The ledger's database cannot be reached; nothing was stored, retry.") from None
         first = {id(o) for o in fresh}
-        return [self._result(o, scored_at, stored, id(o) in first and o.opportunity_id in inserted) for o in posted]
+        return [self._result(o, scored_at, stored, id(o) in first and o.opportunity_id in inserted, refused)
+                for o in posted]
+
+    def _insert_outcomes(self, fresh: list[Outcome]) -> tuple[set[str], dict[str, str]]:
+        """Insert the outcomes not stored yet, committed; the ids inserted, and those the database refused (each
+        with its error class, set aside in the dead letters). A refused batch is inserted again one outcome at a
+        time, so that only the refused ones are left out."""
+        if not fresh:
+            return set(), {}
+        received = time.time()
+        rows = [{"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
+                 "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at, "received_at": received}
+                for o in fresh]
+        statement = insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id)
+        try:
+            with self.engine.begin() as connection:
+                return set(connection.execute(statement, rows).scalars()), {}
+        except (sa.exc.SQLAlchemyError, ValueError, TypeError) as error:
+            if not _refused(error):
+                raise
+        inserted: set[str] = set()
+        refused: dict[str, str] = {}
+        for row in rows:
+            try:
+                with self.engine.begin() as connection:
+                    inserted |= set(connection.execute(statement, [row]).scalars())
+            except (sa.exc.SQLAlchemyError, ValueError, TypeError) as error:
+                if not _refused(error):
+                    raise
+                refused[row["opportunity_id"]] = _cause(error)
+                self.dead_letters.add("outcomes", row, _cause(error))
+        return inserted, refused
 
     @staticmethod
-    def _result(outcome: Outcome, scored_at: dict[str, float], stored: dict[str, Any],
-                inserted: bool) -> OutcomeResult:
+    def _result(outcome: Outcome, scored_at: dict[str, float], stored: dict[str, Any], inserted: bool,
+                refused: dict[str, str]) -> OutcomeResult:
         opportunity_id = outcome.opportunity_id
+        if opportunity_id in refused and opportunity_id not in stored:
+            return OutcomeResult(opportunity_id, INVALID, f"The ledger's database refused this outcome "
+                                                          f"({refused[opportunity_id]}); it was set aside, not stored.")
         if opportunity_id not in scored_at:
             return OutcomeResult(opportunity_id, UNKNOWN,
                                  "No prediction with this opportunity_id in the ledger yet: one scored in the last "
                                  f"moment may still be on its way to the database; retry after "
                                  f"{RETRY_UNKNOWN_AFTER_S} s.")
-        row = stored.get(opportunity_id)
-        if row is None:  # nothing stored, and this one was not in time
+        if not _observed_in_time(outcome, scored_at[opportunity_id]):
             return OutcomeResult(opportunity_id, INVALID,
                                  f"observed_at is before the prediction it answers was scored "
                                  f"({_utc(scored_at[opportunity_id])}, allowing {OBSERVED_AT_SKEW_S:.0f} s of clock "
-                                 "skew); nothing was stored.")
-        if not outcome.same_as(row):
+                                 "skew); nothing was stored.", field="observed_at")
+        if not outcome.same_as(stored[opportunity_id]):
             return OutcomeResult(opportunity_id, CONFLICT,
                                  "A different outcome for this opportunity_id is already stored; it is kept.")
         if inserted:
             return OutcomeResult(opportunity_id, STORED, "Stored.")
         return OutcomeResult(opportunity_id, DUPLICATE, "The same outcome was already stored.")
 
-    def _scored_at(self, ids: list[str]) -> dict[str, float]:
-        """When each known id's latest prediction was scored (the one its outcome measures)."""
+    def _queued(self, ids: set[str]) -> bool:
+        """Whether a prediction of one of these ids waits in this worker's queue (a scan: the queue holds about
+        FLUSH_S of predictions)."""
+        return any(row.opportunity_id in ids for row in list(self._queue))
+
+    def _known(self, ids: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
+        """For the ids with a prediction: when the latest was scored (the one an outcome measures), and the
+        outcome stored for those that have one, in one read."""
+        query = (sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at).label("scored_at"),
+                           outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
+                           outcomes.c.realised_pnl_usd)
+                 .select_from(predictions.outerjoin(outcomes,
+                                                    outcomes.c.opportunity_id == predictions.c.opportunity_id))
+                 .where(predictions.c.opportunity_id.in_(ids))
+                 .group_by(predictions.c.opportunity_id, outcomes.c.opportunity_id, outcomes.c.executed,
+                           outcomes.c.success, outcomes.c.realised_pnl_usd))
         with self.engine.connect() as connection:
-            return {opportunity_id: scored for opportunity_id, scored in connection.execute(
-                sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at))
-                .where(predictions.c.opportunity_id.in_(ids)).group_by(predictions.c.opportunity_id))}
+            rows = connection.execute(query).all()
+        return ({row.opportunity_id: row.scored_at for row in rows},
+                {row.opportunity_id: row for row in rows if row.outcome_id is not None})
 
     # Reads
 
