@@ -314,7 +314,7 @@ def _ledger(spec: APISpec) -> None:
         "responses": {
             "200": {"description": "The report", **_json(_obj({
                 "window": STRING, "since": NUMBER, "until": NUMBER, "threshold": PROBABILITY,
-                "computed_at": NUMBER, "age_s": NUMBER,
+                "computed_at": NUMBER, "age_s": NUMBER, "computed_in_s": NUMBER,
                 "models": {"type": "object", "properties": {"champion": champion, "earlier": per_version,
                                                             "shadow": per_version},
                            "additionalProperties": False}}))},

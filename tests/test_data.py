@@ -116,3 +116,77 @@ def test_history_windows_follow_each_stream(tmp_path):
     window = dataset.windows(np.array([10]), 3)[0]  # row 11 (stream a): rows 7, 9, 11
     expected = np.array([[float(rows[k][name]) for name in list(rows[0])[:8]] for k in (6, 8, 10)], np.float32)
     assert np.array_equal(window, expected) and dataset.history_length[10] == 5
+
+
+def _no_traceback(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_encodings_are_named_by_line_never_a_traceback(tmp_path):
+    good = _write(tmp_path / "good.csv", _rows())
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(good.read_text().encode("utf-16"))
+    result = _check(str(utf16))
+    _no_traceback(result)
+    assert "line 1: the file is UTF-16" in result.stderr
+    latin1 = tmp_path / "latin1.csv"
+    lines = good.read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b"sim-4", b"sim-4\xe9")  # one Latin-1 byte in the 6th line
+    latin1.write_bytes(b"".join(lines))
+    result = _check(str(latin1))
+    _no_traceback(result)
+    assert "line 6: byte 0xe9" in result.stderr and "is not UTF-8" in result.stderr
+    # train refuses it the same way, and leaves no output folder behind
+    output = tmp_path / "never-made"
+    result = subprocess.run([sys.executable, "-m", "omni_mev.cli", "train", "--data", str(latin1), "--output",
+                             str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    _no_traceback(result)
+    assert "line 6: byte 0xe9" in result.stderr and not output.exists()
+
+
+def test_a_byte_order_mark_and_other_delimiters_are_accepted(tmp_path):
+    rows = _rows(n=80)
+    plain = load(str(_write(tmp_path / "plain.csv", rows)))
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.csv").read_bytes())
+    for delimiter, name in ((";", "semicolons.csv"), ("\t", "tabs.tsv")):
+        with open(tmp_path / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+    for path in (with_bom, tmp_path / "semicolons.csv", tmp_path / "tabs.tsv"):
+        other = load(str(path))
+        assert np.array_equal(other.vectors, plain.vectors) and np.array_equal(other.label, plain.label), path
+
+
+def test_a_missing_column_with_another_delimiter_in_the_header_gets_a_hint(tmp_path):
+    rows = [{("success;stream" if name == "success" else name): value for name, value in row.items()}
+            for row in _rows(n=20)]
+    result = _check(str(_write(tmp_path / "odd.csv", rows)))
+    _no_traceback(result)
+    assert "column success: missing" in result.stderr and "hint: the header is split by commas but also holds " \
+                                                            "semicolons" in result.stderr
+
+
+def test_repeated_problems_are_reported_once_with_their_count(tmp_path):
+    rows = _rows(n=60)
+    for k in range(3, 60, 2):
+        rows[k].update(success="maybe")
+    result = _check(str(_write(tmp_path / "many.csv", rows)))
+    _no_traceback(result)
+    lines = [line for line in result.stderr.splitlines() if "is not true/false" in line]
+    assert len(lines) == 1 and "29 in all; rows 4, 6, 8, 10, 12, ..." in lines[0]
+
+
+def test_short_rows_and_infinite_values_are_named_as_such(tmp_path):
+    path = _write(tmp_path / "bad.csv", _rows(n=30))
+    lines = path.read_text().splitlines(keepends=True)
+    lines[5] = ",".join(lines[5].split(",")[:9]) + "\n"  # data row 5: 9 of 13 fields
+    fields = lines[8].split(",")
+    fields[5] = "1e400"  # time_of_day of data row 8
+    lines[8] = ",".join(fields)
+    path.write_text("".join(lines))
+    result = _check(str(path))
+    _no_traceback(result)
+    assert "row 5: short row: 9 of the header's" in result.stderr and "None" not in result.stderr
+    assert "row 8, column time_of_day: '1e400' is out of range: not a finite number" in result.stderr

@@ -177,3 +177,12 @@ def test_ledger_off_says_so(make_app):
     assert client.post("/predict", json={"features": EXAMPLE, "opportunity_id": "x"}).status_code == 200
     for response in (client.get("/quality"), client.post("/outcomes", json={"opportunity_id": "x", "success": True})):
         assert response.status_code == 503 and response.get_json()["error"] == "ledger_unavailable"
+
+
+def test_the_reporter_uses_at_most_its_share_of_a_core():
+    from omni_mev.ledger.reporter import MAX_DUTY, pause_after
+
+    assert pause_after(0.1, 10.0) == 10.0  # a small ledger: the configured cadence
+    for took in (1.0, 5.8, 60.0):  # a large one: the pause grows with the work
+        pause = pause_after(took, 10.0)
+        assert took / (took + pause) == pytest.approx(MAX_DUTY) and pause > 10.0

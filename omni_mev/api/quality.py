@@ -45,5 +45,6 @@ def quality():
     answer = present(window, report["windows"][window], report["threshold"], (model,) if model else MODELS,
                      predictor.status().version)
     answer.update(computed_at=round(report["computed_at"], 3),
-                  age_s=round(max(0.0, time.time() - report["computed_at"]), 3))
+                  age_s=round(max(0.0, time.time() - report["computed_at"]), 3),
+                  computed_in_s=report.get("computed_in_s"))
     return answer

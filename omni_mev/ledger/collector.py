@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from omni_mev.ledger.quality import present
-from omni_mev.ledger.reporter import QualityReports
+from omni_mev.ledger.reporter import QualityReports, pause_after
 
 FIGURES = {
     "predictions": "Predictions made in the window (latest per opportunity)",
@@ -47,13 +47,17 @@ class QualityCollector(Collector):
 
     def __init__(self, directory: Path, refresh_s: float) -> None:
         self.reports = QualityReports(directory)
-        # A report older than this means the reporter stopped: the figures are no longer live.
-        self.max_age_s = 3 * refresh_s + 60.0
+        self.refresh_s = refresh_s
+
+    def fresh(self, report: dict[str, Any], age_s: float) -> bool:
+        """Whether the reporter still reports: the next report was due well before now."""
+        expected_s = pause_after(report.get("computed_in_s", 0.0), self.refresh_s) + report.get("computed_in_s", 0.0)
+        return age_s <= 3 * expected_s + 60.0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         report = self.reports.latest()
         age = time.time() - report["computed_at"] if report is not None else None
-        up = report is not None and report["error"] is None and age is not None and age <= self.max_age_s
+        up = report is not None and report["error"] is None and age is not None and self.fresh(report, age)
         yield GaugeMetricFamily("ai_quality_up", "1 when the live quality report is fresh and the ledger was read",
                                 value=1.0 if up else 0.0)
         if age is not None:

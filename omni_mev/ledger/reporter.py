@@ -2,9 +2,9 @@
 /quality (in every worker) and the quality gauges (in gunicorn's master) only read.
 
 gunicorn.conf.py starts the reporter (`python -m omni_mev.ledger.reporter`) when the master is ready and stops
-it on exit; it also stops by itself when the master is gone. Every AI_QUALITY_REFRESH_S after its last report
-was written it reads the longest window of the ledger once, computes every window of quality.WINDOWS for every
-model version, and replaces the file atomically. A report therefore costs the ledger's database one read per
+it on exit; it also stops by itself when the master is gone. AI_QUALITY_REFRESH_S after its last report was
+written (or later: it uses at most MAX_DUTY of a core, see pause_after) it reads the longest window of the ledger
+once, computes every window of quality.WINDOWS for every model version, and replaces the file atomically. A report therefore costs the ledger's database one read per
 cadence, whatever the number of clients polling /quality, and a reader never sees a half-written file.
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ from omni_mev.ledger.store import Ledger, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "quality.json"
+# The share of one core the reporter may use on average.
+MAX_DUTY = 0.05
 
 
 def compute(ledger: Ledger, threshold: float, now: float) -> dict[str, Any]:
@@ -46,11 +48,13 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 def report_once(ledger: Ledger, threshold: float, path: Path) -> dict[str, Any]:
     """Compute and write one report; a ledger that cannot be read gives a report that says so."""
     now = time.time()
+    started = time.monotonic()
     try:
         report = compute(ledger, threshold, now)
     except LedgerUnavailable as error:
         log.warning("live quality not computed: %s", error.message)
         report = {"computed_at": now, "threshold": threshold, "error": error.message, "windows": {}}
+    report["computed_in_s"] = round(time.monotonic() - started, 3)
     write_report(path, report)
     return report
 
@@ -82,13 +86,20 @@ class QualityReports:
             return self._report
 
 
+def pause_after(took_s: float, refresh_s: float) -> float:
+    """How long to wait after a report that took took_s: refresh_s, or longer so that reporting uses at most
+    MAX_DUTY of a core (its cost grows with the ledger's last 7 days; the workers come first)."""
+    return max(refresh_s, took_s * (1.0 - MAX_DUTY) / MAX_DUTY)
+
+
 def serve(ledger: Ledger, threshold: float, directory: Path, refresh_s: float, parent: int) -> None:
-    """Report every refresh_s after the last report was written, for as long as `parent` (the master) lives."""
+    """Report, then pause (pause_after), for as long as `parent` (the master) lives."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_FILE
     while os.getppid() == parent:
+        started = time.monotonic()
         report_once(ledger, threshold, path)
-        deadline = time.monotonic() + refresh_s
+        deadline = time.monotonic() + pause_after(time.monotonic() - started, refresh_s)
         while time.monotonic() < deadline and os.getppid() == parent:
             time.sleep(min(0.5, refresh_s))
 

@@ -159,6 +159,8 @@ def retrain_step(settings: Settings, registry: Registry, *, force: bool = False,
             return RetrainResult("not_due", "no trigger fired")
         start = since if since is not None else now - parse_window(settings.retrain_window)
         return train_challenger(settings, registry, start, now, reasons, config_overrides or {}, progress)
+    except RetrainFailed as error:  # expected (too few outcomes, bad data): the reason, no traceback
+        return _failed(registry, str(error), reasons)
     except Exception as error:  # noqa: BLE001 - any failure leaves the champion serving, and says why
         log.exception("retraining failed")
         return _failed(registry, f"{type(error).__name__}: {error}", reasons)

@@ -7,22 +7,26 @@ A file has one row per opportunity:
 | the 8 feature names (profit_usd, ...) | yes | the values the service was sent, within the API's bounds |
 | opportunity_id | yes | unique |
 | observed_at | yes | RFC 3339 with an offset; rows of one stream in time order |
-| success | yes | true/false (or 1/0): the trade landed and made a profit after gas |
+| success | yes | true/false (or 1/0, or yes/no; any case): the trade landed and made a profit after gas |
 | stream | no | what a history window groups by (a pool pair, a scanner); without it rows are single vectors |
 | realised_pnl_usd | no | profit or loss after gas; enables a PnL-based threshold |
 
-Other columns are ignored (and listed). The outcome ledger is a source too,
-given as its SQLAlchemy URL: every prediction with an executed outcome, with
-the input window the model read.
+Other columns are ignored (and listed). A CSV file is UTF-8 (a byte-order
+mark is accepted); its delimiter (comma, semicolon, tab or bar) is found from
+its header. The outcome ledger is a source too, given as its SQLAlchemy URL:
+every prediction with an executed outcome, with the input window the model
+read.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import math
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,15 +40,43 @@ _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
 
+DELIMITERS = (",", ";", "\t", "|")
+# What makes two problems "the same" when they are counted together: their column, and their message with the
+# quoted values and numbers taken out.
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d[\d.,e+-]*")
+
+
 class DataError(Exception):
-    """The data cannot be trained on; each problem names its row (1 = the first data row) and column."""
+    """The data cannot be trained on; each problem names its row (1 = the first data row) and column.
+
+    The same problem in many rows is reported once, with its first rows and its count.
+    """
 
     def __init__(self, source: str, problems: list[str]) -> None:
-        shown = problems[:MAX_REPORTED_PROBLEMS]
-        more = len(problems) - len(shown)
+        summary = summarise(problems)
+        shown = summary[:MAX_REPORTED_PROBLEMS]
+        more = len(summary) - len(shown)
         super().__init__(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(shown)
-                         + (f"\n  ... and {more} more" if more else ""))
+                         + (f"\n  ... and {more} more kinds" if more else ""))
         self.problems = problems
+
+
+def summarise(problems: list[str]) -> list[str]:
+    """Each kind of problem once, in the order first met: alone as it is, or with its count and first rows."""
+    kinds: dict[str, list[str]] = {}
+    for problem in problems:
+        where, _, message = problem.partition(": ")
+        column = where.rpartition("column ")[2] if "column " in where else where
+        kinds.setdefault(f"{column}: {_VALUES.sub('...', message)}", []).append(problem)
+    lines = []
+    for same in kinds.values():
+        if len(same) == 1:
+            lines.append(same[0])
+        else:
+            rows = ", ".join(p.partition(",")[0].removeprefix("row ") for p in same[:5])
+            lines.append(f"{same[0]} (and {len(same) - 1:,} more rows like it: {len(same):,} in all; rows {rows}"
+                         + (", ..." if len(same) > 5 else "") + ")")
+    return lines
 
 
 @dataclass
@@ -159,10 +191,12 @@ def _boolean(raw: Any) -> bool | None:
     return True if text in _TRUE else False if text in _FALSE else None
 
 
-def _check_feature(name: str, value: float | None) -> str | None:
+def _check_feature(name: str, value: float | None, raw: Any = None) -> str | None:
     bounds = FEATURE_BOUNDS[name]
     if value is None or math.isnan(value):
         return "missing or not a number"
+    if not math.isfinite(value):
+        return f"{str(raw).strip()!r} is out of range: not a finite number (allowed {bounds.minimum:g}..{bounds.upper:.6g})"
     if not bounds.minimum <= value <= bounds.upper:
         return f"{value!r} is outside {bounds.minimum:g}..{bounds.upper:.6g}"
     if bounds.integer and value != int(value):
@@ -170,23 +204,31 @@ def _check_feature(name: str, value: float | None) -> str | None:
     return None
 
 
-def from_columns(source: str, columns: dict[str, list[Any]], row_offset: int = 0) -> Dataset:
-    """Check and build a Dataset from column lists (rows in file order); DataError listing every problem."""
-    problems: list[tuple[int, str]] = []  # (row, message): reported in row order
+def from_columns(source: str, columns: dict[str, list[Any]], row_offset: int = 0,
+                 broken_rows: dict[int, str] | None = None, hint: str | None = None) -> Dataset:
+    """Check and build a Dataset from column lists (rows in file order); DataError listing every problem.
+
+    broken_rows: rows the reader could not split into the header's fields (row index: why); each is
+    reported once, as that, and not again per column. hint: added when required columns are missing.
+    """
+    broken = broken_rows or {}
+    problems: list[tuple[int, str]] = [(row, f"row {row + 1 + row_offset}: {why}") for row, why in broken.items()]
     missing = [name for name in REQUIRED if name not in columns]
     if missing:
-        raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing])
+        raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing]
+                        + ([hint] if hint else []))
     n = len(columns["opportunity_id"])
     ignored = sorted(set(columns) - set(REQUIRED) - set(OPTIONAL))
 
     def report(row: int, column: str, message: str) -> None:
-        problems.append((row, f"row {row + 1 + row_offset}, column {column}: {message}"))
+        if row not in broken:
+            problems.append((row, f"row {row + 1 + row_offset}, column {column}: {message}"))
 
     vectors = np.zeros((n, N_FEATURES), dtype=np.float64)
     for j, name in enumerate(FEATURE_NAMES):
         for i, raw in enumerate(columns[name]):
             value = _float(raw)
-            problem = _check_feature(name, value)
+            problem = _check_feature(name, value, raw)
             if problem:
                 report(i, name, problem)
             else:
@@ -253,17 +295,53 @@ def _links(streams: list[str | None]) -> np.ndarray:
     return prev
 
 
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text: UTF-8, a byte-order mark dropped; DataError naming the line of a byte that is not."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if number == 1:
+                if line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in line:
+                    raise DataError(str(path), ["line 1: the file is UTF-16 (or another encoding with NUL bytes); "
+                                                "save it as UTF-8"])
+                line = line.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(str(path), [f"line {number}: byte 0x{line[error.start]:02x} at character "
+                                            f"{error.start + 1} is not UTF-8; save the file as UTF-8 (from Latin-1 "
+                                            "or Windows-1252, for example with iconv -f latin1 -t utf-8)"]) from None
+
+
+def _delimiter(header: str) -> str:
+    """The delimiter that splits the header into the most fields (a comma on a tie)."""
+    return max(DELIMITERS, key=lambda candidate: len(next(csv.reader([header], delimiter=candidate))))
+
+
 def read_csv(path: Path) -> Dataset:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise DataError(str(path), ["the file is empty (no header row)"])
-        columns: dict[str, list[Any]] = {name.strip(): [] for name in reader.fieldnames}
-        for row in reader:
-            for name, value in row.items():
-                if name is not None:
-                    columns[name.strip()].append(value)
-    return from_columns(str(path), columns)
+    lines = _utf8_lines(path)
+    header = next(lines, None)
+    if header is None or not header.strip():
+        raise DataError(str(path), ["the file is empty (no header row)"])
+    delimiter = _delimiter(header)
+    names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    broken: dict[int, str] = {}
+    index = -1
+    for row in csv.reader(lines, delimiter=delimiter):
+        if not row:
+            continue  # a blank line
+        index += 1
+        if len(row) != len(names):
+            broken[index] = (f"short row: {len(row)} of the header's {len(names)} fields" if len(row) < len(names)
+                             else f"long row: {len(row)} fields, the header has {len(names)}")
+            row = (row + [None] * len(names))[:len(names)]
+        for name, value in zip(names, row):
+            columns[name].append(value)
+    others = [shown for candidate, shown in zip(DELIMITERS, ("commas", "semicolons", "tabs", "bars"))
+              if candidate != delimiter and candidate in header]
+    hint = (f"hint: the header is split by {'commas' if delimiter == ',' else repr(delimiter)} but also holds "
+            f"{' and '.join(others)}; check the delimiter and the column names" if others else None)
+    return from_columns(str(path), columns, broken_rows=broken, hint=hint)
 
 
 def read_parquet(path: Path) -> Dataset:

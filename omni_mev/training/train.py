@@ -359,12 +359,12 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     deterministic_on(device)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     if dataset is None:
         dataset = load(config.data) if config.data else from_simulation(simulate(config.opportunities,
                                                                                  seed=config.seed))
     splits = split_by_time(dataset, config)
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the data passed its checks
     train_split, validation, test = splits["train"], splits["validation"], splits["test"]
     progress(f"{len(dataset):,} opportunities from {dataset.source}: train {len(train_split):,}, "
              f"validation {len(validation):,}, test {len(test):,} (in time order)")
