@@ -214,7 +214,36 @@ def quality_at_size(scratch: Path, rows: int, polls: int, servers: list[Server])
             "latency": percentiles(poller.latencies_ms)}
 
 
-PARTS = ("cost", "mixed", "quality", "size")
+PARTS = ("cost", "mixed", "quality", "size", "inserts")
+
+
+def insert_cost(scratch: Path, batches: int) -> dict[str, Any]:
+    """The writer's CPU per prediction row (a flush of 330 rows, as a worker at ~3,300 requests/s writes every
+    0.1 s), with the schema's indexes and without each: what fewer indexes would save."""
+    from omni_mev.ledger.store import PredictionRow, SqlLedger
+
+    window = np.array(EXAMPLE, np.float32).tobytes()
+    variants = {"both indexes": [], "without ix_predictions_predicted_at": ["ix_predictions_predicted_at"],
+                "without ix_predictions_opportunity_id": ["ix_predictions_opportunity_id"],
+                "without both": ["ix_predictions_predicted_at", "ix_predictions_opportunity_id"]}
+    results = {}
+    for name, dropped in variants.items():
+        ledger = SqlLedger(f"sqlite:///{scratch / ('inserts-' + str(len(results)) + '.db')}")
+        with ledger.engine.begin() as connection:
+            for index in dropped:
+                connection.exec_driver_sql(f"DROP INDEX {index}")
+        cpu = 0.0
+        now = time.time()
+        for batch in range(batches):
+            ledger._queue.extend(PredictionRow(f"bench-{batch}-{i}", now + batch * 0.1, "predict", "SIMULATION",
+                                               "onnx", "bb504f0433ef", 0.5, None, None, 0.78, False, None, 1, window)
+                                 for i in range(330))
+            started = time.process_time()
+            ledger.flush()
+            cpu += time.process_time() - started
+        ledger.engine.dispose()
+        results[name] = {"rows": batches * 330, "cpu_us_per_row": round(cpu / (batches * 330) * 1e6, 2)}
+    return results
 
 
 def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
@@ -235,6 +264,8 @@ def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
                                   for rows in ((5_000,) if smoke else (56_000, 500_000))]
         if "size" in parts:
             results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
+        if "inserts" in parts:
+            results["insert_cost"] = insert_cost(scratch, 10 if smoke else 300)
     finally:
         for server in servers:
             server.stop()
@@ -251,6 +282,8 @@ def summary(results: dict[str, Any]) -> str:
         mixed = results["mixed"]
         lines.append(f"/predict p99 mixed / alone, median of {mixed['rounds']} rounds: "
                      f"{mixed['median_p99_ratio']:.2f}x (goal <= 1.5x)")
+    for name, row in results.get("insert_cost", {}).items():
+        lines.append(f"ledger writer, {name}: {row['cpu_us_per_row']} us CPU per row")
     for row in results.get("quality", []):
         lines.append(f"/quality at {row['predictions']:,} predictions: p99 {row['latency'].get('p99_ms', 0):.2f} ms, "
                      f"max {row['latency'].get('max_ms', 0):.2f} ms (goal <= 10 ms); report computed in "

@@ -64,3 +64,4 @@ def test_ledger_load_smoke_run(tmp_path):
     (quality,) = results["quality"]
     assert quality["statuses"] == {"200": quality["latency"]["count"]} and quality["latency"]["count"] >= 200
     assert results["ledger_size"]["steps_1"]["mb_per_million"] > 0
+    assert len(results["insert_cost"]) == 4 and all(v["cpu_us_per_row"] > 0 for v in results["insert_cost"].values())
