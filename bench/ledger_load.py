@@ -22,9 +22,7 @@ import datetime as dt
 import http.client
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import EXAMPLE, ROOT, Server, ledger_cost, ledger_size, machine, omni_mev, wrk
+from bench.run import EXAMPLE, ROOT, Server, ledger_cost, ledger_size, machine, omni_mev, session, wrk
 
 OUTCOME_CLIENTS = 8
 OUTCOMES_PER_S = 50.0
@@ -250,9 +248,7 @@ def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     rounds, duration_s = (1, 1.0) if smoke else (5, 10.0)
     results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine()}
-    scratch = Path(tempfile.mkdtemp(prefix="omni-mev-bench-ledger-"))
-    servers: list[Server] = []
-    try:
+    with session("omni-mev-bench-ledger-") as (scratch, servers):
         if "cost" in parts:
             results["ledger_cost"] = [ledger_cost(scratch, rounds, duration_s, servers)
                                       for _ in range(1 if smoke else 3)]
@@ -266,10 +262,6 @@ def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
             results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
         if "inserts" in parts:
             results["insert_cost"] = insert_cost(scratch, 10 if smoke else 300)
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,19 @@ def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path,
         "p99_ms": figures["p99_us"] / 1000, "max_ms": figures["max_us"] / 1000,
         "non_2xx": figures["non_2xx"], "socket_errors": errors,
     }
+
+
+@contextmanager
+def session(prefix: str) -> Iterator[tuple[Path, list[Server]]]:
+    """A scratch folder and a list of started servers, both gone afterwards whatever happened."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    servers: list[Server] = []
+    try:
+        yield scratch, servers
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def omni_mev(name: str, env: dict[str, str] | None = None, workers: int = 2) -> Server:
@@ -337,13 +352,11 @@ def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
 
 def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> dict[str, Any]:
     """All measurements, as one JSON-able dict."""
-    scratch = Path(tempfile.mkdtemp(prefix="omni-mev-bench-"))
     predict_body = json.dumps({"features": EXAMPLE})
     results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine(), "rounds": rounds, "duration_s": duration_s,
                                "wrk_threads": 1}
-    servers: list[Server] = []
-    try:
+    with session("omni-mev-bench-") as (scratch, servers):
         omni, ref = omni_mev("omni-mev").start(), reference().start()
         servers += [omni, ref]
         results["ready_s"] = {"omni-mev": omni.ready_s, "reference": ref.ready_s}
@@ -419,10 +432,6 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
         results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
         results["ensemble"] = family_cost(scratch, rounds, duration_s, servers, smoke)
         results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 

@@ -3,9 +3,11 @@
 Predictions are recorded off the hot path: a request appends a row to a
 queue, and a thread per worker writes the queue in one transaction every
 FLUSH_S. A process killed with SIGKILL loses at most the rows of its last
-FLUSH_S (plus a transaction in flight). Outcomes are written in the request
-that brings them, and committed before it is answered. SQLite (the default,
-WAL mode) and PostgreSQL run the same code through SQLAlchemy Core.
+FLUSH_S (plus a transaction in flight). Outcomes are committed (synced to
+disk) before they are answered, by a second thread per worker that stores the
+posts waiting together in one transaction; the request's answer waits for it
+without holding the worker (submit_outcomes). SQLite (the default, WAL mode)
+and PostgreSQL run the same code through SQLAlchemy Core.
 
 A row the database refuses (it breaks a constraint, or holds a value the
 database cannot store) must not hold back the rows queued with it: the writer
