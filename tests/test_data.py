@@ -190,3 +190,14 @@ def test_short_rows_and_infinite_values_are_named_as_such(tmp_path):
     _no_traceback(result)
     assert "row 5: short row: 9 of the header's" in result.stderr and "None" not in result.stderr
     assert "row 8, column time_of_day: '1e400' is out of range: not a finite number" in result.stderr
+
+
+def test_the_same_problem_in_many_rows_is_one_line():
+    from omni_mev.training.data import summarise
+
+    assert summarise(["row 5: short row: 9 of the header's 13 fields", "row 9: short row: 8 of the header's 13 fields",
+                      "row 7, column success: 'maybe' is not true/false", "row 8, column dex_count: 7.0 is outside 1..4",
+                      "column success: missing (required: success)"]) == [
+        "row 5: short row: 9 of the header's 13 fields (and 1 more row like it: 2 in all; rows 5, 9)",
+        "row 7, column success: 'maybe' is not true/false", "row 8, column dex_count: 7.0 is outside 1..4",
+        "column success: missing (required: success)"]

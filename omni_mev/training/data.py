@@ -43,6 +43,7 @@ _FALSE = {"false", "0", "no"}
 DELIMITERS = (",", ";", "\t", "|")
 # What makes two problems "the same" when they are counted together: their column, and their message with the
 # quoted values and numbers taken out.
+_ROW = re.compile(r"row (\d+)")
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d[\d.,e+-]*")
 
 
@@ -66,15 +67,17 @@ def summarise(problems: list[str]) -> list[str]:
     kinds: dict[str, list[str]] = {}
     for problem in problems:
         where, _, message = problem.partition(": ")
-        column = where.rpartition("column ")[2] if "column " in where else where
+        column = where.rpartition("column ")[2] if "column " in where else ""  # "row N: short row..." group too
         kinds.setdefault(f"{column}: {_VALUES.sub('...', message)}", []).append(problem)
     lines = []
     for same in kinds.values():
         if len(same) == 1:
             lines.append(same[0])
         else:
-            rows = ", ".join(p.partition(",")[0].removeprefix("row ") for p in same[:5])
-            lines.append(f"{same[0]} (and {len(same) - 1:,} more rows like it: {len(same):,} in all; rows {rows}"
+            rows = ", ".join(found.group(1) for p in same[:5] if (found := _ROW.match(p)))
+            others = len(same) - 1
+            lines.append(f"{same[0]} (and {others:,} more row{'s' if others > 1 else ''} like it: {len(same):,} in "
+                         f"all; rows {rows}"
                          + (", ..." if len(same) > 5 else "") + ")")
     return lines
 
@@ -307,8 +310,8 @@ def _utf8_lines(path: Path) -> Iterator[str]:
             try:
                 yield line.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(str(path), [f"line {number}: byte 0x{line[error.start]:02x} at character "
-                                            f"{error.start + 1} is not UTF-8; save the file as UTF-8 (from Latin-1 "
+                raise DataError(str(path), [f"line {number}: byte 0x{line[error.start]:02x} (the line's byte "
+                                            f"{error.start + 1}) is not UTF-8; save the file as UTF-8 (from Latin-1 "
                                             "or Windows-1252, for example with iconv -f latin1 -t utf-8)"]) from None
 
 
