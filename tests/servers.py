@@ -197,22 +197,6 @@ class Gunicorn(Process):
 
         return wait_until(fresh, timeout, what=f"a quality report computed after {after}")
 
-    def post_outcomes(self, body: Any, timeout: float = 10.0, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
-        """POST /outcomes, again while some ids are still unknown (their predictions on the way to the ledger);
-        the answer that knew every id, or the last one."""
-        answers = []
-
-        def known() -> bool:
-            answers.append(self.post("/outcomes", body, **kwargs))
-            status, answer, _ = answers[-1]
-            return status != 404 and not (isinstance(answer, dict) and answer.get("unknown"))
-
-        try:
-            wait_until(known, timeout, interval=0.1, what="every outcome's prediction in the ledger")
-        except TimeoutError:
-            pass
-        return answers[-1]
-
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
