@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from omni_mev import metrics
+from omni_mev.jsonio import dumps
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,8 @@ class DeadLetters:
     def add(self, table: str, row: dict[str, Any], error: str) -> None:
         """Set one refused row aside; never raises (the writer must go on with the rest)."""
         metrics.LEDGER_DEAD_LETTERS.labels(table=table).inc()
-        line = orjson.dumps({"dead_at": time.time(), "table": table, "error": error,
-                             "row": {name: _plain(value) for name, value in row.items()}},
-                            option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        line = dumps({"dead_at": time.time(), "table": table, "error": error,
+                      "row": {name: _plain(value) for name, value in row.items()}}) + b"\n"
         if self.path is None:
             log.error("ledger: the database refused a %s row (%s); no dead-letter file, the row: %s",
                       table, error, line.decode().strip())

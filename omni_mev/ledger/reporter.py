@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from omni_mev.jsonio import dumps
 from omni_mev.ledger.quality import WINDOWS, window_figures
 from omni_mev.ledger.store import Ledger, LedgerUnavailable
 
@@ -41,7 +42,7 @@ def compute(ledger: Ledger, threshold: float, now: float) -> dict[str, Any]:
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Replace the report atomically (a new file renamed over the old one)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_bytes(orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY))
+    partial.write_bytes(dumps(report))
     os.replace(partial, path)
 
 
