@@ -191,6 +191,7 @@ class SqlLedger(Ledger):
         # The background writer's own engine: its commits need not wait for the disk (docs/operations.md).
         self._writer_engine = create_engine(url, synced=False)
         self._insert_sql, self._as_params = _bulk_insert(self._writer_engine)
+        self._insert_outcome = insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id)
         self._tables_ready = False
         self._problem: str | None = None
         try:
@@ -403,7 +404,7 @@ class SqlLedger(Ledger):
         rows = [{"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
                  "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at, "received_at": received}
                 for o in fresh]
-        statement = insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id)
+        statement = self._insert_outcome
         try:
             with self.engine.begin() as connection:
                 return set(connection.execute(statement, rows).scalars()), {}
@@ -455,16 +456,8 @@ class SqlLedger(Ledger):
     def _known(self, ids: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
         """For the ids with a prediction: when the latest was scored (the one an outcome measures), and the
         outcome stored for those that have one, in one read."""
-        query = (sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at).label("scored_at"),
-                           outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
-                           outcomes.c.realised_pnl_usd)
-                 .select_from(predictions.outerjoin(outcomes,
-                                                    outcomes.c.opportunity_id == predictions.c.opportunity_id))
-                 .where(predictions.c.opportunity_id.in_(ids))
-                 .group_by(predictions.c.opportunity_id, outcomes.c.opportunity_id, outcomes.c.executed,
-                           outcomes.c.success, outcomes.c.realised_pnl_usd))
         with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
+            rows = connection.execute(_KNOWN, {"ids": ids}).all()
         return ({row.opportunity_id: row.scored_at for row in rows},
                 {row.opportunity_id: row for row in rows if row.outcome_id is not None})
 
@@ -477,6 +470,16 @@ class SqlLedger(Ledger):
         except sa.exc.SQLAlchemyError as error:
             log.error("ledger: cannot read: %s", error)
             raise LedgerUnavailable("The ledger's database cannot be reached.") from None
+
+
+# Built once: building a statement costs more than the database's work for one outcome post.
+_KNOWN = (sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at).label("scored_at"),
+                    outcomes.c.opportunity_id.label("outcome_id"), outcomes.c.executed, outcomes.c.success,
+                    outcomes.c.realised_pnl_usd)
+          .select_from(predictions.outerjoin(outcomes, outcomes.c.opportunity_id == predictions.c.opportunity_id))
+          .where(predictions.c.opportunity_id.in_(sa.bindparam("ids", expanding=True)))
+          .group_by(predictions.c.opportunity_id, outcomes.c.opportunity_id, outcomes.c.executed,
+                    outcomes.c.success, outcomes.c.realised_pnl_usd))
 
 
 def read_records(engine: sa.Engine, since: float, until: float | None = None) -> LedgerRecords:
