@@ -20,7 +20,7 @@ from omni_mev.config import Settings
 from omni_mev.errors import ModelUnavailable
 from omni_mev.features import FEATURE_NAMES
 from omni_mev.ledger.store import Ledger, NullLedger, PredictionRow
-from omni_mev.plausibility import Checks, Plausibility
+from omni_mev.plausibility import Checks, Plausibility, card_support
 from omni_mev.runtime.base import ModelRuntime
 from omni_mev.runtime.loader import WorkerModels
 from omni_mev.trading.dispatcher import Dispatcher, Executing, Judged, implausible_reason
@@ -161,7 +161,7 @@ class Predictor:
         self.card = models.card
         self.cache = cache
         self.dispatcher = dispatcher
-        self.plausibility = Plausibility(models.training_range)
+        self.plausibility = Plausibility(card_support(models.card))
         self._range = models.training_range
         if self._range is not None:
             self._low, self._high = self._range[0].tolist(), self._range[1].tolist()

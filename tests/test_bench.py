@@ -65,3 +65,17 @@ def test_ledger_load_smoke_run(tmp_path):
     assert quality["statuses"] == {"200": quality["latency"]["count"]} and quality["latency"]["count"] >= 200
     assert results["ledger_size"]["steps_1"]["mb_per_million"] > 0
     assert len(results["insert_cost"]) == 4 and all(v["cpu_us_per_row"] > 0 for v in results["insert_cost"].values())
+
+
+def test_false_refusals_smoke_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.false_refusals", "--smoke", "--results", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("false-refusals-*-smoke.json")
+    results = json.loads(path.read_text())
+    for case in ("small_data", "shipped_model"):
+        assert len(results[case]) == 3
+        for run in results[case].values():
+            assert run["now"]["opportunities"] == run["before"]["opportunities"] > 0
+            # The rules now refuse nothing the rules before passed (the margin only widens, history only narrows).
+            assert run["now"]["flagged"] <= run["before"]["flagged"]

@@ -53,6 +53,8 @@ def test_tiny_training_writes_all_artifacts(tiny_run):
     assert card["onnx_parity_max_abs_diff"] <= 1e-5
     assert 0.0 <= card["thresholds"]["recommended"] <= 1.0
     assert card["training"]["split"]["train"] > card["training"]["split"]["test"]
+    for name, (low, high) in card["support"].items():  # the plausibility support: past the training extremes
+        assert low <= card["training_range"][name][0] and high >= card["training_range"][name][1]
 
 
 def test_training_is_deterministic(tiny_run, tmp_path):

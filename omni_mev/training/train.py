@@ -19,6 +19,7 @@ from omni_mev.devices import describe, resolve_torch_device
 from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import OpportunityLSTM, load_state
+from omni_mev.plausibility import support_bounds
 from omni_mev.training import evaluate
 from omni_mev.training.data import Dataset, from_simulation, load
 from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
@@ -437,6 +438,7 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
         "oracle": "present: the simulator's true probability" if test.oracle is not None else
                   "absent: real outcomes have no known true probability",
         "training_range": _observed_range(train_split.vectors[train_split.current]),
+        "support": support_bounds(train_split.vectors[train_split.current]),
         "onnx_parity_max_abs_diff": max_diff,
         "training_seconds": round(time.monotonic() - started, 1),
     }
@@ -458,6 +460,6 @@ def _data_summary(dataset: Dataset) -> dict[str, Any]:
 
 
 def _observed_range(features: np.ndarray) -> dict[str, list[float]]:
-    """Per-feature minimum and maximum of the training data: the drift and plausibility bounds."""
+    """Per-feature minimum and maximum of the training data: the drift counters' bounds."""
     lo, hi = features.min(axis=0), features.max(axis=0)
     return {name: [float(a), float(b)] for name, a, b in zip(FEATURE_NAMES, lo, hi)}
