@@ -144,7 +144,7 @@ def _device(raw: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser for all subcommands."""
     from omni_mev.registry.cli import add_commands as add_registry_commands
-    from omni_mev.training.train import TrainConfig
+    from omni_mev.training.config import TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="omni-mev", description=__doc__)

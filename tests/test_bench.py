@@ -79,3 +79,12 @@ def test_false_refusals_smoke_run(tmp_path):
             assert run["now"]["opportunities"] == run["before"]["opportunities"] > 0
             # The rules now refuse nothing the rules before passed (the margin only widens, history only narrows).
             assert run["now"]["flagged"] <= run["before"]["flagged"]
+
+
+def test_data_files_smoke_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.data_files", "--smoke", "--results", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("data-files-*-smoke.json")
+    results = json.loads(path.read_text())
+    assert results["data_check"]["exit_code"] == 0 and results["data_check"]["peak_rss_mb"] > 0

@@ -201,3 +201,38 @@ def test_the_same_problem_in_many_rows_is_one_line():
         "row 5: short row: 9 of the header's 13 fields (and 1 more row like it: 2 in all; rows 5, 9)",
         "row 7, column success: 'maybe' is not true/false", "row 8, column dex_count: 7.0 is outside 1..4",
         "column success: missing (required: success)"]
+
+
+def test_a_file_read_in_chunks_is_the_file_read_whole(tmp_path, monkeypatch):
+    """Streamed reading keeps what crosses a chunk's edge: stream links, repeated ids, time order."""
+    from omni_mev.training import data
+
+    rows = _rows(n=200)
+    for i, row in enumerate(rows):
+        row["stream"] = "a" if i % 3 else "b"
+    path = _write(tmp_path / "streams.csv", rows)
+    whole = load(str(path))
+    monkeypatch.setattr(data, "CHUNK_ROWS", 7)
+    chunked = load(str(path))
+    for name in ("vectors", "prev", "current", "label", "observed_at", "pnl"):
+        assert np.array_equal(getattr(whole, name), getattr(chunked, name), equal_nan=name == "pnl"), name
+    assert list(whole.opportunity_id) == list(chunked.opportunity_id)
+    assert np.array_equal(whole.windows(np.arange(150, 160), 12), chunked.windows(np.arange(150, 160), 12))
+
+    rows[150]["opportunity_id"] = rows[2]["opportunity_id"]  # repeated across chunks
+    rows[160]["observed_at"] = rows[100]["observed_at"]  # back in time in stream a, across chunks
+    problems = pytest.raises(DataError, load, str(_write(tmp_path / "bad.csv", rows))).value.problems
+    assert f"row 151, column opportunity_id: {rows[2]['opportunity_id']!r} already at row 3" in problems
+    assert any(p.startswith("row 161, column observed_at: time goes backwards in stream 'a'") for p in problems)
+
+
+def test_reading_stops_after_enough_problems(tmp_path, monkeypatch):
+    from omni_mev.training import data
+
+    rows = _rows(n=100)
+    for row in rows:
+        row["success"] = "maybe"
+    monkeypatch.setattr(data, "CHUNK_ROWS", 10)
+    monkeypatch.setattr(data, "MAX_PROBLEMS", 25)
+    problems = pytest.raises(DataError, load, str(_write(tmp_path / "bad.csv", rows))).value.problems
+    assert len(problems) == 31 and problems[-1] == "(reading stopped after row 30: 25 problems or more)"

@@ -13,7 +13,9 @@ A file has one row per opportunity:
 
 Other columns are ignored (and listed). A CSV file is UTF-8 (a byte-order
 mark is accepted); its delimiter (comma, semicolon, tab or bar) is found from
-its header. The outcome ledger is a source too, given as its SQLAlchemy URL:
+its header. Files are read CHUNK_ROWS rows at a time, each row kept as numbers
+(memory follows the row count, not the file's size). The outcome ledger is a
+source too, given as its SQLAlchemy URL:
 every prediction with an executed outcome, with the input window the model
 read.
 """
@@ -36,6 +38,10 @@ from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, MAX_HISTORY, N_FEAT
 REQUIRED = (*FEATURE_NAMES, "opportunity_id", "observed_at", "success")
 OPTIONAL = ("stream", "realised_pnl_usd")
 MAX_REPORTED_PROBLEMS = 25
+# Files are read this many rows at a time; reading stops once this many problems are found (each is a line of
+# text kept for the report, and a file that wrong needs fixing before its other problems matter).
+CHUNK_ROWS = 20_000
+MAX_PROBLEMS = 100_000
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -101,6 +107,7 @@ class Dataset:
     pnl: np.ndarray  # [n] float64, NaN where not reported
     oracle: np.ndarray | None = None  # the true probability, for simulated data
     ignored_columns: list[str] = field(default_factory=list)
+    unique_ids: bool = False  # checked when read (a file's ids must be); otherwise describe() counts repeats
 
     def __len__(self) -> int:
         return len(self.current)
@@ -154,7 +161,7 @@ class Dataset:
             "realised_pnl_reported": int(np.isfinite(self.pnl).sum()),
             "feature_ranges": {name: [float(current[:, i].min()), float(current[:, i].max())]
                                for i, name in enumerate(FEATURE_NAMES)} if len(self) else {},
-            "duplicate_ids": len(self) - len(set(self.opportunity_id.tolist())),
+            "duplicate_ids": 0 if self.unique_ids else len(self) - len(set(self.opportunity_id)),
             "ignored_columns": self.ignored_columns,
         }
 
@@ -214,88 +221,165 @@ def from_columns(source: str, columns: dict[str, list[Any]], row_offset: int = 0
     broken_rows: rows the reader could not split into the header's fields (row index: why); each is
     reported once, as that, and not again per column. hint: added when required columns are missing.
     """
-    broken = broken_rows or {}
-    problems: list[tuple[int, str]] = [(row, f"row {row + 1 + row_offset}: {why}") for row, why in broken.items()]
-    missing = [name for name in REQUIRED if name not in columns]
-    if missing:
-        raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing]
-                        + ([hint] if hint else []))
-    n = len(columns["opportunity_id"])
-    ignored = sorted(set(columns) - set(REQUIRED) - set(OPTIONAL))
+    rows = _CheckedRows(source, list(columns), hint, row_offset)
+    rows.add(columns, broken_rows or {})
+    return rows.dataset()
 
-    def report(row: int, column: str, message: str) -> None:
-        if row not in broken:
-            problems.append((row, f"row {row + 1 + row_offset}, column {column}: {message}"))
 
-    vectors = np.zeros((n, N_FEATURES), dtype=np.float64)
-    for j, name in enumerate(FEATURE_NAMES):
-        for i, raw in enumerate(columns[name]):
+class _CheckedRows:
+    """Rows checked and converted a chunk at a time: what is kept is typed arrays (a float32 vector, a time, a
+    label... per row), never the text, so a file is read in memory bounded by its row count, not its size."""
+
+    def __init__(self, source: str, names: list[str], hint: str | None = None, row_offset: int = 0) -> None:
+        missing = [name for name in REQUIRED if name not in names]
+        if missing:
+            raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing]
+                            + ([hint] if hint else []))
+        self.source, self.row_offset = source, row_offset
+        self.ignored = sorted(set(names) - set(REQUIRED) - set(OPTIONAL))
+        self.rows = 0
+        self.problems: list[tuple[int, str]] = []
+        self.vectors: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.pnl: list[np.ndarray] = []
+        self.prev: list[np.ndarray] = []
+        self.ids: list[str] = []
+        self.seen: set[str] = set()  # a set, not id -> row: the first rows of repeated ids are found at the end
+        self.repeats: list[tuple[int, str]] = []
+        self.streams: dict[str, int] = {}
+        self.last_of_stream: dict[int, int] = {}  # stream index: its latest row
+        self.last_time: dict[int | None, tuple[int, float]] = {}  # stream index (None: no stream): row, time
+
+    def add(self, columns: dict[str, list[Any]], broken: dict[int, str]) -> None:
+        """The next rows (column lists of equal length; broken: chunk row index -> why it is not a row)."""
+        base = self.rows
+        n = len(columns["opportunity_id"])
+        self.rows += n
+        chunk_problems: list[tuple[int, str]] = [(base + row, f"row {base + row + 1 + self.row_offset}: {why}")
+                                                 for row, why in broken.items()]
+
+        def report(row: int, column: str, message: str) -> None:
+            if row not in broken:
+                chunk_problems.append((base + row, f"row {base + row + 1 + self.row_offset}, column {column}: "
+                                                   f"{message}"))
+
+        vectors = np.zeros((n, N_FEATURES), dtype=np.float32)
+        for j, name in enumerate(FEATURE_NAMES):
+            vectors[:, j] = _feature_column(name, columns[name], report)
+        for i, raw in enumerate(columns["opportunity_id"]):
+            text = "" if raw is None else str(raw).strip()
+            if not 0 < len(text) <= 128:
+                report(i, "opportunity_id", "must be 1 to 128 characters")
+            elif text in self.seen:
+                if i not in broken:
+                    self.repeats.append((base + i, text))
+            else:
+                self.seen.add(text)
+            self.ids.append(text)
+        times = _parsed_column("observed_at", columns["observed_at"], _timestamp, "an RFC 3339 time with an offset",
+                               np.float64, report)
+        labels = _parsed_column("success", columns["success"], _boolean, "true/false (or 1/0, yes/no)", np.int8,
+                                report)
+        pnl = np.full(n, np.nan)
+        for i, raw in enumerate(columns.get("realised_pnl_usd", ())):
             value = _float(raw)
-            problem = _check_feature(name, value, raw)
-            if problem:
-                report(i, name, problem)
-            else:
-                vectors[i, j] = value
-    ids = []
-    for i, raw in enumerate(columns["opportunity_id"]):
-        text = "" if raw is None else str(raw).strip()
-        if not 0 < len(text) <= 128:
-            report(i, "opportunity_id", "must be 1 to 128 characters")
-        ids.append(text)
-    first_row: dict[str, int] = {}
-    for i, opportunity_id in enumerate(ids):
-        if opportunity_id and opportunity_id in first_row:
-            earlier = first_row[opportunity_id] + 1 + row_offset
-            report(i, "opportunity_id", f"{opportunity_id!r} already at row {earlier}")
-        first_row.setdefault(opportunity_id, i)
+            if value is None and raw not in (None, "") and not (isinstance(raw, float) and math.isnan(raw)):
+                report(i, "realised_pnl_usd", f"{raw!r} is not a number")
+            elif value is not None and math.isfinite(value):
+                pnl[i] = value
+        prev = np.full(n, -1, np.int64)
+        for i, raw in enumerate(columns.get("stream", [None] * n)):
+            stream = None if raw is None or str(raw).strip() == "" else self.streams.setdefault(str(raw),
+                                                                                                len(self.streams))
+            if stream is not None:
+                prev[i] = self.last_of_stream.get(stream, -1)
+                self.last_of_stream[stream] = base + i
+            earlier = self.last_time.get(stream)
+            if earlier is not None and times[i] < earlier[1]:
+                what = f"stream {raw!r}" if stream is not None else "the file (no stream column)"
+                report(i, "observed_at", f"time goes backwards in {what} (row {earlier[0] + 1 + self.row_offset} is "
+                                         "later)")
+            self.last_time[stream] = (base + i, float(times[i]))
+        chunk_problems.sort(key=lambda problem: problem[0])
+        self.problems += chunk_problems
+        self.vectors.append(vectors)
+        self.times.append(times)
+        self.labels.append(labels)
+        self.pnl.append(pnl)
+        self.prev.append(prev)
 
-    def parsed(column: str, parse: Callable[[Any], Any], expected: str, dtype: type) -> np.ndarray:
-        values = np.zeros(n, dtype=dtype)
-        for i, raw in enumerate(columns[column]):
-            value = parse(raw)
-            if value is None:
-                report(i, column, f"{raw!r} is not {expected}")
-            else:
-                values[i] = value
-        return values
+    @property
+    def problem_count(self) -> int:
+        return len(self.problems) + len(self.repeats)
 
-    times = parsed("observed_at", _timestamp, "an RFC 3339 time with an offset", np.float64)
-    labels = parsed("success", _boolean, "true/false", np.int8)
-    pnl = np.full(n, np.nan)
-    for i, raw in enumerate(columns.get("realised_pnl_usd", [None] * n)):
+    def dataset(self) -> Dataset:
+        """The Dataset of every row added; DataError with every problem found."""
+        if self.rows == 0:
+            raise DataError(self.source, ["no rows"])
+        if self.repeats:
+            wanted = {text for _, text in self.repeats}
+            first: dict[str, int] = {}
+            for row, text in enumerate(self.ids):
+                if text in wanted:
+                    first.setdefault(text, row)
+            self.problems += [(row, f"row {row + 1 + self.row_offset}, column opportunity_id: {text!r} already at "
+                                    f"row {first[text] + 1 + self.row_offset}") for row, text in self.repeats]
+            self.problems.sort(key=lambda problem: problem[0])
+        if self.problems:
+            raise DataError(self.source, [message for _, message in self.problems])
+        labels = np.concatenate(self.labels)
+        if len(set(labels.tolist())) < 2:
+            raise DataError(self.source, [f"column success: every row is {bool(labels[0])}; training needs "
+                                          "successes and failures"])
+        self.seen.clear()
+        ids = np.empty(self.rows, dtype=object)
+        ids[:] = self.ids
+        self.ids.clear()
+        return Dataset(self.source, np.concatenate(self.vectors), np.concatenate(self.prev), np.arange(self.rows),
+                       labels, np.concatenate(self.times), ids, np.concatenate(self.pnl),
+                       ignored_columns=self.ignored, unique_ids=True)
+
+
+def _feature_column(name: str, raw_values: list[Any], report: Callable[[int, str, str], None]) -> np.ndarray:
+    """One feature's values as float64, each problem reported (a value with a problem becomes 0)."""
+    try:  # the common case at C speed: every value a number
+        values = np.asarray(raw_values, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if values is not None:
+        bounds = FEATURE_BOUNDS[name]
+        fine = (values >= bounds.minimum) & (values <= bounds.upper)
+        if bounds.integer:
+            fine &= values == np.round(values)
+        if fine.all():
+            return values
+        suspects = np.flatnonzero(~fine)
+    else:
+        values = np.zeros(len(raw_values))
+        suspects = range(len(raw_values))
+    for i in suspects:
+        raw = raw_values[i]
         value = _float(raw)
-        if value is None and raw not in (None, "") and not (isinstance(raw, float) and math.isnan(raw)):
-            report(i, "realised_pnl_usd", f"{raw!r} is not a number")
-        elif value is not None and math.isfinite(value):
-            pnl[i] = value
-    streams = [None if s is None or str(s).strip() == "" else str(s) for s in columns.get("stream", [None] * n)]
-    last_seen: dict[str | None, int] = {}
-    for i, stream in enumerate(streams):
-        if stream in last_seen and times[i] < times[last_seen[stream]]:
-            what = f"stream {stream!r}" if stream is not None else "the file (no stream column)"
-            report(i, "observed_at",
-                   f"time goes backwards in {what} (row {last_seen[stream] + 1 + row_offset} is later)")
-        last_seen[stream] = i
-    if n == 0:
-        raise DataError(source, ["no rows"])
-    if not problems and len(set(labels.tolist())) < 2:
-        raise DataError(source, [f"column success: every row is {bool(labels[0])}; training needs successes and "
-                                 "failures"])
-    if problems:
-        raise DataError(source, [message for _, message in sorted(problems, key=lambda problem: problem[0])])
-    return Dataset(source, vectors.astype(np.float32), _links(streams), np.arange(n), labels, times,
-                   np.array(ids, dtype=object), pnl, ignored_columns=ignored)
+        problem = _check_feature(name, value, raw)
+        if problem:
+            report(int(i), name, problem)
+            values[i] = 0.0
+        else:
+            values[i] = value
+    return values
 
 
-def _links(streams: list[str | None]) -> np.ndarray:
-    """Each row's previous row in its stream (-1 for the first, and for rows without a stream)."""
-    prev = np.full(len(streams), -1, np.int64)
-    last: dict[str, int] = {}
-    for i, stream in enumerate(streams):
-        if stream is not None:
-            prev[i] = last.get(stream, -1)
-            last[stream] = i
-    return prev
+def _parsed_column(column: str, raw_values: list[Any], parse: Callable[[Any], Any], expected: str, dtype: type,
+                   report: Callable[[int, str, str], None]) -> np.ndarray:
+    values = np.zeros(len(raw_values), dtype=dtype)
+    for i, raw in enumerate(raw_values):
+        value = parse(raw)
+        if value is None:
+            report(i, column, f"{raw!r} is not {expected}")
+        else:
+            values[i] = value
+    return values
 
 
 def _utf8_lines(path: Path) -> Iterator[str]:
@@ -321,12 +405,18 @@ def _delimiter(header: str) -> str:
 
 
 def read_csv(path: Path) -> Dataset:
+    """A CSV file, read CHUNK_ROWS rows at a time (memory bounded by the rows, not the file's size)."""
     lines = _utf8_lines(path)
     header = next(lines, None)
     if header is None or not header.strip():
         raise DataError(str(path), ["the file is empty (no header row)"])
     delimiter = _delimiter(header)
     names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    others = [shown for candidate, shown in zip(DELIMITERS, ("commas", "semicolons", "tabs", "bars"))
+              if candidate != delimiter and candidate in header]
+    hint = (f"hint: the header is split by {'commas' if delimiter == ',' else repr(delimiter)} but also holds "
+            f"{' and '.join(others)}; check the delimiter and the column names" if others else None)
+    checked = _CheckedRows(str(path), names, hint)
     columns: dict[str, list[Any]] = {name: [] for name in names}
     broken: dict[int, str] = {}
     index = -1
@@ -340,11 +430,17 @@ def read_csv(path: Path) -> Dataset:
             row = (row + [None] * len(names))[:len(names)]
         for name, value in zip(names, row):
             columns[name].append(value)
-    others = [shown for candidate, shown in zip(DELIMITERS, ("commas", "semicolons", "tabs", "bars"))
-              if candidate != delimiter and candidate in header]
-    hint = (f"hint: the header is split by {'commas' if delimiter == ',' else repr(delimiter)} but also holds "
-            f"{' and '.join(others)}; check the delimiter and the column names" if others else None)
-    return from_columns(str(path), columns, broken_rows=broken, hint=hint)
+        if index + 1 == CHUNK_ROWS:
+            checked.add(columns, broken)
+            columns, broken, index = {name: [] for name in names}, {}, -1
+            if checked.problem_count >= MAX_PROBLEMS:
+                break
+    if index >= 0:
+        checked.add(columns, broken)
+    if checked.problem_count >= MAX_PROBLEMS:
+        checked.problems.append((checked.rows, f"(reading stopped after row {checked.rows}: {MAX_PROBLEMS:,} "
+                                               "problems or more)"))
+    return checked.dataset()
 
 
 def read_parquet(path: Path) -> Dataset:
@@ -352,7 +448,11 @@ def read_parquet(path: Path) -> Dataset:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(str(path), ["reading Parquet needs pyarrow (pip install 'omni-mev[train]')"]) from None
-    return from_columns(str(path), pq.read_table(path).to_pydict())
+    parquet = pq.ParquetFile(path)
+    checked = _CheckedRows(str(path), parquet.schema_arrow.names)
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+        checked.add(batch.to_pydict(), {})
+    return checked.dataset()
 
 
 def read_ledger(url: str, since: float = 0.0, until: float | None = None) -> Dataset:
