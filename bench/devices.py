@@ -128,6 +128,7 @@ def training(devices: list[str], opportunities: int, epochs: int, seed: int,
 
     config = TrainConfig(seed=seed, max_epochs=epochs, patience=epochs + 1, batches_per_epoch=batches_per_epoch)
     splits = split_by_time(from_simulation(simulate(opportunities, seed=seed)), config)
+    config, _ = config.sized_to(len(splits["train"]))
     results: dict[str, Any] = {"opportunities": opportunities, "epochs": epochs,
                                "batches_per_epoch": config.batches_per_epoch, "batch_size": config.batch_size,
                                "runs": {}}

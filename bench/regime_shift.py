@@ -42,6 +42,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 RECOVERY_GOAL = 0.02  # AUC within this of the oracle after the promotion
+RECOVERY_OUTCOMES_GOAL = 20_000  # labelled outcomes after the shift, at most, until a better champion serves
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,12 @@ class Sizes:
     gate: int  # post-shift, challenger in the shadow: what the gate judges on
     after: int  # post-shift, promoted champion
     min_outcomes: int  # AI_PROMOTE_MIN_OUTCOMES
-    train_flags: tuple[str, ...] = ()
+    train_flags: tuple[str, ...] = ()  # none: `omni-mev retrain` with its defaults, the budget drawn from the data
 
 
-FULL = Sizes(before=20_000, train=60_000, gate=20_000, after=30_000, min_outcomes=5_000)
-SMALL = Sizes(before=3_000, train=12_000, gate=4_000, after=6_000, min_outcomes=1_500,
-              train_flags=("--max-epochs", "6", "--batches-per-epoch", "60", "--patience", "3"))
+# Recovery within 20,000 labelled outcomes after the shift: 12,000 to train the challenger on, 6,000 for the gate.
+FULL = Sizes(before=20_000, train=12_000, gate=6_000, after=30_000, min_outcomes=5_000)
+SMALL = Sizes(before=3_000, train=12_000, gate=4_000, after=6_000, min_outcomes=1_500)
 
 
 def shifted_params() -> Any:
@@ -172,6 +173,7 @@ def run(sizes: Sizes, seed: int = 20261127) -> dict[str, Any]:
             gate = loop.command("retrain")
             if gate["action"] == "promoted":
                 loop.wait_for(client, "model_version", trained["version"])
+            recovered_after_s = (dt.datetime.now(dt.timezone.utc) - shift_at).total_seconds()
             phases.append(loop.phase(client, "after, promoted", sizes.after, shifted_params(), seed + 3))
         last = loop.timeline[-1]
         stale = OnnxModel(loop.registry.get(champion).onnx)
@@ -188,8 +190,13 @@ def run(sizes: Sizes, seed: int = 20261127) -> dict[str, Any]:
                                               if v != asdict(SimulatorParams())[k]},
             "champion": champion, "challenger": trained["version"], "retrain": trained, "gate": gate,
             "phases": phases, "stale_on_last_phase": stale_figures,
+            "recovery": {"labelled_outcomes": sizes.train + sizes.gate, "wall_s": round(recovered_after_s, 1),
+                         "what": "from the shift until the promoted challenger served on every worker: the "
+                                 "outcomes it was trained on and judged on, and the wall time (scoring them "
+                                 "through the service, retraining, the gate and the reload)"},
             "goals": {
                 "promoted": gate["action"] == "promoted",
+                "within_outcomes": sizes.train + sizes.gate <= RECOVERY_OUTCOMES_GOAL,
                 "recovered_within": round(promoted["oracle_auc"] - promoted["auc"], 4),
                 "recovered": promoted["oracle_auc"] - promoted["auc"] <= RECOVERY_GOAL,
                 "stale_gap": round(promoted["auc"] - stale_figures["auc"], 4),
@@ -268,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs:
         figure({**result, "_series": series}, Path(args.docs) / "regime_shift.png", 1000 if args.small else 4000)
     goals = result["goals"]
-    return 0 if goals["promoted"] and goals["recovered"] and goals["stale_measurably_lower"] else 1
+    return 0 if all(goals[name] for name in ("promoted", "within_outcomes", "recovered", "stale_measurably_lower")) \
+        else 1
 
 
 if __name__ == "__main__":

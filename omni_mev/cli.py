@@ -66,18 +66,20 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from omni_mev.training.evaluate import evaluate_model
-
     from omni_mev.runtime.base import ModelLoadError
+    from omni_mev.training.evaluate import NothingHeldOut, evaluate_model
 
     dataset = _load_data("evaluate", args.data)
     if dataset is None:
         return 2
     try:
-        report = evaluate_model(Path(args.model), dataset, args.threshold)
-    except ModelLoadError as error:
+        report = evaluate_model(Path(args.model), dataset, args.threshold, every_row=args.all,
+                                png=Path(args.png) if args.png else None)
+    except (ModelLoadError, NothingHeldOut) as error:
         print(f"omni-mev evaluate: {error}", file=sys.stderr)
         return 2
+    if "warning" in report:
+        print(f"omni-mev evaluate: warning: {report['warning']}", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -159,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--opportunities", type=int, default=defaults.opportunities,
                        help="simulated opportunities (without --data)")
-    train.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
-    train.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    train.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    sized = "default: from the data's size (docs/model.md, 'The training budget')"
+    train.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help=sized)
+    train.add_argument("--max-epochs", type=int, default=defaults.max_epochs, help=sized)
+    train.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch, help=sized)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help=sized)
     train.add_argument("--patience", type=int, default=defaults.patience)
     train.add_argument("--max-minutes", type=float, default=defaults.max_minutes,
                        help="a guard only: training stops on epochs or patience, and the card says if this fired")
@@ -181,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="an ONNX model file")
     evaluate.add_argument("--data", required=True, help="a CSV or Parquet file, or the ledger's URL")
     evaluate.add_argument("--threshold", type=float, default=0.78)
+    evaluate.add_argument("--all", action="store_true",
+                          help="score every row, also those observed in the model's training period (by default "
+                               "they are left out, with a warning)")
+    evaluate.add_argument("--png", help="write a reliability diagram of the rows scored here, with each bin's count")
     evaluate.set_defaults(handler=_evaluate)
 
     card = commands.add_parser("card", help="print a model card's test metrics as Markdown")

@@ -144,9 +144,10 @@ def test_quality_is_served_from_the_reporter_per_version_and_window(tmp_path):
         assert refused.value.status == 422 and refused.value.fields == {"window": ["Must be one of 1h, 24h, 7d."]}
         # `omni-mev quality` reads the ledger itself, with the same split.
         cli = subprocess.run([sys.executable, "-m", "omni_mev.cli", "quality", "--window", "1h", "--json",
-                              "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMNI_MEV_ENV_FILE": "/nonexistent"})
+                              "--url", url, "--png", str(tmp_path / "live.png")], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "OMNI_MEV_ENV_FILE": "/nonexistent"})
         assert cli.returncode == 0, cli.stderr
+        assert (tmp_path / "live.png").read_bytes().startswith(b"\x89PNG")
         offline = json.loads(cli.stdout)["models"]
         assert offline["champion"]["version"] == serving and offline["champion"]["auc"] == champion["auc"]
         assert offline["earlier"]["0ld0ld0ld0ld"]["labelled"] == 30

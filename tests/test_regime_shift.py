@@ -9,6 +9,7 @@ from tests.servers import ROOT
 
 
 def test_a_retrained_challenger_recovers_the_shifted_market_and_is_promoted(tmp_path):
+    """With `omni-mev retrain`'s defaults: no flag sizes the training."""
     result = subprocess.run([sys.executable, "-m", "bench.regime_shift", "--small", "--results", str(tmp_path),
                              "--docs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stderr[-3000:]
@@ -24,6 +25,7 @@ def test_a_retrained_challenger_recovers_the_shifted_market_and_is_promoted(tmp_
     assert run["gate"]["gate"]["passed"] and run["gate"]["gate"]["outcomes"] >= run["sizes"]["min_outcomes"]
     goals = run["goals"]
     assert goals["recovered_within"] <= 0.02, run["phases"]
+    assert goals["within_outcomes"] and run["recovery"]["labelled_outcomes"] <= 20_000
     assert goals["stale_gap"] > 2 * goals["stale_gap_se"] > 0, run["stale_on_last_phase"]
     assert result.returncode == 0
     assert (tmp_path / "regime_shift.png").stat().st_size > 10_000

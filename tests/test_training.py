@@ -18,6 +18,7 @@ from omni_mev.features import EXAMPLE_FEATURES, FEATURE_NAMES
 from omni_mev.model.lstm import load_state
 from omni_mev.runtime.onnx_runtime import OnnxModel
 from omni_mev.training.export import export_onnx, parity, random_raw_features
+from omni_mev.training.report import served_row
 from omni_mev.training.train import TrainConfig, train
 from tests.conftest import MODELS, ROOT
 
@@ -96,11 +97,20 @@ def test_own_data_from_check_to_evaluation(tmp_path):
     assert summary["version"] == card["version_short"] and card["oracle"].startswith("absent")
     assert "oracle" not in card["test_metrics"] and card["thresholds"]["recommended_rule"].startswith("maximises")
     assert card["onnx_parity_max_abs_diff"] <= 1e-5
+    # The file it was trained on: only the held-out test period is scored, with a warning saying so.
     evaluated = _cli("evaluate", "--model", str(tmp_path / "lstm_omni.onnx"), "--data", str(EXAMPLE_DATA))
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
-    assert report["opportunities"] == 4000 and report["model_version"] == card["version_short"]
+    held_out = card["training"]["split"]["test"]
+    assert report["opportunities"] == held_out == 600 and report["rows_in_data"] == 4000
+    assert report["model_version"] == card["version_short"]
     assert 0.5 < report["auc_roc"] <= 1.0 and 0.0 <= report["ece"] <= 0.2
+    assert report["auc_roc"] == pytest.approx(card["test_metrics"][served_row(card)]["auc_roc"], abs=2e-3)
+    assert "3,400 of 4,000 rows were observed up to" in evaluated.stderr and "--all" in evaluated.stderr
+    everything = json.loads(_cli("evaluate", "--model", str(tmp_path / "lstm_omni.onnx"), "--data",
+                                 str(EXAMPLE_DATA), "--all", "--png", str(tmp_path / "mine.png")).stdout)
+    assert everything["opportunities"] == 4000 and "warning" not in everything
+    assert (tmp_path / "mine.png").read_bytes().startswith(b"\x89PNG") and everything["reliability_png"]
     table = _cli("card", str(tmp_path / "lstm_omni.json"))
     assert table.returncode == 0 and f"serves **{card['family']}**" in table.stdout
     assert "Oracle" not in table.stdout and "| Ensemble: LSTM + trees, blended |" in table.stdout
@@ -108,6 +118,14 @@ def test_own_data_from_check_to_evaluation(tmp_path):
     served.load()  # the service can serve what training wrote
     again = _cli("train", "--data", str(EXAMPLE_DATA), "--output", str(tmp_path / "again"), *SMALL)
     assert json.loads(again.stdout.splitlines()[-1])["version"] == summary["version"]
+
+
+def test_evaluate_refuses_data_from_the_training_period_alone():
+    """The shipped model was fitted on simulated days the example file also covers: nothing is held out."""
+    result = _cli("evaluate", "--model", str(ROOT / "models" / "lstm_omni.onnx"), "--data", str(EXAMPLE_DATA))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "4,000 of 4,000 rows were observed up to 2024-02-27T11:08:13.508+00:00" in result.stderr
+    assert "No row is left to score" in result.stderr and "--all" in result.stderr
 
 
 def test_evaluate_names_a_model_it_cannot_load(tmp_path):
@@ -136,6 +154,30 @@ def test_accuracy_on_a_logistic_truth_that_is_not_the_simulator(tmp_path):
                                                     "batches_per_epoch": 60, "patience": 4}, output=tmp_path)
     assert result["truth_auc"] - result["model_auc"] <= 0.02
     assert result["model_ece"] <= 0.03
+
+
+def test_defaults_come_close_to_a_truth_with_hidden_stream_state(tmp_path):
+    """The small version of `python -m bench.truth_generators`: 40,000 rows of the `latency` generator (hidden
+    per-scanner regimes, interactions, 12% successes), trained with the defaults alone."""
+    from bench.truth_generators import against_truth
+
+    result = against_truth("latency", 40_000, 2, tmp_path)
+    assert result["budget"]["from_flags"] == [] and result["budget"]["train_rows"] == 28_000
+    assert result["auc_gap"] <= 0.02, result
+    assert result["model_ece"] <= 0.03, result
+
+
+@pytest.mark.parametrize(("rows", "batch", "batches", "hidden"), [
+    (2_800, 64, 44, 8), (28_000, 256, 110, 8), (140_000, 1024, 137, 16), (700_000, 1024, 500, 32)])
+def test_the_training_budget_is_drawn_from_the_rows(rows, batch, batches, hidden):
+    sized, budget = TrainConfig().sized_to(rows)
+    assert (sized.batch_size, sized.batches_per_epoch, sized.hidden_size, sized.max_epochs) == (batch, batches,
+                                                                                                 hidden, 40)
+    assert sized.learning_rate == 5e-3 and budget["from_flags"] == [] and budget["train_rows"] == rows
+    # A flag wins over the rule; a warm start learns at a fifth of the rate.
+    flagged, budget = TrainConfig(hidden_size=24, init_weights="served.pt").sized_to(rows)
+    assert flagged.hidden_size == 24 and flagged.batch_size == batch and flagged.learning_rate == 1e-3
+    assert budget["from_flags"] == ["hidden_size"]
 
 
 def test_export_keeps_batch_and_sequence_dynamic(tmp_path):

@@ -48,27 +48,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def reliability_png(report: dict[str, Any], path: Path) -> None:
-    """Observed success rate against mean confidence per bin, each model, point size by count."""
-    import matplotlib
+    """Observed success rate against mean confidence per bin, each model version, with the bins' counts."""
+    from omni_mev.reliability_plot import reliability_png as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(5, 5), dpi=100)
-    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for name, figures in columns(report):
-        bins = figures["reliability"]
-        if bins:
-            axis.scatter([b["mean_confidence"] for b in bins], [b["observed_rate"] for b in bins],
-                         s=[20 + 200 * b["count"] / max(x["count"] for x in bins) for b in bins], alpha=0.7,
-                         label=f"{name} (n={figures['labelled']:,}, ECE {figures['ece']:.3f})")
-    axis.set_xlim(0, 1)
-    axis.set_ylim(0, 1)
-    axis.set_xlabel("mean confidence")
-    axis.set_ylabel("observed success rate")
-    axis.set_title(f"live reliability, window {report['window']}")
-    axis.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    curves = {f"{name}, ECE {figures['ece']:.3f}" if figures.get("ece") is not None else name:
+              [(b["mean_confidence"], b["observed_rate"], b["count"]) for b in figures["reliability"]]
+              for name, figures in columns(report)}
+    draw(curves, path, f"Live reliability, window {report['window']} (labelled outcomes of the ledger)",
+         report["threshold"])

@@ -512,9 +512,10 @@ def write_csv(dataset: Dataset, path: Path, stream_name: str = "simulated") -> N
         for i in range(len(dataset)):
             vector = dataset.vectors[dataset.current[i]]
             writer.writerow([*(f"{float(v):.7g}" for v in vector), dataset.opportunity_id[i],
-                             _iso_precise(dataset.observed_at[i]), "true" if dataset.label[i] else "false",
+                             iso_time(dataset.observed_at[i]), "true" if dataset.label[i] else "false",
                              stream_name, "" if math.isnan(dataset.pnl[i]) else f"{dataset.pnl[i]:.4f}"])
 
 
-def _iso_precise(timestamp: float) -> str:
+def iso_time(timestamp: float) -> str:
+    """RFC 3339 in UTC, to the millisecond."""
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")

@@ -54,23 +54,68 @@ def pnl_optimal_threshold(p: np.ndarray, pnl: np.ndarray) -> float:
     return float((p[order[best]] + lower) / 2.0)
 
 
-def evaluate_model(model_path: Path, dataset: Any, threshold: float) -> dict:
-    """The card's metrics of an ONNX model on a dataset, each opportunity scored with all its history."""
+class NothingHeldOut(Exception):
+    """Every row of the data falls in the model's training period."""
+
+
+def held_out_rows(card: dict[str, Any], dataset: Any) -> tuple[np.ndarray, str | None]:
+    """The rows of `dataset` observed after the period the model was fitted on (its card's
+    `training.periods.fitted_until`: training and validation), and a warning when some are not; every row
+    when the card does not say."""
+    fitted_until = card.get("training", {}).get("periods", {}).get("fitted_until_epoch_s")
+    if fitted_until is None:
+        return np.arange(len(dataset)), None
+    after = np.flatnonzero(dataset.observed_at > float(fitted_until))
+    overlap = len(dataset) - len(after)
+    if not overlap:
+        return after, None
+    until = card["training"]["periods"]["fitted_until"]
+    warning = (f"{overlap:,} of {len(dataset):,} rows were observed up to {until}, the end of the period this model "
+               f"was fitted on: a model scores the rows it learned from better than the market it will meet. ")
+    if not len(after):
+        raise NothingHeldOut(warning + "No row is left to score; give data observed later, or --all to score "
+                                       "these rows anyway (the figures will flatter the model).")
+    return after, warning + f"Scored the {len(after):,} later rows only (--all scores every row)."
+
+
+def evaluate_model(model_path: Path, dataset: Any, threshold: float, every_row: bool = False,
+                   png: Path | None = None) -> dict:
+    """The card's metrics of an ONNX model on a dataset, each opportunity scored with all its history.
+
+    Unless every_row, only the rows observed after the model's training period are scored (held_out_rows;
+    NothingHeldOut when none are); the report's `warning` says when rows were left out.
+    """
     from omni_mev.evaluation import log_loss
+    from omni_mev.runtime.loader import read_card
     from omni_mev.runtime.onnx_runtime import OnnxModel
 
+    rows, warning = (np.arange(len(dataset)), None) if every_row else held_out_rows(read_card(model_path), dataset)
     model = OnnxModel(model_path)
     model.load()
     p = np.empty(len(dataset), dtype=np.float64)
     for index, windows in dataset.scored_windows():
+        # Every row keeps its whole history (earlier rows included) even when only later rows are scored.
         for start in range(0, len(index), 8192):
             p[index[start:start + 8192]] = model.predict(np.ascontiguousarray(windows[start:start + 8192]))
-    thresholds = {"given": threshold}
-    pnl = np.nan_to_num(dataset.pnl) if dataset.has_pnl else None
-    metrics = summarise(dataset.label, p, thresholds, pnl)
-    metrics["log_loss"] = log_loss(dataset.label, p)
+    labels, p = dataset.label[rows], p[rows]
+    pnl = np.nan_to_num(dataset.pnl[rows]) if dataset.has_pnl else None
+    metrics = summarise(labels, p, {"given": threshold}, pnl)
+    metrics["log_loss"] = log_loss(labels, p)
     report = {"model": str(model_path), "model_version": model.version, "data": dataset.source,
-              "opportunities": len(dataset), "success_rate": float(dataset.label.mean()), **metrics}
+              "opportunities": int(len(rows)), "rows_in_data": len(dataset),
+              "success_rate": float(labels.mean()), **metrics}
+    if warning:
+        report["warning"] = warning
     if dataset.oracle is not None:
-        report["oracle_auc"] = auc_roc(dataset.label, dataset.oracle)
+        report["oracle_auc"] = auc_roc(labels, dataset.oracle[rows])
+    if png is not None:
+        from omni_mev.evaluation import reliability_curve
+        from omni_mev.reliability_plot import reliability_png
+
+        curves = {f"model {model.version}": reliability_curve(labels, p)}
+        if dataset.oracle is not None:
+            curves["the true probability"] = reliability_curve(labels, dataset.oracle[rows])
+        reliability_png(curves, png, f"Reliability on {Path(dataset.source).name}"
+                                     f"{'' if every_row else ' (rows after the training period)'}", threshold)
+        report["reliability_png"] = str(png)
     return report

@@ -20,8 +20,9 @@ from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import OpportunityLSTM, load_state
 from omni_mev.plausibility import support_bounds
+from omni_mev.reliability_plot import reliability_png
 from omni_mev.training import evaluate
-from omni_mev.training.data import Dataset, from_simulation, load
+from omni_mev.training.data import Dataset, from_simulation, iso_time, load
 from omni_mev.training.config import TrainConfig
 from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
 from omni_mev.training.ensemble import parity as graph_parity
@@ -55,6 +56,16 @@ def split_by_time(dataset: Dataset, config: TrainConfig) -> dict[str, Dataset]:
     validation_end = int(n * (config.train_share + config.validation_share))
     bounds = {"train": (0, train_end), "validation": (train_end, validation_end), "test": (validation_end, n)}
     return {name: dataset.subset(order[lo:hi]) for name, (lo, hi) in bounds.items()}
+
+
+def split_periods(splits: dict[str, Dataset]) -> dict[str, Any]:
+    """When each split's rows were observed, for the card: `evaluate` scores only what came after `fitted_until`
+    (the validation period fits the calibration and chooses the family, so it is not held out either)."""
+    periods: dict[str, Any] = {name: [iso_time(float(part.observed_at.min())), iso_time(float(part.observed_at.max()))]
+                               for name, part in splits.items() if len(part)}
+    fitted_until = float(max(splits["train"].observed_at.max(), splits["validation"].observed_at.max()))
+    periods.update(fitted_until=iso_time(fitted_until), fitted_until_epoch_s=fitted_until)
+    return periods
 
 
 def _scored(fn, data: Dataset, length: int | None, batch: int = 8192, device: str = "cpu") -> np.ndarray:
@@ -289,27 +300,6 @@ def export(members: Members, family: str, output_dir: Path, validation: Dataset)
     return onnx_path, graph_parity(onnx_path, native, shapes)
 
 
-def reliability_png(curves: dict[str, list], path: Path) -> None:
-    """Reliability diagram of the test-set confidences."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for name, rows in curves.items():
-        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", markersize=3, label=name)
-    ax.axvline(DEFAULT_THRESHOLD, color="red", linewidth=0.8, linestyle="--", label="threshold 0.78")
-    ax.set_xlabel("predicted confidence")
-    ax.set_ylabel("observed success rate")
-    ax.set_title("Reliability on the held-out test period")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _normalisation_windows(train: Dataset, seed: int) -> np.ndarray:
     """Training windows for the standardisation statistics: the longest history enough examples have."""
     history = train.history_length
@@ -342,6 +332,10 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     train_split, validation, test = splits["train"], splits["validation"], splits["test"]
     progress(f"{len(dataset):,} opportunities from {dataset.source}: train {len(train_split):,}, "
              f"validation {len(validation):,}, test {len(test):,} (in time order)")
+    config, budget = config.sized_to(len(train_split))
+    progress(f"budget: batches of {config.batch_size}, {config.batches_per_epoch} per epoch, at most "
+             f"{config.max_epochs} epochs, {config.hidden_size} hidden units, learning rate {config.learning_rate:g}"
+             f" (from the data: {', '.join(budget['from_the_data']) or 'none'})")
 
     if config.init_weights:
         # Warm start (retraining): the served network, its input statistics kept, adapts to the new data.
@@ -401,8 +395,10 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
             "pytorch_fallback": "the LSTM alone" + ("" if family == "lstm" else
                                                     f" (a degraded stand-in for the {family} model)"),
         },
-        "training": {"config": asdict(config), "device": describe(device), "data": _data_summary(dataset),
+        "training": {"config": asdict(config), "budget": budget, "device": describe(device),
+                     "data": _data_summary(dataset),
                      "split": {name: len(part) for name, part in splits.items()},
+                     "periods": split_periods(splits),
                      "validation_log_loss": validation_losses, **fitting, "calibration": calibration},
         "thresholds": {**{k: round(v, 4) for k, v in thresholds.items()}, "recommended_rule": (
             "maximises realised PnL on the validation period" if "recommended" in thresholds
@@ -421,7 +417,8 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
         curves = {name: reliability_curve(test.label, p) for name, p in confidences.items()
                   if name in ("lstm_with_history", "lstm_single_vector", "hist_gradient_boosting", "ensemble",
                               "oracle")}
-        reliability_png(curves, docs_dir / "reliability.png")
+        reliability_png(curves, docs_dir / "reliability.png", f"Reliability on the held-out test period "
+                        f"({len(test):,} opportunities of {dataset.source})", DEFAULT_THRESHOLD)
     progress(f"wrote {onnx_path} ({family}, version {version[:12]}) in {card['training_seconds']:.0f}s")
     return card
 
