@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-__version__ = "1.0.0"
+from omni_mev.version import __version__
+
+__all__ = ["__version__", "create_app"]
 log = logging.getLogger(__name__)
 
 

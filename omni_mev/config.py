@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from omni_mev.errors import ConfigError  # defined in a leaf; callers may import it from here
+
 ENV_FILE_VARIABLE = "OMNI_MEV_ENV_FILE"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is one line naming the variable."""
 
 
 def _parse_bool(name: str, raw: str) -> bool:

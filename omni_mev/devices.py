@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from omni_mev.config import ConfigError
+from omni_mev.errors import ConfigError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 # Short names users write; any other ONNX Runtime provider is given by its full name.

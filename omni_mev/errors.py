@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the variable. (Here, a leaf, so the
+    modules that parse settings, config and devices, need not import each other for it.)"""
+
+
 class OmniMevError(Exception):
     """Base of the errors the API reports; status and code travel with the error."""
 

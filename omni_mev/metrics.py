@@ -15,9 +15,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
+from omni_mev import prometheus_internals
 from omni_mev.features import FEATURE_NAMES
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def _forked() -> None:
 # writes per /predict it cost ~9 µs per request (docs/benchmarks.md).
 os.register_at_fork(after_in_child=_forked)
 if os.environ.get(MULTIPROC_VARIABLE):
-    values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+    prometheus_internals.use_multiprocess_values(_process_id)
 # Inference takes ~10-50 us on ONNX and ~100 us on PyTorch: the buckets resolve
 # that range and still catch a pathological millisecond.
 LATENCY_BUCKETS_MS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
@@ -137,7 +138,7 @@ class DirectWrites:
         histogram.observe(value)
 
     def observe_many(self, histogram: Any, values: np.ndarray) -> None:
-        tally = _Tally(histogram._upper_bounds)
+        tally = _Tally(prometheus_internals.bucket_bounds(histogram))
         tally.add_many(values)
         tally.write(histogram)
 
@@ -172,10 +173,7 @@ class _Tally:
 
     def write(self, histogram: Any) -> None:
         """Add these observations to the histogram's shared values."""
-        histogram._sum.inc(self.total)
-        for bucket, count in zip(histogram._buckets, self.counts):
-            if count:
-                bucket.inc(count)
+        prometheus_internals.add_observations(histogram, self.total, self.counts)
 
 
 class BufferedWrites:
@@ -206,7 +204,7 @@ class BufferedWrites:
     def _tally(self, histogram: Any) -> _Tally:
         tally = self._tallies.get(histogram)
         if tally is None:
-            tally = self._tallies[histogram] = _Tally(histogram._upper_bounds)
+            tally = self._tallies[histogram] = _Tally(prometheus_internals.bucket_bounds(histogram))
         return tally
 
     def set_latest(self, gauge: Any, value: float) -> None:
@@ -222,7 +220,7 @@ class BufferedWrites:
         for histogram, tally in tallies.items():
             tally.write(histogram)
         for gauge, (value, at) in latest.items():
-            gauge._value.set(value, timestamp=at)
+            prometheus_internals.set_with_timestamp(gauge, value, at)
 
 
 _writes: DirectWrites | BufferedWrites = DirectWrites()

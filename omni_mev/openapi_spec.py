@@ -13,11 +13,12 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
-from omni_mev import __version__, schemas
+from omni_mev import schemas
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.plausibility import CHECKS
 from omni_mev.schemas import ID_PATTERN, OBSERVED_AT_SKEW_S
 from omni_mev.trading.outbox import EXECUTION_STATUSES
+from omni_mev.version import __version__
 from omni_mev.runtime.base import MODEL_NAME
 
 REF = "#/components/schemas/"
@@ -364,8 +365,12 @@ def _open_inference(spec: APISpec, model_version: str | None) -> None:
                 "503": _error("No model loaded in this worker", "V2Error"), **extra}}})
 
 
-def build(model_version: str | None = None) -> dict[str, Any]:
-    """The whole document as a dict, for a worker serving this model version (None: none loaded)."""
+def build(model_version: str | None = None, keys_required: bool = True) -> dict[str, Any]:
+    """The whole document as a dict, for a worker serving this model version (None: none loaded).
+
+    keys_required: API keys are configured. Without them the document declares no security at all (no
+    scheme, no requirement, no 401): a client or a fuzzer reads what the service does.
+    """
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="omni-mev",
@@ -382,4 +387,19 @@ def build(model_version: str | None = None) -> dict[str, Any]:
     _open_inference(spec, model_version)
     _ledger(spec)
     _health_and_status(spec)
-    return spec.to_dict()
+    document = spec.to_dict()
+    return document if keys_required else _without_security(document)
+
+
+def _without_security(document: dict[str, Any]) -> dict[str, Any]:
+    document.pop("security", None)
+    document.get("components", {}).pop("securitySchemes", None)
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):  # a path's shared `parameters`
+                continue
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
+    document["info"]["description"] = document["info"]["description"].split(" With API keys")[0] + (
+        " API keys are not configured on this service: no operation needs credentials.")
+    return document

@@ -30,6 +30,20 @@ def test_feature_list_has_per_position_bounds(client):
     assert "requestBody" in document["paths"]["/v2/models/lstm_omni/infer"]["post"]
 
 
+def test_security_is_declared_only_when_keys_are_configured(make_app):
+    import json
+
+    open_document = make_app().test_client().get("/openapi.json").get_json()
+    text = json.dumps(open_document)
+    assert "security" not in open_document and "securitySchemes" not in open_document["components"]
+    assert '"security"' not in text and '"401"' not in text and "no operation needs credentials" in text
+    keyed = make_app(AI_API_KEYS=KEY).test_client().get("/openapi.json", headers={"X-API-Key": KEY}).get_json()
+    assert keyed["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert set(keyed["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert keyed["paths"]["/health"]["get"]["security"] == []  # the health checks stay open
+    assert "401" in keyed["paths"]["/predict"]["post"]["responses"]
+
+
 def test_fuzz_finds_nothing(tmp_path, capsys):
     with Gunicorn({"AI_API_KEYS": KEY}, workers=2) as server:
         result = subprocess.run(

@@ -68,13 +68,22 @@ def test_connection_close_and_http10_are_honoured(service):
     assert raw_exchange(service, old).startswith(b"HTTP/1.0 200")  # and the server closed: recv returned b""
 
 
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in, the segments with data this socket received (Linux >= 4.6).
+TCP_INFO_DATA_SEGS_IN = 152
+
+
 def test_headers_and_body_leave_in_one_segment(service):
     with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
-        sock.sendall(predict_request(keep_alive=False))
-        time.sleep(0.3)
-        first = sock.recv(65536)
-    head, _, body = first.partition(b"\r\n\r\n")
+        sock.sendall(predict_request(keep_alive=True))
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"Content-Length: (\d+)", reply).group(1)):
+            reply += sock.recv(65536)  # until the whole response is here, however it arrived
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    (data_segments,) = struct.unpack_from("I", info, TCP_INFO_DATA_SEGS_IN)
+    head, _, body = reply.partition(b"\r\n\r\n")
     assert b"Content-Length: %d" % len(body) in head and json.loads(body)["decision"] in (True, False)
+    assert data_segments == 1, f"the response came in {data_segments} segments"
 
 
 def test_connection_closed_after_its_request_quota(service):

@@ -6,20 +6,21 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from omni_mev import auth
 from omni_mev.api import predictor_of
 
 bp = Blueprint("openapi", __name__)
 
 
 @lru_cache(maxsize=4)
-def document(model_version: str | None) -> dict[str, Any]:
+def document(model_version: str | None, keys_required: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document; apispec is imported only when someone asks for it."""
     from omni_mev.openapi_spec import build
 
-    return build(model_version)
+    return build(model_version, keys_required)
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    """The OpenAPI 3.1 document of this service."""
-    return document(predictor_of(current_app).status().version)
+    """The OpenAPI 3.1 document of this service (security declared only when API keys are configured)."""
+    return document(predictor_of(current_app).status().version, current_app.extensions[auth.EXTENSION].enabled)

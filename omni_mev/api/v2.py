@@ -10,7 +10,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from omni_mev import __version__
+from omni_mev.version import __version__
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size, may_hold_booleans
 from omni_mev.api.direct import DirectRequest, direct_route
