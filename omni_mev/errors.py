@@ -6,7 +6,10 @@ responses.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+INTERNAL_ERROR_MESSAGE = "The service failed to answer; it is logged."
 
 
 class ConfigError(ValueError):
@@ -101,3 +104,19 @@ class QualityNotReady(OmniMevError):
     status = 503
     code = "quality_not_ready"
     headers = {"Retry-After": "10"}
+
+
+class InternalError(OmniMevError):
+    """The service failed; the log has the details, the client only this."""
+
+    def __init__(self) -> None:
+        super().__init__(INTERNAL_ERROR_MESSAGE)
+
+
+# The body of every 500, wherever it is rendered (Flask's handlers, the direct routes, the worker).
+INTERNAL_ERROR = InternalError().to_dict()
+
+
+def error_code(phrase: str) -> str:
+    """An HTTP reason phrase as an error code: "Request Header Fields Too Large" -> request_header_fields_too_large."""
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")

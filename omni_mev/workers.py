@@ -61,7 +61,7 @@ from gunicorn.workers.base import Worker
 from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
 from omni_mev.config import Settings
 from omni_mev.deferred import PARKS, DeferredBody
-from omni_mev.errors import BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout
+from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout, error_code
 from omni_mev.jsonio import dumps
 
 # A response must be taken by the client within this long per send.
@@ -99,10 +99,6 @@ def prompt_close(sock: socket.socket) -> None:
         sock.close()
 
 
-def _snake(reason: str) -> str:
-    return "_".join(reason.lower().replace("-", " ").split())
-
-
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's error response (util.write_error) with the API's JSON body.
 
@@ -111,9 +107,10 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     """
     if reason == "Bad Request" and status_int != 400:
         reason = HTTPStatus(status_int).phrase
-    code = "internal_error" if status_int == 500 else _snake(reason)
-    message = mesg or ("The service failed to answer; it is logged." if status_int == 500 else reason)
-    write_error_body(sock, status_int, reason, {"error": code, "message": message})
+    if status_int == 500:
+        write_error_body(sock, status_int, reason, INTERNAL_ERROR if not mesg else {**INTERNAL_ERROR, "message": mesg})
+        return
+    write_error_body(sock, status_int, reason, {"error": error_code(reason), "message": mesg or reason})
 
 
 def write_error_body(sock: socket.socket, status_int: int, reason: str, error: dict[str, Any]) -> None:

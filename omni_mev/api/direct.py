@@ -25,7 +25,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from omni_mev import metrics
 from omni_mev.auth import ApiKeys
 from omni_mev.deferred import PARKS, DeferredBody, Rendered
-from omni_mev.errors import BadRequest, MethodNotAllowed, OmniMevError, PayloadTooLarge
+from omni_mev.errors import INTERNAL_ERROR, BadRequest, MethodNotAllowed, OmniMevError, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 EXTENSION = "omni_mev.direct_routes"
 ALLOWED = ["OPTIONS", "POST"]
-INTERNAL_ERROR = {"error": "internal_error", "message": "The service failed to answer; it is logged."}
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 _JSON = ("Content-Type", "application/json")
 

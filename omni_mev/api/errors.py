@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from omni_mev.errors import MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge
+from omni_mev.errors import INTERNAL_ERROR, MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
 from omni_mev.jsonio import dumps
 
 log = logging.getLogger(__name__)
-INTERNAL_ERROR = {"error": "internal_error", "message": "The service failed to answer; it is logged."}
 NOT_FOUND = "No such endpoint; see /openapi.json for the API."
 TOO_LARGE = "The request body is larger than the service accepts (AI_MAX_BODY_BYTES)."
 
@@ -26,10 +24,6 @@ def error_response(error: OmniMevError) -> Response:
     return json_response(error.to_dict(), error.status, error.headers)
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def as_domain_error(error: HTTPException) -> OmniMevError:
     """werkzeug's routing and body errors in the API's own terms."""
     if error.code == 404:
@@ -39,7 +33,7 @@ def as_domain_error(error: HTTPException) -> OmniMevError:
     if error.code == 413:
         return PayloadTooLarge(TOO_LARGE)
     domain = OmniMevError(error.description or error.name)
-    domain.status, domain.code = error.code or 500, _snake(error.name)
+    domain.status, domain.code = error.code or 500, error_code(error.name)
     return domain
 
 

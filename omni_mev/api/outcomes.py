@@ -18,8 +18,7 @@ from omni_mev import metrics
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size
 from omni_mev.api.direct import Answer, DirectRequest, Later, direct_route
-from omni_mev.api.errors import INTERNAL_ERROR
-from omni_mev.errors import BadRequest, OmniMevError
+from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
                                    LedgerUnavailable, OutcomeResult)
 from omni_mev.schemas import OutcomeSchema, load_or_raise
@@ -28,8 +27,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("outcomes", __name__)
 _one = OutcomeSchema()
 _many = OutcomeSchema(many=True)
-RESULT_NAMES = {STORED: "stored", DUPLICATE: "duplicate", UNKNOWN: "unknown", CONFLICT: "conflict",
-                INVALID: "invalid"}
+# The ledger's results in HTTP terms.
+HTTP_STATUS = {STORED: 201, DUPLICATE: 200, UNKNOWN: 404, CONFLICT: 409, INVALID: 422}
 ERROR_CODES = {UNKNOWN: "unknown_opportunity", CONFLICT: "conflict", INVALID: "validation_error"}
 # An unknown id is answered at once; its prediction may be a moment from the database (docs/api.md).
 RETRY_HEADERS = {"Retry-After": str(RETRY_UNKNOWN_AFTER_S)}
@@ -46,8 +45,8 @@ def _body(raw: bytes) -> Any:
 
 
 def _item(result: OutcomeResult) -> dict[str, Any]:
-    return {"opportunity_id": result.opportunity_id, "result": RESULT_NAMES[result.status],
-            "status": result.status, "message": result.message}
+    return {"opportunity_id": result.opportunity_id, "result": result.status.value,
+            "status": HTTP_STATUS[result.status], "message": result.message}
 
 
 def _one_answer(result: OutcomeResult) -> Answer:
@@ -56,7 +55,7 @@ def _one_answer(result: OutcomeResult) -> Answer:
         answer.update(error=ERROR_CODES[result.status])
     if result.field is not None:
         answer.update(fields={result.field: [result.message]})
-    return Answer(result.status, answer, RETRY_HEADERS if result.status == UNKNOWN else None)
+    return Answer(HTTP_STATUS[result.status], answer, RETRY_HEADERS if result.status == UNKNOWN else None)
 
 
 def _many_answer(results: list[OutcomeResult]) -> Answer:
@@ -78,11 +77,11 @@ def _many_answer(results: list[OutcomeResult]) -> Answer:
         answer.update(error="validation_error", message=f"{len(invalid)} outcome(s) were not stored "
                                                         f"({', '.join(invalid[:5])}; each item says why); "
                                                         "the others were processed.")
-        return Answer(INVALID, answer)
+        return Answer(HTTP_STATUS[INVALID], answer)
     if conflicts:
         answer.update(error="conflict", message=f"{len(conflicts)} outcome(s) conflict with stored ones "
                                                 f"({', '.join(conflicts[:5])}); the others were processed.")
-        return Answer(CONFLICT, answer)
+        return Answer(HTTP_STATUS[CONFLICT], answer)
     return Answer(200, answer)
 
 
@@ -102,7 +101,7 @@ def _answer(stored: Future, one: bool) -> Answer:
             return Answer(500, INTERNAL_ERROR)
         else:
             for result in results:
-                metrics.OUTCOMES.labels(result=RESULT_NAMES[result.status]).inc()
+                metrics.OUTCOMES.labels(result=result.status.value).inc()
             return _one_answer(results[0]) if one else _many_answer(results)
     return Answer(error.status, error.to_dict(), error.headers)
 

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,7 +50,19 @@ RETRY_UNKNOWN_AFTER_S = 1
 # Clocks of bots and hosts disagree: an outcome's observed_at may lie this long before its prediction was scored,
 # or ahead of the service's clock (the schema checks that side).
 OBSERVED_AT_SKEW_S = 300.0
-STORED, DUPLICATE, UNKNOWN, CONFLICT, INVALID = 201, 200, 404, 409, 422
+
+
+class OutcomeStatus(Enum):
+    """What became of one posted outcome (the API maps each to its HTTP status)."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the same outcome was already stored
+    UNKNOWN = "unknown"  # no prediction with this id (yet)
+    CONFLICT = "conflict"  # a different outcome is already stored, and kept
+    INVALID = "invalid"  # not stored: observed before its prediction, or refused by the database
+
+
+STORED, DUPLICATE, UNKNOWN, CONFLICT, INVALID = OutcomeStatus
 GROUP_COMMIT_S = 0.01
 
 
@@ -97,13 +110,12 @@ class Outcome:
 
 @dataclass(frozen=True)
 class OutcomeResult:
-    """What became of one posted outcome: stored (201), a duplicate (200), unknown id (404), conflict (409),
-    or not stored (422): observed before its prediction was scored, or refused by the database."""
+    """What became of one posted outcome, and why, in a sentence for the caller."""
 
     opportunity_id: str
-    status: int
+    status: OutcomeStatus
     message: str
-    field: str | None = None  # the outcome's field at fault, for a 422
+    field: str | None = None  # the outcome's field at fault, when INVALID names one
 
 
 @dataclass(frozen=True)
