@@ -61,10 +61,12 @@ backlog = 2048
 #
 #   workers - one per CPU by default: inference is CPU-bound and each worker is
 #       single-threaded (ONNX Runtime with 1 intra-op thread).
-#   worker_class - omni-mev's own: prefork with one thread per worker, one
-#       request at a time, as gunicorn's sync worker, but an event loop keeps
-#       HTTP/1.1 connections alive and spreads new ones over the workers; its
-#       errors are JSON (see omni_mev/workers.py and docs/benchmarks.md).
+#   worker_class - AI_WORKER_CLASS: by default (fast) omni-mev's own: prefork
+#       with one thread per worker, one request at a time, as gunicorn's sync
+#       worker, but an event loop keeps HTTP/1.1 connections alive and spreads
+#       new ones over the workers; its errors are JSON (see omni_mev/workers.py
+#       and docs/benchmarks.md). `sync` runs gunicorn's stock sync worker: the
+#       same application, without those.
 #   worker_connections - open connections a worker keeps at most.
 #   keepalive - seconds an idle connection stays open for its next request.
 #   timeout - a worker silent this long is killed and replaced.
@@ -78,7 +80,8 @@ backlog = 2048
 #       in each worker.
 #
 workers = _settings.workers
-worker_class = "omni_mev.workers.KeepAliveWorker"
+WORKER_CLASSES = {"fast": "omni_mev.workers.KeepAliveWorker", "sync": "sync"}
+worker_class = WORKER_CLASSES[_settings.worker_kind]
 worker_connections = 1000
 timeout = 30
 graceful_timeout = 30
@@ -177,11 +180,14 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Batch the hot path's metric writes; the worker flushes them whenever it is idle."""
+    """With omni-mev's worker, batch the hot path's metric writes: it flushes them whenever it is idle. Another
+    worker class has no idle hook, and the writes go straight to the shared files."""
     from omni_mev import metrics
 
-    metrics.buffer_writes()
-    worker.when_idle(metrics.flush)
+    when_idle = getattr(worker, "when_idle", None)
+    if when_idle is not None:
+        metrics.buffer_writes()
+        when_idle(metrics.flush)
 
 
 def worker_abort(worker):

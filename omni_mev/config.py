@@ -176,6 +176,11 @@ class Settings:
     host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")
     port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
     workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), _default_workers(), "gunicorn workers")
+    worker_kind: str = _setting(
+        "AI_WORKER_CLASS", _choice("fast", "sync"), "fast",
+        "gunicorn worker: fast = omni-mev's keep-alive worker (JSON errors, parked answers, batched metric "
+        "writes); sync = gunicorn's stock sync worker (one request per connection, gunicorn's own error pages)",
+    )
     rust_engine_url: str | None = _setting("RUST_ENGINE_URL", _http_url, None, "execution engine base URL")
     dispatch_connect_timeout_s: float = _setting(
         "AI_DISPATCH_CONNECT_TIMEOUT_S", _number(float, 0.001, 10.0), 0.1, "execution engine connect timeout"

@@ -108,3 +108,16 @@ def test_no_model_at_all_health_503_and_workers_stay_up(tmp_path):
         status, body, _ = server.post("/predict", {"features": EXAMPLE})
         assert status == 503 and "onnx: its file cannot be read" in body["message"]
         wait_until(lambda: server.get("/status")[1]["ai_engine"] == "degraded", 5, what="status degraded")
+
+
+def test_gunicorn_conf_also_runs_the_stock_sync_worker():
+    """AI_WORKER_CLASS=sync: gunicorn's own worker boots with the same config, scores, stores outcomes (waiting
+    for the commit in the request, as a worker that cannot park an answer must) and counts requests."""
+    with Gunicorn({"AI_WORKER_CLASS": "sync"}) as server:
+        status, body, _ = server.post("/predict", {"features": EXAMPLE, "opportunity_id": "sync-1"})
+        assert status == 200 and 0.0 <= body["confidence"] <= 1.0
+        status, body, _ = server.post("/outcomes", {"opportunity_id": "sync-1", "success": True})
+        assert status == 201 and body["result"] == "stored", body
+        wait_until(lambda: sum(_requests_by_pid(server.metrics_dir).values()) >= 2, 10,
+                   what="the requests counted in the shared metric files")
+        assert "Using worker: sync" in server.output()
