@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, machine
+from bench.run import ROOT, machine, write_results
 
 
 def peak_rss_mb(command: list[str]) -> tuple[float, float, int]:
@@ -57,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     results = run(5_000 if args.smoke else 820_000)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"data-files-{results['date'][:10]}{'-smoke' if args.smoke else ''}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(results, args.results, "data-files", args.smoke)
     check = results["data_check"]
     print(f"data check on {results['file_mb']} MB ({results['rows']:,} rows): peak RSS {check['peak_rss_mb']} MB "
           f"(goal < 300), {check['seconds']} s")

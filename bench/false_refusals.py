@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.run import ROOT, machine
+from bench.run import ROOT, machine, write_results
 from omni_mev.features import FEATURE_NAMES
 from omni_mev.plausibility import SUPPORTED, Plausibility, Support, card_support, support_bounds
 from omni_mev.runtime.loader import read_card
@@ -102,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     results = run(4_000 if args.smoke else 40_000, 2_000 if args.smoke else 50_000)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"false-refusals-{results['date'][:10]}{'-smoke' if args.smoke else ''}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(results, args.results, "false-refusals", args.smoke)
     print(summary(results))
     print(f"wrote {path}")
     return 0

@@ -179,6 +179,15 @@ def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path,
     }
 
 
+def write_results(results: dict[str, Any], folder: str | Path, name: str, smoke: bool = False) -> Path:
+    """results as bench/results/<name>-<date>[-smoke].json (the date from results["date"]); its path."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{results['date'][:10]}{'-smoke' if smoke else ''}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
 @contextmanager
 def session(prefix: str) -> Iterator[tuple[Path, list[Server]]]:
     """A scratch folder and a list of started servers, both gone afterwards whatever happened."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import ROOT, machine
+from bench.run import ROOT, machine, write_results
 
 FEATURES = ("profit_usd", "profit_ratio", "route_complexity", "gas_millions", "confidence_score", "time_of_day",
             "dex_count", "input_amount_thousands")
@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: v for k, v in run.items() if k != "budget"}), flush=True)
         results["shift_recovery"] = shift_recovery(Path(scratch))
         print(json.dumps(results["shift_recovery"]), flush=True)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"truth-generators-{results['date'][:10]}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(results, args.results, "truth-generators")
     print(f"wrote {path}")
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.regime_shift import shifted_params
-from bench.run import ROOT, machine
+from bench.run import ROOT, machine, write_results
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "cold start (the rule's network)": {},
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261130)
     args = parser.parse_args(argv)
     results = run(12_000, 30_000, args.seed)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"warm-start-{results['date'][:10]}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(results, args.results, "warm-start")
     print(f"truth AUC {results['truth_auc']}; wrote {path}")
     return 0
 

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,11 +52,7 @@ def test_smoke_run_writes_results_and_report(tmp_path):
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
 def test_ledger_load_smoke_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.ledger_load", "--smoke", "--results", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    (path,) = tmp_path.glob("ledger-*-smoke.json")
-    results = json.loads(path.read_text())
+    results = smoke_results("ledger_load", "ledger", tmp_path)
     assert all(run["median_ratio"] > 0 for run in results["ledger_cost"])
     mixed = results["mixed"]
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for runs in mixed["runs"].values() for r in runs)
@@ -67,12 +64,17 @@ def test_ledger_load_smoke_run(tmp_path):
     assert len(results["insert_cost"]) == 4 and all(v["cpu_us_per_row"] > 0 for v in results["insert_cost"].values())
 
 
-def test_false_refusals_smoke_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.false_refusals", "--smoke", "--results", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+def smoke_results(module: str, name: str, folder: Path) -> dict:
+    """Run `python -m bench.<module> --smoke` and read the results it wrote."""
+    result = subprocess.run([sys.executable, "-m", f"bench.{module}", "--smoke", "--results", str(folder)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    (path,) = tmp_path.glob("false-refusals-*-smoke.json")
-    results = json.loads(path.read_text())
+    (path,) = folder.glob(f"{name}-*-smoke.json")
+    return json.loads(path.read_text())
+
+
+def test_false_refusals_smoke_run(tmp_path):
+    results = smoke_results("false_refusals", "false-refusals", tmp_path)
     for case in ("small_data", "shipped_model"):
         assert len(results[case]) == 3
         for run in results[case].values():
@@ -82,9 +84,5 @@ def test_false_refusals_smoke_run(tmp_path):
 
 
 def test_data_files_smoke_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.data_files", "--smoke", "--results", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    (path,) = tmp_path.glob("data-files-*-smoke.json")
-    results = json.loads(path.read_text())
+    results = smoke_results("data_files", "data-files", tmp_path)
     assert results["data_check"]["exit_code"] == 0 and results["data_check"]["peak_rss_mb"] > 0
