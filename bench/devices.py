@@ -126,7 +126,9 @@ def training(devices: list[str], opportunities: int, epochs: int, seed: int,
     from omni_mev.training.train import (TrainConfig, _normalisation_windows, _scored, deterministic_on, fit_network,
                                          split_by_time)
 
-    config = TrainConfig(seed=seed, max_epochs=epochs, patience=epochs + 1, batches_per_epoch=batches_per_epoch)
+    # The shipped network's size and batch, whatever the rows: the figures compare devices, not budgets.
+    config = TrainConfig(seed=seed, max_epochs=epochs, patience=epochs + 1, batches_per_epoch=batches_per_epoch,
+                         hidden_size=32, batch_size=1024)
     splits = split_by_time(from_simulation(simulate(opportunities, seed=seed)), config)
     config, _ = config.sized_to(len(splits["train"]))
     results: dict[str, Any] = {"opportunities": opportunities, "epochs": epochs,
