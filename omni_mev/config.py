@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from omni_mev.errors import ConfigError  # defined in a leaf; callers may import it from here
 
 ENV_FILE_VARIABLE = "OMNI_MEV_ENV_FILE"
+DEFAULT_MAX_BATCH_SIZE = 4096
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -288,7 +289,8 @@ class Settings:
         "AI_REQUEST_READ_TIMEOUT_S", _number(float, 0.1, 20.0), 5.0,
         "a request's head and body must arrive within this long of its first byte (408 after)",
     )
-    max_batch_size: int = _setting("AI_MAX_BATCH_SIZE", _number(int, 1, 1_000_000), 4096, "most items per batch")
+    max_batch_size: int = _setting("AI_MAX_BATCH_SIZE", _number(int, 1, 1_000_000), DEFAULT_MAX_BATCH_SIZE,
+                                   "most items per batch")
     cache_enabled: bool = _setting("AI_CACHE_ENABLED", _parse_bool, False, "cache predictions in Redis")
     cache_ttl_s: int = _setting("AI_CACHE_TTL_S", _number(int, 1, 86_400), 30, "lifetime of a cached prediction")
     redis_timeout_s: float = _setting(

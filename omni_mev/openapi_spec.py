@@ -14,16 +14,17 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
 from omni_mev import schemas
+from omni_mev.config import DEFAULT_MAX_BATCH_SIZE
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
+from omni_mev.ledger.quality import WINDOWS
 from omni_mev.plausibility import CHECKS
-from omni_mev.schemas import ID_PATTERN, OBSERVED_AT_SKEW_S
+from omni_mev.runtime.base import MODEL_NAME
+from omni_mev.schemas import ID_MAX_LENGTH, ID_PATTERN, OBSERVED_AT_SKEW_S
 from omni_mev.trading.outbox import EXECUTION_STATUSES
 from omni_mev.version import __version__
-from omni_mev.runtime.base import MODEL_NAME
 
 REF = "#/components/schemas/"
 # Limits of the default settings; the document describes a service running with them.
-DEFAULT_MAX_BATCH = 4096
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -52,8 +53,8 @@ def feature_vector() -> dict[str, Any]:
 def _attribute_function(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
     """apispec hook: how the API's own field types look in JSON Schema."""
     if isinstance(field, schemas.BatchItems):
-        return {"type": "array", "minItems": 1, "maxItems": DEFAULT_MAX_BATCH, "items": _ref("PredictRequest"),
-                "description": "at most AI_MAX_BATCH_SIZE (default 4096) items"}
+        return {"type": "array", "minItems": 1, "maxItems": DEFAULT_MAX_BATCH_SIZE, "items": _ref("PredictRequest"),
+                "description": f"at most AI_MAX_BATCH_SIZE (default {DEFAULT_MAX_BATCH_SIZE}) items"}
     if isinstance(field, schemas.FeatureVector):
         return {"$ref": REF + "FeatureVector"}
     return {}
@@ -108,7 +109,7 @@ def _v2_request() -> dict[str, Any]:
     JSON Schema cannot tie the number of values in `data` to `shape`: a request
     whose data does not fill its shape is answered 400.
     """
-    batch = {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_BATCH}
+    batch = {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_BATCH_SIZE}
     width = {"type": "integer", "const": N_FEATURES}
     shape = {"oneOf": [
         {"type": "array", "prefixItems": [batch, width], "minItems": 2, "maxItems": 2},
@@ -123,7 +124,7 @@ def _v2_request() -> dict[str, Any]:
     ids = _obj({"name": {"type": "string", "const": "opportunity_id"},
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 2},
                 "datatype": {"type": "string", "const": "BYTES"}, "parameters": {"type": "object"},
-                "data": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}}},
+                "data": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}}},
                required=["name", "shape", "datatype", "data"], closed=False)
     output = _obj({"name": {"type": "string", "enum": ["confidence", "decision", "plausible"]},
                    "parameters": {"type": "object"}}, required=["name"], closed=False)
@@ -242,7 +243,7 @@ def _scoring(spec: APISpec) -> None:
 def _outcome() -> dict[str, Any]:
     """OutcomeSchema's rules, the one across fields included: an executed trade carries `success`."""
     base = {
-        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN,
+        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH, "pattern": ID_PATTERN,
                            "description": "the id the opportunity was scored with"},
         "success": {**BOOLEAN, "description": "landed and made a profit after gas"},
         "realised_pnl_usd": {"type": "number", "minimum": -1e12, "maximum": 1e12},
@@ -277,7 +278,7 @@ def _ledger(spec: APISpec) -> None:
         "summary": "What happened to judged opportunities: one outcome (object) or up to AI_MAX_BATCH_SIZE (array); "
                    "the same outcome twice is one outcome",
         "requestBody": {"required": True, **_json({"oneOf": [outcome, {"type": "array", "items": outcome,
-                                                                       "minItems": 1, "maxItems": DEFAULT_MAX_BATCH}]})},
+                                                                       "minItems": 1, "maxItems": DEFAULT_MAX_BATCH_SIZE}]})},
         "responses": {
             "200": {"description": "One: already stored the same. Many: processed; `unknown` lists ids the ledger "
                                    "does not have yet (retry after `retry_after_s`)", **_json({"oneOf": [result, many]})},
@@ -306,7 +307,7 @@ def _ledger(spec: APISpec) -> None:
     spec.path(path="/quality", operations={"get": {
         "summary": "Live quality of the confidence over the outcomes reported for predictions made in the window",
         "parameters": [
-            {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"],
+            {"name": "window", "in": "query", "schema": {"type": "string", "enum": list(WINDOWS),
                                                          "default": "1h"},
              "description": "other spellings of these durations (60m, 1d, 168h) name the same window"},
             {"name": "model", "in": "query", "schema": {"type": "string", "enum": ["champion", "shadow"]},

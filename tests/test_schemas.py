@@ -38,6 +38,19 @@ def _mutated(rng: random.Random) -> dict:
     return body
 
 
+def test_the_fast_path_reads_every_field_of_the_schema():
+    """A field added to PredictRequestSchema must be read by the fast paths too (until then bodies carrying it
+    go to the schema, so nothing is dropped)."""
+    from omni_mev.schemas import FAST_PATH_FIELDS, ITEM_FIELDS
+
+    assert ITEM_FIELDS == FAST_PATH_FIELDS
+    body = {"features": list(EXAMPLE_FEATURES), "a_field_not_in_the_schema": 1}
+    assert _valid_opportunity(body) is None  # not taken by the fast path: the schema names the unknown field
+    with pytest.raises(Exception) as refused:
+        load_opportunity(body)
+    assert "a_field_not_in_the_schema" in str(getattr(refused.value, "fields", refused.value))
+
+
 def test_fast_path_accepts_exactly_what_the_schema_accepts():
     rng = random.Random(11)
     schema = PredictRequestSchema()
