@@ -34,15 +34,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def score(model_path: Path, dataset: Any) -> np.ndarray:
+    """The ONNX model's confidences for every example of `dataset`, with their history."""
     from omni_mev.runtime.onnx_runtime import OnnxModel
+    from omni_mev.training.evaluate import confidences
 
     model = OnnxModel(model_path)
     model.load()
-    p = np.empty(len(dataset))
-    for index, windows in dataset.scored_windows():
-        for start in range(0, len(index), 8192):
-            p[index[start:start + 8192]] = model.predict(np.ascontiguousarray(windows[start:start + 8192]))
-    return p
+    return confidences(model, dataset)
 
 
 def run(train_rows: int, test_rows: int, seed: int) -> dict[str, Any]:

@@ -170,8 +170,6 @@ def _components(spec: APISpec) -> None:
                            required=["threshold", "mode", "model_type", "inference_time_ms"]),
         "outputs": {"type": "array", "items": TENSOR_OUT},
     }))
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
 
 
 def _health_and_status(spec: APISpec) -> None:
@@ -373,17 +371,21 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
     scheme, no requirement, no 401): a client or a fuzzer reads what the service does.
     """
     plugin = MarshmallowPlugin()
+    access = ("Every operation but the health checks needs an API key." if keys_required
+              else "API keys are not configured on this service: no operation needs credentials.")
     spec = APISpec(
         title="omni-mev",
         version=__version__,
         openapi_version="3.1.0",
         plugins=[plugin],
-        info={"description": "Calibrated success probability of DEX arbitrage opportunities. With API keys "
-                             "configured, every operation but the health checks needs one."},
-        security=[{"bearer": []}, {"apiKey": []}],
+        info={"description": f"Calibrated success probability of DEX arbitrage opportunities. {access}"},
+        **({"security": [{"bearer": []}, {"apiKey": []}]} if keys_required else {}),
     )
     plugin.converter.add_attribute_function(_attribute_function)
     _components(spec)
+    if keys_required:
+        spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+        spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     _scoring(spec)
     _open_inference(spec, model_version)
     _ledger(spec)
@@ -393,14 +395,11 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
 
 
 def _without_security(document: dict[str, Any]) -> dict[str, Any]:
-    document.pop("security", None)
-    document.get("components", {}).pop("securitySchemes", None)
+    """The operations' own security (the health checks' open access) and their 401s taken out."""
     for path_item in document["paths"].values():
         for operation in path_item.values():
             if not isinstance(operation, dict):  # a path's shared `parameters`
                 continue
             operation.pop("security", None)
             operation.get("responses", {}).pop("401", None)
-    document["info"]["description"] = document["info"]["description"].split(" With API keys")[0] + (
-        " API keys are not configured on this service: no operation needs credentials.")
     return document

@@ -214,28 +214,16 @@ def _check_feature(name: str, value: float | None, raw: Any = None) -> str | Non
     return None
 
 
-def from_columns(source: str, columns: dict[str, list[Any]], row_offset: int = 0,
-                 broken_rows: dict[int, str] | None = None, hint: str | None = None) -> Dataset:
-    """Check and build a Dataset from column lists (rows in file order); DataError listing every problem.
-
-    broken_rows: rows the reader could not split into the header's fields (row index: why); each is
-    reported once, as that, and not again per column. hint: added when required columns are missing.
-    """
-    rows = _CheckedRows(source, list(columns), hint, row_offset)
-    rows.add(columns, broken_rows or {})
-    return rows.dataset()
-
-
 class _CheckedRows:
     """Rows checked and converted a chunk at a time: what is kept is typed arrays (a float32 vector, a time, a
     label... per row), never the text, so a file is read in memory bounded by its row count, not its size."""
 
-    def __init__(self, source: str, names: list[str], hint: str | None = None, row_offset: int = 0) -> None:
+    def __init__(self, source: str, names: list[str], hint: str | None = None) -> None:
         missing = [name for name in REQUIRED if name not in names]
         if missing:
             raise DataError(source, [f"column {name}: missing (required: {', '.join(REQUIRED)})" for name in missing]
                             + ([hint] if hint else []))
-        self.source, self.row_offset = source, row_offset
+        self.source = source
         self.ignored = sorted(set(names) - set(REQUIRED) - set(OPTIONAL))
         self.rows = 0
         self.problems: list[tuple[int, str]] = []
@@ -256,12 +244,12 @@ class _CheckedRows:
         base = self.rows
         n = len(columns["opportunity_id"])
         self.rows += n
-        chunk_problems: list[tuple[int, str]] = [(base + row, f"row {base + row + 1 + self.row_offset}: {why}")
+        chunk_problems: list[tuple[int, str]] = [(base + row, f"row {base + row + 1}: {why}")
                                                  for row, why in broken.items()]
 
         def report(row: int, column: str, message: str) -> None:
             if row not in broken:
-                chunk_problems.append((base + row, f"row {base + row + 1 + self.row_offset}, column {column}: "
+                chunk_problems.append((base + row, f"row {base + row + 1}, column {column}: "
                                                    f"{message}"))
 
         vectors = np.zeros((n, N_FEATURES), dtype=np.float32)
@@ -298,7 +286,7 @@ class _CheckedRows:
             earlier = self.last_time.get(stream)
             if earlier is not None and times[i] < earlier[1]:
                 what = f"stream {raw!r}" if stream is not None else "the file (no stream column)"
-                report(i, "observed_at", f"time goes backwards in {what} (row {earlier[0] + 1 + self.row_offset} is "
+                report(i, "observed_at", f"time goes backwards in {what} (row {earlier[0] + 1} is "
                                          "later)")
             self.last_time[stream] = (base + i, float(times[i]))
         chunk_problems.sort(key=lambda problem: problem[0])
@@ -323,8 +311,8 @@ class _CheckedRows:
             for row, text in enumerate(self.ids):
                 if text in wanted:
                     first.setdefault(text, row)
-            self.problems += [(row, f"row {row + 1 + self.row_offset}, column opportunity_id: {text!r} already at "
-                                    f"row {first[text] + 1 + self.row_offset}") for row, text in self.repeats]
+            self.problems += [(row, f"row {row + 1}, column opportunity_id: {text!r} already at "
+                                    f"row {first[text] + 1}") for row, text in self.repeats]
             self.problems.sort(key=lambda problem: problem[0])
         if self.problems:
             raise DataError(self.source, [message for _, message in self.problems])

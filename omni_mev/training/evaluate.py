@@ -54,6 +54,15 @@ def pnl_optimal_threshold(p: np.ndarray, pnl: np.ndarray) -> float:
     return float((p[order[best]] + lower) / 2.0)
 
 
+def confidences(model: Any, dataset: Any, batch: int = 8192) -> np.ndarray:
+    """A loaded model's confidence for every example of `dataset`, each scored with all its history."""
+    p = np.empty(len(dataset), dtype=np.float64)
+    for index, windows in dataset.scored_windows():
+        for start in range(0, len(index), batch):
+            p[index[start:start + batch]] = model.predict(np.ascontiguousarray(windows[start:start + batch]))
+    return p
+
+
 class NothingHeldOut(Exception):
     """Every row of the data falls in the model's training period."""
 
@@ -92,11 +101,8 @@ def evaluate_model(model_path: Path, dataset: Any, threshold: float, every_row: 
     rows, warning = (np.arange(len(dataset)), None) if every_row else held_out_rows(read_card(model_path), dataset)
     model = OnnxModel(model_path)
     model.load()
-    p = np.empty(len(dataset), dtype=np.float64)
-    for index, windows in dataset.scored_windows():
-        # Every row keeps its whole history (earlier rows included) even when only later rows are scored.
-        for start in range(0, len(index), 8192):
-            p[index[start:start + 8192]] = model.predict(np.ascontiguousarray(windows[start:start + 8192]))
+    # Every row keeps its whole history (earlier rows included) even when only later rows are scored.
+    p = confidences(model, dataset)
     labels, p = dataset.label[rows], p[rows]
     pnl = np.nan_to_num(dataset.pnl[rows]) if dataset.has_pnl else None
     metrics = summarise(labels, p, {"given": threshold}, pnl)

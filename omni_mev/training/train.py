@@ -22,8 +22,8 @@ from omni_mev.model.lstm import OpportunityLSTM, load_state
 from omni_mev.plausibility import support_bounds
 from omni_mev.reliability_plot import reliability_png
 from omni_mev.training import evaluate
-from omni_mev.training.data import Dataset, from_simulation, iso_time, load
 from omni_mev.training.config import TrainConfig
+from omni_mev.training.data import Dataset, from_simulation, iso_time, load
 from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
 from omni_mev.training.ensemble import parity as graph_parity
 from omni_mev.training.export import OPSET, PARITY_SHAPES, export_onnx, random_raw_features, sha256_of
@@ -63,7 +63,7 @@ def split_periods(splits: dict[str, Dataset]) -> dict[str, Any]:
     (the validation period fits the calibration and chooses the family, so it is not held out either)."""
     periods: dict[str, Any] = {name: [iso_time(float(part.observed_at.min())), iso_time(float(part.observed_at.max()))]
                                for name, part in splits.items() if len(part)}
-    fitted_until = float(max(splits["train"].observed_at.max(), splits["validation"].observed_at.max()))
+    fitted_until = max(float(part.observed_at.max()) for part in (splits["train"], splits["validation"]) if len(part))
     periods.update(fitted_until=iso_time(fitted_until), fitted_until_epoch_s=fitted_until)
     return periods
 
