@@ -11,15 +11,17 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.devices import check_start_up
 from omni_mev.ledger.schema import prepare_location
+from omni_mev.registry.serving import with_registry_models
+from omni_mev.started import STARTED_AT  # noqa: F401 - the master's start, inherited by every worker
 
 try:
-    _settings = load_settings()
+    # The registry's champion must be there before any worker starts.
+    _settings = with_registry_models(load_settings())
     _auth = "on" if load_keys(_settings) else "OFF (no AI_API_KEYS / AI_API_KEYS_FILE)"
     # A GPU asked for and missing stops here, before any worker starts.
     check_start_up(_settings.ort_providers, _settings.torch_device)
@@ -130,7 +132,6 @@ def on_starting(server):
     """Empty the metrics directory once per master start (not on reload)."""
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
-    os.environ.setdefault("OMNI_MEV_STARTED_AT", repr(time.time()))
     server.log.info("omni-mev %s mode, threshold %.2f, API key auth %s, metrics data in %s",
                     _settings.mode, _settings.threshold, _auth, _metrics_dir)
 

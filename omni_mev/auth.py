@@ -1,4 +1,4 @@
-"""API keys: `Authorization: Bearer <key>` or `X-API-Key`, on everything but health checks."""
+"""API keys: `Authorization: Bearer <key>` or `X-API-Key`, on every route but those the route table opens to probes."""
 from __future__ import annotations
 
 import hmac
@@ -14,8 +14,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXTENSION = "omni_mev.auth"
-# Load balancers and orchestrators probe these without credentials.
-OPEN_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready"})
 UNAUTHORIZED = "Missing or invalid API key."
 
 
@@ -61,24 +59,21 @@ class ApiKeys:
 
     def check(self, environ: Mapping[str, Any]) -> None:
         """Unauthorized (401) unless the request may pass."""
-        if self.keys and environ.get("PATH_INFO") not in OPEN_PATHS and not matches(presented_key(environ), self.keys):
+        if self.keys and not matches(presented_key(environ), self.keys):
             raise Unauthorized(UNAUTHORIZED)
 
 
-def init_app(app: Flask) -> ApiKeys:
-    """Require a key on every endpoint but OPEN_PATHS when keys are configured."""
-    from flask import request
+def keys_of(app: Flask) -> ApiKeys:
+    return app.extensions[EXTENSION]
 
+
+def init_app(app: Flask) -> ApiKeys:
+    """The configured keys, checked by the front (omni_mev.api.direct) on every route that is not open."""
     settings: Settings = app.config["SETTINGS"]
     api_keys = app.extensions[EXTENSION] = ApiKeys(load_keys(settings))
     if not api_keys.enabled:
         where = "loopback only" if settings.host in {"127.0.0.1", "::1", "localhost"} else f"{settings.host}, NOT loopback"
         log.warning("API key authentication is off (no AI_API_KEYS / AI_API_KEYS_FILE); bound to %s", where)
-        return api_keys
-    log.info("API key authentication is on (%d key%s)", len(api_keys.keys), "" if len(api_keys.keys) == 1 else "s")
-
-    @app.before_request
-    def require_key() -> None:
-        api_keys.check(request.environ)
-
+    else:
+        log.info("API key authentication is on (%d key%s)", len(api_keys.keys), "" if len(api_keys.keys) == 1 else "s")
     return api_keys

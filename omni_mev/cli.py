@@ -132,6 +132,20 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routes(args: argparse.Namespace) -> int:
+    from omni_mev.api.routes import ROUTES, describe
+
+    rows = describe(ROUTES)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("path", "methods", "kind", "auth", "errors", "counted", "endpoint")
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    for line in [dict(zip(columns, columns)), *rows]:
+        print("  ".join(str(line[c]).ljust(widths[c]) for c in columns).rstrip())
+    return 0
+
+
 def _device(raw: str) -> str:
     """--device, checked as AI_TORCH_DEVICE is (whether the GPU is there is checked when training starts)."""
     from omni_mev.config import ConfigError
@@ -208,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")
     decisions.add_argument("--json", action="store_true", help="machine-readable output")
     decisions.set_defaults(handler=_decisions)
+    routes = commands.add_parser("routes", help="the route table: every route with its methods, kind (fast path or "
+                                                "Flask view), auth, error shape and whether it is counted")
+    routes.add_argument("--json", action="store_true", help="machine-readable output")
+    routes.set_defaults(handler=_routes)
     add_registry_commands(commands)
     return parser
 

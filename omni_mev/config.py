@@ -352,34 +352,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         name = spec.metadata["env"]
         if name in values:
             parsed[spec.name] = spec.metadata["parse"](name, values[name])
-    if "model_registry" in parsed:
-        parsed.update(_registry_models(parsed["model_registry"], values))
+    clashing = [name for name in ("AI_MODEL_PATH", "AI_TORCH_WEIGHTS_PATH", "AI_SHADOW_MODEL_PATH") if values.get(name)]
+    if "model_registry" in parsed and clashing:
+        # The registry's champion is served and its challenger is the shadow (omni_mev.registry.serving).
+        raise ConfigError(f"AI_MODEL_REGISTRY is set: unset {', '.join(clashing)} (the registry's champion is "
+                          "served and its challenger is the shadow)")
     settings = Settings(**parsed)
     _check(settings)
     return settings
-
-
-def _registry_models(root: Path, values: Mapping[str, str]) -> dict[str, Path | None]:
-    """The champion's files and the challenger's ONNX file, each alias resolved once.
-
-    A worker reads the ONNX model, its .pt and its card from one version
-    directory, so a promotion between two reads cannot mix versions.
-    """
-    from omni_mev.registry.store import Registry, RegistryError
-
-    clashing = [name for name in ("AI_MODEL_PATH", "AI_TORCH_WEIGHTS_PATH", "AI_SHADOW_MODEL_PATH") if values.get(name)]
-    if clashing:
-        raise ConfigError(f"AI_MODEL_REGISTRY is set: unset {', '.join(clashing)} (the registry's champion is "
-                          "served and its challenger is the shadow)")
-    registry = Registry(root)
-    try:
-        champion, challenger = registry.resolve("champion"), registry.resolve("challenger")
-    except RegistryError as error:
-        raise ConfigError(f"AI_MODEL_REGISTRY={root}: {error}") from None
-    if champion is None:
-        raise ConfigError(f"AI_MODEL_REGISTRY={root} has no champion; allowed: a registry with one "
-                          f"(omni-mev models register DIR --as champion)")
-    return {"model_path": champion.onnx, "shadow_model_path": challenger.onnx if challenger else None}
 
 
 def _check(settings: Settings) -> None:

@@ -3,6 +3,10 @@
 PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported:
 gunicorn.conf.py sets it in the master, and workers inherit it. Without it (the
 Flask test client, `flask run`) the metrics live in this process's registry.
+
+Workers only write metrics; gunicorn's master serves them, through
+prometheus-flask-exporter's GunicornPrometheusMetrics (gunicorn.conf.py), on
+PROMETHEUS_PORT.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import time
 from bisect import bisect_left
 from collections import Counter as Occurrences
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -20,9 +24,6 @@ from prometheus_client.metrics_core import Metric
 
 from omni_mev import prometheus_internals
 from omni_mev.features import FEATURE_NAMES
-
-if TYPE_CHECKING:
-    from flask import Flask
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _pid = os.getpid()
@@ -444,24 +445,3 @@ def _summarise(metrics: list[Metric]) -> dict[str, Any]:
         "implausible": {"checks": implausible, "refused": refused},
     }
 
-
-def init_app(app: Flask) -> None:
-    """Bind prometheus-flask-exporter: HTTP request metrics, multiprocess under gunicorn."""
-    from prometheus_flask_exporter import PrometheusMetrics
-
-    common = {
-        # The exporter's per-request HTTP metrics cost ~45 us per request, a
-        # sixth of a /predict, and its hooks still cost ~18 us on excluded
-        # paths (measured in docs/benchmarks.md). The scoring endpoints have
-        # their own leaner metrics (ai_requests_total, ai_request_duration_ms),
-        # so the exporter serves the registry and the multiprocess HTTP server.
-        "export_defaults": False,
-    }
-    if multiprocess_dir():
-        from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
-
-        exporter = GunicornPrometheusMetrics(app, **common)
-    else:
-        # A private registry: tests build many apps in one process.
-        exporter = PrometheusMetrics(app, path=None, registry=CollectorRegistry(auto_describe=True), **common)
-    app.extensions["omni_mev.metrics"] = exporter

@@ -14,13 +14,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
 from omni_mev import schemas
+from omni_mev.api.routes import ROUTES, Route
 from omni_mev.config import DEFAULT_MAX_BATCH_SIZE
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.ledger.quality import WINDOWS
 from omni_mev.plausibility import CHECKS
 from omni_mev.runtime.base import MODEL_NAME
-from omni_mev.schemas import ID_MAX_LENGTH, ID_PATTERN, OBSERVED_AT_SKEW_S
-from omni_mev.trading.outbox import EXECUTION_STATUSES
+from omni_mev.schemas import ID_MAX_LENGTH, OBSERVED_AT_SKEW_S
 from omni_mev.version import __version__
 
 REF = "#/components/schemas/"
@@ -79,23 +79,10 @@ NUMBER = {"type": "number"}
 STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
-MODE = {"type": "string", "enum": ["SIMULATION", "LIVE"]}
-MODEL_TYPE = {"type": "string", "enum": ["onnx", "pytorch"]}
+MODE = {"type": "string", "enum": list(schemas.MODES)}
+MODEL_TYPE = {"type": "string", "enum": list(schemas.MODEL_TYPES)}
 IMPLAUSIBLE = {"type": "array", "items": {"type": "string", "enum": list(CHECKS)}, "minItems": 1,
                "description": "the plausibility checks this opportunity fails (docs/model.md)"}
-EXECUTION = _obj({
-    "status": {"type": "string", "enum": list(EXECUTION_STATUSES)},
-    "reason": STRING, "engine_status": {"type": "integer"}, "latency_ms": NUMBER,
-}, required=["status"])
-SCORED_ITEM = {
-    "decision": {**BOOLEAN, "description": "confidence >= threshold, unless refused (see reason)"},
-    "confidence": {**PROBABILITY, "description": "calibrated success probability, 6 decimals"},
-    "plausible": {**BOOLEAN, "description": "false: an opportunity the model cannot judge (docs/model.md)"},
-    "implausible": IMPLAUSIBLE,
-    "reason": {**STRING, "description": "why the decision is false whatever the confidence"},
-    "opportunity_id": STRING,
-    "execution": _ref("Execution"),
-}
 TENSOR_OUT = _obj({"name": {"type": "string", "enum": ["confidence", "decision", "plausible"]},
                    "datatype": {"type": "string", "enum": ["FP32", "BOOL"]},
                    "shape": {"type": "array", "items": {"type": "integer"}},
@@ -135,32 +122,17 @@ def _v2_request() -> dict[str, Any]:
                  "outputs": {"type": "array", "items": output}}, required=["inputs"], closed=False)
 
 
-def _components(spec: APISpec) -> None:
+def _components(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema("FeatureVector", feature_vector())
     spec.components.schema("PredictRequest", schema=schemas.PredictRequestSchema)
     spec.components.schema("BatchRequest", schema=schemas.BatchRequestSchema)
-    spec.components.schema("Execution", EXECUTION)
-    spec.components.schema("PredictResponse", _obj({
-        **SCORED_ITEM, "threshold": PROBABILITY, "mode": MODE,
-        "inference_time_ms": {"type": "number", "minimum": 0, "description": "model time of this request"},
-        "model_type": MODEL_TYPE, "model_version": STRING,
-        "cached": {"type": "boolean", "const": True, "description": "present when served from the Redis cache"},
-    }, required=["decision", "confidence", "threshold", "mode", "inference_time_ms", "model_type", "model_version",
-                 "plausible"]))
-    spec.components.schema("BatchResponse", _obj({
-        "results": {"type": "array", "items": _obj(SCORED_ITEM, required=["decision", "confidence", "plausible"]),
-                    "description": "results[i] answers items[i]"},
-        "count": {"type": "integer", "minimum": 1}, "threshold": PROBABILITY, "mode": MODE,
-        "inference_time_ms": {"type": "number", "minimum": 0}, "model_type": MODEL_TYPE, "model_version": STRING,
-    }))
-    spec.components.schema("Error", _obj({
-        "error": {**STRING, "description": "machine-readable code"},
-        "message": {**STRING, "description": "what is wrong, in a sentence"},
-        "fields": {"type": "object", "additionalProperties": {"type": "array", "items": STRING},
-                   "description": "bad field -> messages, e.g. features.dex_count"},
-    }, required=["error", "message"]))
+    spec.components.schema("Execution", schema=schemas.ExecutionSchema)
+    spec.components.schema("ScoredItem", schema=schemas.ScoredItemSchema)
+    spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
+    spec.components.schema("BatchResponse", schema=schemas.BatchResponseSchema)
+    spec.components.schema("Error", schema=schemas.ErrorSchema)
     spec.components.schema("V2Error", _obj({"error": STRING}))
-    spec.components.schema("Outcome", _outcome())
+    spec.components.schema("Outcome", _outcome(plugin))
     spec.components.schema("InferenceRequest", _v2_request())
     spec.components.schema("InferenceResponse", _obj({
         "model_name": {"type": "string", "const": MODEL_NAME}, "model_version": STRING, "id": STRING,
@@ -173,10 +145,8 @@ def _components(spec: APISpec) -> None:
 
 
 def _health_and_status(spec: APISpec) -> None:
-    open_access: list[dict[str, list[str]]] = []
     spec.path(path="/health", operations={"get": {
         "summary": "200 when this worker has a model, 503 with the reason otherwise (no credentials needed)",
-        "security": open_access,
         "responses": {
             "200": {"description": "A model serves", **_json(_obj({
                 "status": {"type": "string", "const": "ok"}, "model_type": MODEL_TYPE, "model_version": STRING}))},
@@ -184,7 +154,7 @@ def _health_and_status(spec: APISpec) -> None:
         }}})
     maybe_null = {"type": ["string", "null"]}
     spec.path(path="/status", operations={"get": {
-        "summary": "Engine state and scoring requests counted across workers",
+        "summary": "Engine state, and API requests (scoring, outcomes, quality) counted across workers",
         "responses": {
             "200": {"description": "OK", **_json(_obj({
                 "ai_engine": {"type": "string", "enum": ["online", "degraded"]}, "mode": MODE,
@@ -238,25 +208,20 @@ def _scoring(spec: APISpec) -> None:
                       **common}}})
 
 
-def _outcome() -> dict[str, Any]:
-    """OutcomeSchema's rules, the one across fields included: an executed trade carries `success`."""
-    base = {
-        "opportunity_id": {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH, "pattern": ID_PATTERN,
-                           "description": "the id the opportunity was scored with"},
-        "success": {**BOOLEAN, "description": "landed and made a profit after gas"},
-        "realised_pnl_usd": {"type": "number", "minimum": -1e12, "maximum": 1e12},
-        "observed_at": {"type": "string", "format": "date-time",
-                        "description": f"RFC 3339; default: when received; at most {OBSERVED_AT_SKEW_S:.0f} s ahead "
-                                       "of the service's clock (422 otherwise)"},
-    }
+def _outcome(plugin: MarshmallowPlugin) -> dict[str, Any]:
+    """OutcomeSchema's fields, and its one rule across fields as two forms: an executed trade carries `success`;
+    one that was not executed has no label (success, if given, is false)."""
+    fields_ = plugin.converter.schema2jsonschema(schemas.OutcomeSchema)["properties"]
+    required = ["opportunity_id"]
+    flag = {key: value for key, value in fields_["executed"].items() if key != "default"}
+    executed = {**fields_, "executed": {**flag, "const": True}}
+    not_executed = {**fields_, "executed": {**flag, "const": False},
+                    "success": {**fields_["success"], "const": False}}
     return {"oneOf": [
-        {"type": "object", "properties": {**base, "executed": {"type": "boolean", "const": True}},
-         "required": ["opportunity_id", "success"], "additionalProperties": False,
+        {"type": "object", "properties": executed, "required": [*required, "success"], "additionalProperties": False,
          "description": "an executed opportunity (executed may be left out)"},
-        {"type": "object", "properties": {**base, "executed": {"type": "boolean", "const": False},
-                                          "success": {"type": "boolean", "const": False}},
-         "required": ["opportunity_id", "executed"], "additionalProperties": False,
-         "description": "an opportunity that was not executed: no label"},
+        {"type": "object", "properties": not_executed, "required": [*required, "executed"],
+         "additionalProperties": False, "description": "an opportunity that was not executed: no label"},
     ]}
 
 
@@ -337,10 +302,10 @@ def _open_inference(spec: APISpec, model_version: str | None) -> None:
                                                    "extensions": {"type": "array", "items": STRING}}))},
         "401": denied}}})
     spec.path(path="/v2/health/live", operations={"get": {
-        "summary": "Liveness (no credentials needed)", "security": [], "responses": {"200": empty_ok}}})
+        "summary": "Liveness (no credentials needed)", "responses": {"200": empty_ok}}})
     spec.path(path="/v2/health/ready", operations={"get": {
         "summary": "Readiness: 200 when a model is loaded, 400 with the reason otherwise (no credentials needed)",
-        "security": [], "responses": {"200": empty_ok, "400": v2_error}}})
+        "responses": {"200": empty_ok, "400": v2_error}}})
     metadata = _obj({"name": STRING, "versions": {"type": "array", "items": STRING}, "platform": STRING,
                      "inputs": {"type": "array", "items": TENSOR_META},
                      "outputs": {"type": "array", "items": TENSOR_META}, "parameters": {"type": "object"}})
@@ -382,7 +347,7 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
         **({"security": [{"bearer": []}, {"apiKey": []}]} if keys_required else {}),
     )
     plugin.converter.add_attribute_function(_attribute_function)
-    _components(spec)
+    _components(spec, plugin)
     if keys_required:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
         spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
@@ -391,7 +356,23 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
     _ledger(spec)
     _health_and_status(spec)
     document = spec.to_dict()
-    return document if keys_required else _without_security(document)
+    return _open_to_probes(document) if keys_required else _without_security(document)
+
+
+def openapi_path(route: Route) -> str:
+    """A route's path as the document spells it: the one model's name in place, the version a parameter."""
+    return route.path.replace("<name>", MODEL_NAME).replace("<version>", "{version}")
+
+
+def _open_to_probes(document: dict[str, Any]) -> dict[str, Any]:
+    """The routes the route table opens to probes need no credentials, and are never answered 401."""
+    for route in ROUTES:
+        if not route.auth:
+            for method in route.methods:
+                operation = document["paths"][openapi_path(route)][method.lower()]
+                operation["security"] = []
+                operation["responses"].pop("401", None)
+    return document
 
 
 def _without_security(document: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,12 @@ import numpy as np
 from omni_mev import metrics
 from omni_mev.cache import Cache
 from omni_mev.config import Settings
-from omni_mev.errors import ModelUnavailable
 from omni_mev.features import FEATURE_NAMES
 from omni_mev.ledger.store import Ledger, NullLedger, PredictionRow
 from omni_mev.plausibility import Checks, Plausibility, card_support
 from omni_mev.runtime.base import ModelRuntime
 from omni_mev.runtime.loader import WorkerModels
-from omni_mev.trading.dispatcher import Dispatcher, Executing, Judged, implausible_reason
+from omni_mev.trading.dispatcher import Dispatcher, Executing, Judged
 from omni_mev.trading.outbox import PendingExecution
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from omni_mev.errors import ValidationFailed
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES, FLOAT32_MAX, MAX_HISTORY, N_FEATURES, FeatureBounds
 from omni_mev.ledger.store import OBSERVED_AT_SKEW_S, Outcome
+from omni_mev.plausibility import CHECKS
 from omni_mev.predictor import Opportunity, OpportunityBatch
 from omni_mev.trading.outbox import EXECUTION_STATUSES
 
@@ -321,37 +322,72 @@ class BatchRequestSchema(Schema):
         self.fields["items"].may_hold_booleans = body_has_booleans
 
 
+# The answers. They are the OpenAPI document's source (omni_mev/openapi_spec.py), the fuzz test checks every answer
+# the service gives against that document, and tests/test_schemas.py loads the encoders' answers with them.
+
 class ExecutionSchema(Schema):
     """What happened to a live dispatch."""
 
-    status = fields.String(
-        required=True, validate=validate.OneOf(EXECUTION_STATUSES)
-    )
-    reason = fields.String()
-    engine_status = fields.Integer()
+    status = fields.String(required=True, validate=validate.OneOf(EXECUTION_STATUSES))
+    reason = fields.String(metadata={"description": "why it was not sent, or what the engine said"})
+    engine_status = fields.Integer(metadata={"description": "the execution engine's HTTP status"})
+    latency_ms = fields.Float(validate=validate.Range(min=0), metadata={"description": "the engine's answer time"})
 
 
-class PredictResponseSchema(Schema):
-    """Body of a successful POST /predict."""
+class ScoredItemSchema(Schema):
+    """One scored opportunity: the fields a /predict answer and each batch result share."""
 
-    decision = fields.Boolean(required=True, metadata={"description": "confidence >= threshold"})
-    confidence = fields.Float(required=True, metadata={"description": "calibrated success probability"})
-    threshold = fields.Float(required=True)
-    mode = fields.String(required=True, validate=validate.OneOf(["SIMULATION", "LIVE"]))
-    inference_time_ms = fields.Float(required=True, metadata={"description": "model time of this request"})
-    model_type = fields.String(required=True, validate=validate.OneOf(["onnx", "pytorch"]))
-    model_version = fields.String(required=True)
-    cached = fields.Boolean(metadata={"description": "true when served from the Redis cache"})
+    decision = fields.Boolean(required=True, metadata={"description": "confidence >= threshold, unless refused "
+                                                                      "(see reason)"})
+    confidence = fields.Float(required=True, validate=validate.Range(min=0, max=1),
+                              metadata={"description": "calibrated success probability, 6 decimals"})
+    plausible = fields.Boolean(required=True, metadata={"description": "false: an opportunity the model cannot "
+                                                                       "judge (docs/model.md)"})
+    implausible = fields.List(fields.String(validate=validate.OneOf(CHECKS)), validate=validate.Length(min=1),
+                              metadata={"description": "the plausibility checks this opportunity fails "
+                                                       "(docs/model.md)"})
+    reason = fields.String(metadata={"description": "why the decision is false whatever the confidence"})
     opportunity_id = fields.String()
     execution = fields.Nested(ExecutionSchema)
 
 
+MODES = ("SIMULATION", "LIVE")
+MODEL_TYPES = ("onnx", "pytorch")
+
+
+class PredictResponseSchema(ScoredItemSchema):
+    """Body of a successful POST /predict."""
+
+    threshold = fields.Float(required=True, validate=validate.Range(min=0, max=1))
+    mode = fields.String(required=True, validate=validate.OneOf(MODES))
+    inference_time_ms = fields.Float(required=True, validate=validate.Range(min=0),
+                                     metadata={"description": "model time of this request"})
+    model_type = fields.String(required=True, validate=validate.OneOf(MODEL_TYPES))
+    model_version = fields.String(required=True)
+    cached = fields.Boolean(validate=validate.Equal(True),
+                            metadata={"description": "present when served from the Redis cache"})
+
+
+class BatchResponseSchema(Schema):
+    """Body of a successful POST /predict/batch."""
+
+    results = fields.List(fields.Nested(ScoredItemSchema), required=True,
+                          metadata={"description": "results[i] answers items[i]"})
+    count = fields.Integer(required=True, validate=validate.Range(min=1))
+    threshold = fields.Float(required=True, validate=validate.Range(min=0, max=1))
+    mode = fields.String(required=True, validate=validate.OneOf(MODES))
+    inference_time_ms = fields.Float(required=True, validate=validate.Range(min=0))
+    model_type = fields.String(required=True, validate=validate.OneOf(MODEL_TYPES))
+    model_version = fields.String(required=True)
+
+
 class ErrorSchema(Schema):
-    """Body of every error response."""
+    """Body of every error response but the Open Inference Protocol's."""
 
     error = fields.String(required=True, metadata={"description": "machine-readable code"})
-    message = fields.String(required=True, metadata={"description": "human-readable sentence"})
-    fields_ = fields.Dict(data_key="fields", metadata={"description": "bad field -> messages"})
+    message = fields.String(required=True, metadata={"description": "what is wrong, in a sentence"})
+    fields_ = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), data_key="fields",
+                          metadata={"description": "bad field -> messages, e.g. features.dex_count"})
 
 
 def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -382,14 +418,17 @@ class OutcomeSchema(Schema):
     """One realised outcome (POST /outcomes); loads as a ledger Outcome."""
 
     opportunity_id = fields.String(required=True, validate=ID_RULES,
-                                   metadata={"description": "the id the opportunity was scored with"})
+                                   metadata={"description": "the id the opportunity was scored with",
+                                             "pattern": ID_PATTERN})
     success = StrictBoolean(metadata={"description": "the trade landed and made a profit after gas; "
                                                      "required when executed"})
     executed = StrictBoolean(load_default=True,
                              metadata={"description": "false: the opportunity was not traded (no label)"})
     realised_pnl_usd = StrictNumber(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12),
                                     metadata={"description": "profit or loss after gas, USD"})
-    observed_at = fields.AwareDateTime(format="iso", metadata={"description": "RFC 3339; default: when received"})
+    observed_at = fields.AwareDateTime(format="iso", metadata={
+        "description": f"RFC 3339; default: when received; at most {OBSERVED_AT_SKEW_S:.0f} s ahead of the service's "
+                       "clock (422 otherwise)"})
 
     @validates("observed_at")
     def _not_in_the_future(self, value: Any, **kwargs: Any) -> None:

@@ -52,17 +52,16 @@ from http import HTTPStatus
 
 from gunicorn import util
 from gunicorn.http import wsgi
-from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.message import Request
-from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
-from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
+from omni_mev import gunicorn_internals
+from omni_mev.api.errors import RenderedError, http_error, render
 from omni_mev.config import Settings
 from omni_mev.deferred import PARKS, DeferredBody
-from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError, PayloadTooLarge, RequestTimeout, error_code
-from omni_mev.jsonio import dumps
+from omni_mev.errors import BadRequest, InternalError, OmniMevError, PayloadTooLarge, RequestTimeout
+from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
 
 # A response must be taken by the client within this long per send.
 SEND_TIMEOUT_S = 5.0
@@ -100,96 +99,23 @@ def prompt_close(sock: socket.socket) -> None:
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's error response (util.write_error) with the API's JSON body.
+    """gunicorn's error response (util.write_error), rendered by the API's error renderer.
 
     gunicorn keeps the phrase "Bad Request" for some other statuses (501 for an
-    unknown transfer coding): those get their own phrase, and code.
+    unknown transfer coding): those get their own phrase, and code. A 500 says
+    nothing of its cause (gunicorn's message may be a traceback).
     """
     if reason == "Bad Request" and status_int != 400:
         reason = HTTPStatus(status_int).phrase
-    if status_int == 500:
-        write_error_body(sock, status_int, reason, INTERNAL_ERROR if not mesg else {**INTERNAL_ERROR, "message": mesg})
-        return
-    write_error_body(sock, status_int, reason, {"error": error_code(reason), "message": mesg or reason})
+    write_error(sock, render(InternalError() if status_int == 500 else http_error(status_int, mesg, reason)))
 
 
-def write_error_body(sock: socket.socket, status_int: int, reason: str, error: dict[str, Any]) -> None:
-    """An error response that closes the connection, its body in JSON."""
-    body = dumps(error)
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
-    util.write_nonblock(sock, head.encode("latin-1") + body)
-
-
-_format_http_date = util.http_date
-_date_cache: list[Any] = [None, ""]
-
-
-def cached_http_date(timestamp: float | None = None) -> str:
-    """util.http_date, formatted once a second for the Date header (it cost ~3% of a request)."""
-    if timestamp is not None:
-        return _format_http_date(timestamp)
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, _format_http_date(now)]
-    return _date_cache[1]
-
-
-class OneSendResponse(wsgi.Response):
-    """A response whose headers leave with the first body chunk (unless chunked)."""
-
-    _pending: bytes | None = None
-
-    def send_headers(self) -> None:
-        if self.headers_sent:
-            return
-        lines = self.default_headers()
-        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        self._pending = ("".join(lines) + "\r\n").encode("latin-1")
-        self.headers_sent = True
-
-    def _flush_headers(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            util.write(self.sock, pending)
-
-    def _emit_body(self, data: bytes) -> None:
-        if self._pending is not None and not self.chunked:
-            data, self._pending = self._pending + data, None
-        else:
-            self._flush_headers()
-        util.write(self.sock, data, self.chunked)
-
-    def sendfile(self, respiter: Any) -> bool:
-        return False  # the body goes through write(), which carries the headers
-
-    def close(self) -> None:
-        if not self.headers_sent:
-            self.send_headers()
-        self._flush_headers()
-        super().close()
-
-
-# forwarded_allow_ips verdicts by peer address: gunicorn parses the address
-# and walks the allow list on every request (~3% of one); a worker's settings
-# never change, and its peers are few (nginx, or a handful of clients).
-_PEER_TRUST: dict[str, bool] = {}
-_PEER_TRUST_LIMIT = 4096
-
-
-class PeerTrustCachingRequest(Request):
-    """gunicorn's request, remembering per peer address whether it may set forwarding headers."""
-
-    def _peer_is_trusted_proxy(self) -> bool:
-        peer = self.peer_addr
-        if not isinstance(peer, tuple):
-            return True  # a unix socket: gunicorn trusts it too
-        trusted = _PEER_TRUST.get(peer[0])
-        if trusted is None:
-            if len(_PEER_TRUST) >= _PEER_TRUST_LIMIT:
-                _PEER_TRUST.clear()
-            trusted = _PEER_TRUST[peer[0]] = super()._peer_is_trusted_proxy()
-        return trusted
+def write_error(sock: socket.socket, rendered: RenderedError) -> None:
+    """An error response that closes the connection."""
+    head = "".join([f"HTTP/1.1 {rendered.status_line}\r\nConnection: close\r\n",
+                    *(f"{name}: {value}\r\n" for name, value in rendered.headers),
+                    f"Content-Length: {len(rendered.body)}\r\n\r\n"])
+    util.write_nonblock(sock, head.encode("latin-1") + rendered.body)
 
 
 class Connection:
@@ -237,9 +163,7 @@ class KeepAliveWorker(Worker):
 
     def init_process(self) -> None:
         # Process-local: only this worker's responses, errors and dates change.
-        wsgi.Response = OneSendResponse
-        util.write_error = write_json_error
-        util.http_date = cached_http_date
+        gunicorn_internals.install(write_json_error)
         self.selector = selectors.DefaultSelector()
         # Open connections waiting for a request, by when they started to wait, oldest first.
         self.idle: dict[Connection, float] = {}
@@ -465,7 +389,7 @@ class KeepAliveWorker(Worker):
     def _refuse(self, connection: Connection, error: OmniMevError) -> None:
         """Answer a request the application never saw, in JSON, and close the connection."""
         try:
-            write_error_body(connection.sock, error.status, HTTPStatus(error.status).phrase, error.to_dict())
+            write_error(connection.sock, render(error))
         except OSError:
             pass
         self._close(connection)
@@ -530,25 +454,23 @@ class KeepAliveWorker(Worker):
         del buffer[:end]
         connection.head = None
         if body:
-            request.unreader.unread(body)
+            gunicorn_internals.give_body(request, body)
         return request
 
     def _parse_head(self, connection: Connection, head: bytes, length: int) -> PendingHead:
         """gunicorn's parse of the head (its errors propagate); the body's framing; 413 and 100-continue."""
-        request = PeerTrustCachingRequest(self.cfg, IterUnreader((head,)), connection.addr, connection.requests + 1)
-        reader = request.body.reader
-        if isinstance(reader, ChunkedReader):
+        request = gunicorn_internals.parse_head(self.cfg, head, connection.addr, connection.requests + 1)
+        declared = gunicorn_internals.declared_body_length(request)
+        if declared is None:
             pending = PendingHead(request, length, None, ChunkedBody(length, self.max_body))
         else:
-            declared = reader.length if isinstance(reader, LengthReader) else 0
             if declared > self.max_body:
                 raise PayloadTooLarge(f"The body has {declared} bytes; at most {self.max_body} are accepted "
                                    "(AI_MAX_BODY_BYTES).")
             pending = PendingHead(request, length, length + declared)
         # 100 Continue only now that the body is known to be acceptable, and here: the body is read before
         # the application runs, so gunicorn must not send it again when it builds the environ.
-        if request._expected_100_continue:
-            request._expected_100_continue = False
+        if gunicorn_internals.take_expect_continue(request):
             if pending.end is None or len(connection.buffer) < pending.end:
                 util.write(connection.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
         return pending
@@ -607,12 +529,7 @@ class KeepAliveWorker(Worker):
     def _write(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> None:
         if isinstance(body, DeferredBody):  # rendered only now: its length (and maybe its status) known only now
             content = body.content()
-            if body.status is not None:
-                response.status, response.status_code = body.status, int(body.status.split(None, 1)[0])
-                response.headers.extend(body.headers)
-            response.headers.append(("Content-Length", str(len(content))))
-            response.response_length = len(content)
-            response.chunked = response.is_chunked()  # decided at start_response, before the length was known
+            gunicorn_internals.set_rendered_body(response, content, body.status, body.headers)
             body = [content]
         try:
             for chunk in body:

@@ -16,6 +16,7 @@ import pytest
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.ledger.store import Outcome, SqlLedger
 from omni_mev.registry.gate import GateRules, compare
+from omni_mev.registry.serving import with_registry_models
 from omni_mev.registry.store import Registry, RegistryError
 from omni_mev.runtime.base import version_of
 from tests.conftest import MODELS, ROOT
@@ -97,19 +98,19 @@ def test_promote_and_rollback_walk_the_champions_back(registry, tmp_path):
 
 
 def test_settings_serve_the_champion_and_shadow_the_challenger(registry, tmp_path):
-    settings = load_settings({"AI_MODEL_REGISTRY": registry.root})
+    settings = with_registry_models(load_settings({"AI_MODEL_REGISTRY": registry.root}))
     assert settings.model_path == registry.root / "versions" / SHIPPED / "lstm_omni.onnx"
     assert settings.fallback_weights_path.parent == settings.model_path.parent  # one version's files
     assert settings.shadow_model_path is None
     challenger = uninformative_model(tmp_path / "m")
     registry.register(tmp_path / "m")
     registry.assign("challenger", challenger)
-    shadow = load_settings({"AI_MODEL_REGISTRY": registry.root}).shadow_model_path
+    shadow = with_registry_models(load_settings({"AI_MODEL_REGISTRY": registry.root})).shadow_model_path
     assert shadow == registry.root / "versions" / challenger / "lstm_omni.onnx"
     with pytest.raises(ConfigError, match="unset AI_MODEL_PATH"):
         load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_MODEL_PATH": MODELS / "lstm_omni.onnx"})
     with pytest.raises(ConfigError, match="has no champion"):
-        load_settings({"AI_MODEL_REGISTRY": tmp_path / "empty"})
+        with_registry_models(load_settings({"AI_MODEL_REGISTRY": tmp_path / "empty"}))
 
 
 # The gate on ledger records

@@ -102,3 +102,32 @@ def test_batch_schema_rejects_boolean_feature_and_null_id():
                   [{"features": EXAMPLE, "dispatch": 0}]):
         with pytest.raises(ValidationError):
             schema.load({"items": items})
+
+
+def _every_optional_prediction():
+    from omni_mev.predictor import Prediction
+
+    return Prediction(confidence=0.9, decision=False, model_type="onnx", model_version="v1", inference_ms=0.2,
+                      opportunity_id="op-1", execution={"status": "dispatched", "engine_status": 200,
+                                                        "reason": "accepted", "latency_ms": 3.2},
+                      cached=True, implausible=("profit_usd",), refusal="implausible opportunity")
+
+
+def test_the_response_schemas_describe_every_field_the_encoders_write():
+    """The schemas are the OpenAPI source: an answer field they lack, or type differently, fails here."""
+    import numpy as np
+
+    from omni_mev.api import batch, predict
+    from omni_mev.predictor import BatchPrediction
+    from omni_mev.schemas import BatchResponseSchema, PredictResponseSchema
+
+    full = predict.encode(_every_optional_prediction(), 0.78, "LIVE")
+    assert {"execution", "cached", "implausible", "reason", "opportunity_id"} <= set(full)
+    assert PredictResponseSchema().validate(full) == {}
+    answers = BatchPrediction(np.array([0.9, 0.1], np.float32), np.array([False, False]), "onnx", "v1", 0.3,
+                              ids=["a", None], implausible=[("history",), ()],
+                              executions={0: {"status": "skipped", "reason": "refused"}}, refusals={0: "refused"})
+    encoded = batch.encode(answers, 0.78, "SIMULATION")
+    assert {"execution", "reason", "implausible", "opportunity_id"} <= set(encoded["results"][0])
+    assert BatchResponseSchema().validate(encoded) == {}
+    assert PredictResponseSchema().validate({**full, "undocumented": 1}) == {"undocumented": ["Unknown field."]}

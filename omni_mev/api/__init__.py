@@ -1,4 +1,5 @@
-"""HTTP API: one blueprint per concern; they decode requests, call the predictor and encode answers."""
+"""HTTP API: one module per concern decodes requests, calls the predictor and encodes answers; routes.py declares
+every route once, direct.py is the front that serves them, errors.py renders every error."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -15,15 +16,3 @@ def predictor_of(app: Flask) -> Predictor:
     """The app's predictor (one per worker)."""
     return app.extensions[PREDICTOR]
 
-
-def register_blueprints(app: Flask) -> None:
-    """Mount every blueprint on the app."""
-    from omni_mev.api import batch, openapi, outcomes, predict, quality, status, v2
-
-    app.register_blueprint(predict.bp)
-    app.register_blueprint(batch.bp)
-    app.register_blueprint(v2.bp)
-    app.register_blueprint(outcomes.bp)
-    app.register_blueprint(quality.bp)
-    app.register_blueprint(status.bp)
-    app.register_blueprint(openapi.bp)

@@ -5,17 +5,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from flask import Blueprint
 
 from omni_mev.api import predictor_of
-from omni_mev.api.direct import DirectRequest, Later, direct_route
+from omni_mev.api.direct import DirectRequest, Later
 from omni_mev.api.predict import CONFIDENCE_DECIMALS, answer_when_dispatched
 from omni_mev.errors import PayloadTooLarge
 from omni_mev.jsonio import dumps, loads_object
 from omni_mev.predictor import BatchPrediction
 from omni_mev.schemas import BatchRequestSchema, load_or_raise
 
-bp = Blueprint("batch", __name__)
 # Chosen per request by a scan of the raw body: without any `true`/`false` in
 # it, no value can be a JSON boolean, and the per-value type check is skipped.
 _SCHEMAS = {True: BatchRequestSchema(), False: BatchRequestSchema(body_has_booleans=False)}
@@ -76,7 +74,6 @@ def encode(prediction: BatchPrediction, threshold: float, mode: str) -> dict[str
     }
 
 
-@direct_route(bp, "/predict/batch")
 def predict_batch(request: DirectRequest) -> dict[str, Any] | Later:
     """Score many opportunities; one entry per item, in order."""
     predictor = predictor_of(request.app)

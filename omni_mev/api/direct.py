@@ -1,41 +1,41 @@
-"""The scoring endpoints, served straight from WSGI in front of Flask's request machinery.
+"""The front: the service's WSGI entry, in front of Flask's request machinery.
 
-Flask stays the application: the factory builds it, blueprints declare every
-route, its error handlers and the OpenAPI document serve everything else. But
-Flask's request context, hooks and response objects cost about 100 µs per
-request, a third of a /predict, so the blueprints register their scoring
-routes here instead of as Flask views. Each such route has exactly one code
-path: this router reads the body, checks the API key, calls the route's
-handler (which validates with the schemas and calls the predictor), encodes
-the answer, and counts the request (ai_requests_total, ai_request_duration_ms).
+Flask stays the application: the factory builds it, the route table
+(omni_mev.api.routes) puts every route into its URL map, and its views and
+error handlers serve the VIEW routes. The FAST routes (scoring, outcomes) are
+served here instead: Flask's request context, hooks and response objects cost
+about 100 µs per request, a third of a /predict. For every request the front
+
+- matches the path and method in Flask's URL map (through the route table);
+- checks the API key, unless the route is open to probes;
+- serves a FAST route's handler (which validates with the schemas and calls
+  the predictor), or hands the request to Flask (views, OPTIONS, unknown paths
+  and methods, which Flask answers);
+- renders errors with the one renderer, in the route's error shape;
+- counts the request (ai_requests_total, ai_request_duration_ms) when the
+  route is counted.
 """
 from __future__ import annotations
 
-import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.http.errors import NoMoreData, ParseException
 
 from omni_mev import metrics
-from omni_mev.auth import ApiKeys
+from omni_mev.api.errors import JSON, STATUS_LINES, api_error_body, render
+from omni_mev.auth import ApiKeys, keys_of
 from omni_mev.deferred import PARKS, DeferredBody, Rendered
-from omni_mev.errors import INTERNAL_ERROR, BadRequest, MethodNotAllowed, OmniMevError, PayloadTooLarge
+from omni_mev.errors import BadRequest, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
 if TYPE_CHECKING:
-    from flask import Blueprint, Flask
+    from flask import Flask
 
-log = logging.getLogger(__name__)
-EXTENSION = "omni_mev.direct_routes"
-ALLOWED = ["OPTIONS", "POST"]
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
-_JSON = ("Content-Type", "application/json")
+    from omni_mev.api.routes import Route, RouteTable
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -69,24 +69,6 @@ class Later:
     render: Callable[[], dict[str, Any] | Answer]
 
 
-Handler = Callable[[DirectRequest], Any]
-ErrorBody = Callable[[OmniMevError], dict[str, Any]]
-
-
-def default_error_body(error: OmniMevError) -> dict[str, Any]:
-    """The API's error shape: {"error", "message"[, "fields"]}."""
-    return error.to_dict()
-
-
-@dataclass(frozen=True)
-class DirectRoute:
-    """A POST route: its rule (also the metrics' endpoint label), handler and error shape."""
-
-    rule: str
-    handler: Handler
-    error_body: ErrorBody = default_error_body
-
-
 def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     """The request body, refused with 413 beyond `limit` bytes (chunked or not) and 400 when malformed.
 
@@ -116,55 +98,26 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     return data
 
 
-def _pattern(rule: str) -> re.Pattern[str]:
-    """'/v2/models/<name>/infer' as a regular expression with named groups."""
-    return re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule) + "$")
+class Front:
+    """The service's WSGI callable: FAST routes served here, everything else by Flask (see the module's doc)."""
 
-
-class DirectRoutes:
-    """A WSGI application: the direct routes first, Flask for every other path."""
-
-    def __init__(self, app: Flask, api_keys: ApiKeys) -> None:
+    def __init__(self, app: Flask, table: RouteTable, api_keys: ApiKeys) -> None:
         self.app = app
         self.flask_app: WsgiApp = app.wsgi_app
+        self.table = table
         self.api_keys = api_keys
         self.max_body_bytes: int = app.config["SETTINGS"].max_body_bytes
-        self._exact: dict[str, DirectRoute] = {}
-        self._patterns: list[tuple[re.Pattern[str], DirectRoute]] = []
-
-    def add(self, route: DirectRoute) -> None:
-        """Serve POST `route.rule` with `route.handler`."""
-        if "<" in route.rule:
-            self._patterns.append((_pattern(route.rule), route))
-        else:
-            self._exact[route.rule] = route
-
-    def match(self, path: str) -> tuple[DirectRoute, dict[str, str]] | None:
-        """The route serving this path, and the path's parameters."""
-        route = self._exact.get(path)
-        if route is not None:
-            return route, {}
-        for pattern, route in self._patterns:
-            found = pattern.match(path)
-            if found:
-                return route, found.groupdict()
-        return None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        matched = self.match(environ.get("PATH_INFO", ""))
-        if matched is None:
-            return self.flask_app(environ, start_response)
-        route, params = matched
+        method = environ["REQUEST_METHOD"]
+        route, params = self.table.match(environ.get("PATH_INFO", ""), method)
         started = time.perf_counter()
-        headers = [_JSON]
+        headers = [JSON]
         try:
-            self.api_keys.check(environ)
-            method = environ["REQUEST_METHOD"]
-            if method == "OPTIONS":
-                start_response(_STATUS_LINES[204], [("Allow", ", ".join(ALLOWED))])
-                return []
-            if method != "POST":
-                raise MethodNotAllowed(ALLOWED)
+            if route is None or route.auth:
+                self.api_keys.check(environ)
+            if route is None or not route.is_fast_for(method):
+                return self._flask(route, environ, start_response, started)
             request = DirectRequest(self.app, read_body(environ, self.max_body_bytes), params, environ)
             answer = route.handler(request)
             if isinstance(answer, Later):
@@ -178,50 +131,50 @@ class DirectRoutes:
                 headers.extend((answer.headers or {}).items())
             else:
                 status, body = 200, dumps(answer)
-        except OmniMevError as error:
-            status, body = error.status, dumps(route.error_body(error))
-            headers.extend(error.headers.items())
-        except Exception:  # noqa: BLE001 - a bug answers 500 JSON, never a traceback
-            log.exception("unhandled error on %s", route.rule)
-            status, body = 500, dumps(INTERNAL_ERROR)
-        metrics.count_request(route.rule, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+        except Exception as error:  # noqa: BLE001 - domain errors as themselves, a bug as a logged 500
+            rendered = render(error, route.errors if route is not None else api_error_body)
+            status, body, headers = rendered.status, rendered.body, rendered.headers
+        self._count(route, status, started)
         headers.append(("Content-Length", str(len(body))))
-        start_response(_STATUS_LINES[status], headers)
+        start_response(STATUS_LINES[status], headers)
         return [body]
 
+    def _flask(self, route: Route | None, environ: dict, start_response: Callable,
+               started: float) -> Iterable[bytes]:
+        """Flask answers: a view, an OPTIONS, or an unknown path or method."""
+        if route is None or not route.counted:
+            return self.flask_app(environ, start_response)
+
+        def counted_start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
+            self._count(route, int(status[:3]), started)
+            return start_response(status, headers, exc_info)
+
+        return self.flask_app(environ, counted_start_response)
 
     @staticmethod
-    def _later(route: DirectRoute, answer: Later, started: float, headers: list[tuple[str, str]],
+    def _count(route: Route | None, status: int, started: float) -> None:
+        if route is not None and route.counted:
+            metrics.count_request(route.path, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+
+    def _later(self, route: Route, answer: Later, started: float, headers: list[tuple[str, str]],
                start_response: Callable) -> DeferredBody:
         """200 for now; the body (and so its Content-Length, set by the server), and the status when the answer
         decides it, when the answer is rendered."""
 
-        def render() -> bytes | Rendered:
+        def render_answer() -> bytes | Rendered:
             rendered = answer.render()
             status = rendered.status if isinstance(rendered, Answer) else 200
-            metrics.count_request(route.rule, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+            self._count(route, status, started)
             if isinstance(rendered, Answer):
-                return Rendered(_STATUS_LINES[status], dumps(rendered.body), list((rendered.headers or {}).items()))
+                return Rendered(STATUS_LINES[status], dumps(rendered.body), list((rendered.headers or {}).items()))
             return dumps(rendered)
 
-        start_response(_STATUS_LINES[200], headers)
-        return DeferredBody(answer.futures, answer.deadline, render)
+        start_response(STATUS_LINES[200], headers)
+        return DeferredBody(answer.futures, answer.deadline, render_answer)
 
 
-def install(app: Flask, api_keys: ApiKeys) -> DirectRoutes:
-    """Put the direct routes in front of the app's WSGI callable."""
-    routes = app.extensions[EXTENSION] = DirectRoutes(app, api_keys)
-    app.wsgi_app = routes
-    return routes
-
-
-def direct_route(blueprint: Blueprint, rule: str, error_body: ErrorBody = default_error_body
-                 ) -> Callable[[Handler], Handler]:
-    """Decorator: the blueprint serves POST `rule` with this handler, on the app's direct routes."""
-
-    def register(handler: Handler) -> Handler:
-        route = DirectRoute(rule, handler, error_body)
-        blueprint.record_once(lambda state: state.app.extensions[EXTENSION].add(route))
-        return handler
-
-    return register
+def install(app: Flask, table: RouteTable) -> Front:
+    """Put the front in front of the app's WSGI callable."""
+    front = Front(app, table, keys_of(app))
+    app.wsgi_app = front  # type: ignore[method-assign]
+    return front

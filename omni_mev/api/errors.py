@@ -1,27 +1,70 @@
-"""Flask's error handlers: every error Flask sees, expected or not, becomes the API's JSON error."""
+"""The one error renderer: every error the service answers, wherever it is caught, as the API's JSON.
+
+The front (fast routes), Flask's error handlers (views, unknown paths, wrong
+methods) and the worker (a request the application never saw: malformed,
+too slow, too large) all render errors here, each in the error shape of the
+route the request was for (omni_mev.api.routes).
+"""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from omni_mev.errors import INTERNAL_ERROR, MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
 from omni_mev.jsonio import dumps
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 log = logging.getLogger(__name__)
 NOT_FOUND = "No such endpoint; see /openapi.json for the API."
 TOO_LARGE = "The request body is larger than the service accepts (AI_MAX_BODY_BYTES)."
+JSON = ("Content-Type", "application/json")
+STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+ErrorShape = Callable[[OmniMevError], dict[str, Any]]
 
 
-def json_response(body: dict, status: int, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response with this status."""
-    return Response(dumps(body), status=status, mimetype="application/json", headers=headers)
+def api_error_body(error: OmniMevError) -> dict[str, Any]:
+    """The API's error shape: {"error", "message"[, "fields"]}."""
+    return error.to_dict()
 
 
-def error_response(error: OmniMevError) -> Response:
-    """The JSON response of a domain error, with the headers it carries."""
-    return json_response(error.to_dict(), error.status, error.headers)
+@dataclass(frozen=True)
+class RenderedError:
+    """An error as it goes on the wire: status, headers (the content type among them) and JSON body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return STATUS_LINES.get(self.status) or f"{self.status} {HTTPStatus(self.status).phrase}"
+
+
+def render(error: BaseException, shape: ErrorShape = api_error_body) -> RenderedError:
+    """The response to this error: a domain error as itself, werkzeug's in the API's terms, anything else a
+    logged 500 whose body says nothing of the cause."""
+    if isinstance(error, HTTPException):
+        error = as_domain_error(error)
+    if not isinstance(error, OmniMevError):
+        log.error("unhandled error", exc_info=error)
+        return RenderedError(500, [JSON], dumps(INTERNAL_ERROR))
+    return RenderedError(error.status, [JSON, *error.headers.items()], dumps(shape(error)))
+
+
+def http_error(status: int, message: str, phrase: str | None = None) -> OmniMevError:
+    """An HTTP status the service answers as a domain error: its code from the phrase."""
+    phrase = phrase or HTTPStatus(status).phrase
+    domain = OmniMevError(message or phrase)
+    domain.status, domain.code = status, error_code(phrase)
+    return domain
 
 
 def as_domain_error(error: HTTPException) -> OmniMevError:
@@ -32,22 +75,19 @@ def as_domain_error(error: HTTPException) -> OmniMevError:
         return MethodNotAllowed(sorted(getattr(error, "valid_methods", None) or []))
     if error.code == 413:
         return PayloadTooLarge(TOO_LARGE)
-    domain = OmniMevError(error.description or error.name)
-    domain.status, domain.code = error.code or 500, error_code(error.name)
-    return domain
+    return http_error(error.code or 500, error.description or error.name, error.name)
 
 
-def _http_error(error: HTTPException) -> Response:
-    return error_response(as_domain_error(error))
+def init_app(app: Flask, shape_of: Callable[[str, str], ErrorShape]) -> None:
+    """Answer every error Flask sees with JSON, in the shape of the route the request was for."""
+    from flask import Response, request
 
+    def respond(error: BaseException) -> Response:
+        rendered = render(error, shape_of(request.path, request.method))
+        return Response(rendered.body, status=rendered.status, headers=rendered.headers[1:],
+                        mimetype="application/json")
 
-def _unexpected(error: Exception) -> Response:
-    log.exception("unhandled error")
-    return json_response(INTERNAL_ERROR, 500)
+    app.register_error_handler(OmniMevError, respond)
+    app.register_error_handler(HTTPException, respond)
+    app.register_error_handler(Exception, respond)
 
-
-def init_app(app: Flask) -> None:
-    """Answer every error with JSON."""
-    app.register_error_handler(OmniMevError, error_response)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)

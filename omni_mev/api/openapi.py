@@ -4,12 +4,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import current_app
 
 from omni_mev import auth
 from omni_mev.api import predictor_of
 
-bp = Blueprint("openapi", __name__)
 
 
 @lru_cache(maxsize=4)
@@ -20,7 +19,6 @@ def document(model_version: str | None, keys_required: bool) -> dict[str, Any]:
     return build(model_version, keys_required)
 
 
-@bp.get("/openapi.json")
 def openapi_json():
     """The OpenAPI 3.1 document of this service (security declared only when API keys are configured)."""
     return document(predictor_of(current_app).status().version, current_app.extensions[auth.EXTENSION].enabled)

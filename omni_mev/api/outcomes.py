@@ -12,19 +12,17 @@ from concurrent.futures import Future
 from typing import Any
 
 import orjson
-from flask import Blueprint
 
 from omni_mev import metrics
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size
-from omni_mev.api.direct import Answer, DirectRequest, Later, direct_route
+from omni_mev.api.direct import Answer, DirectRequest, Later
 from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
                                    LedgerUnavailable, OutcomeResult)
 from omni_mev.schemas import OutcomeSchema, load_or_raise
 
 log = logging.getLogger(__name__)
-bp = Blueprint("outcomes", __name__)
 _one = OutcomeSchema()
 _many = OutcomeSchema(many=True)
 # The ledger's results in HTTP terms.
@@ -106,7 +104,6 @@ def _answer(stored: Future, one: bool) -> Answer:
     return Answer(error.status, error.to_dict(), error.headers)
 
 
-@direct_route(bp, "/outcomes")
 def post_outcomes(request: DirectRequest) -> Later:
     """One outcome (an object) or up to AI_MAX_BATCH_SIZE (an array); idempotent per opportunity_id."""
     body = _body(request.body)

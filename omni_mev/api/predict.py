@@ -4,15 +4,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint
 
-from omni_mev.api.direct import DirectRequest, Later, direct_route
+from omni_mev.api.direct import DirectRequest, Later
 from omni_mev.api import predictor_of
 from omni_mev.jsonio import loads_object
 from omni_mev.predictor import BatchPrediction, Prediction
 from omni_mev.schemas import load_opportunity
 
-bp = Blueprint("predict", __name__)
 CONFIDENCE_DECIMALS = 6
 
 
@@ -54,7 +52,6 @@ def encode(prediction: Prediction, threshold: float, mode: str) -> dict[str, Any
     return body
 
 
-@direct_route(bp, "/predict")
 def predict(request: DirectRequest) -> dict[str, Any] | Later:
     """Score one opportunity."""
     opportunity = load_opportunity(loads_object(request.body))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Flask, current_app, request
 
 from omni_mev.api import predictor_of
 from omni_mev.errors import QualityNotReady, ValidationFailed
@@ -16,7 +16,6 @@ from omni_mev.ledger.quality import MODELS, normalise_window, present
 from omni_mev.ledger.reporter import QualityReports
 from omni_mev.ledger.store import LedgerUnavailable, NullLedger
 
-bp = Blueprint("quality", __name__)
 REPORTS = "omni_mev.quality_reports"
 
 
@@ -25,7 +24,6 @@ def init_app(app: Flask) -> None:
     app.extensions[REPORTS] = QualityReports(app.config["SETTINGS"].quality_dir)
 
 
-@bp.get("/quality")
 def quality():
     """?window=1h|24h|7d (default 1h) &model=champion|shadow (default: both)."""
     window = normalise_window(request.args.get("window", "1h"))

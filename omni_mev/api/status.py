@@ -4,35 +4,26 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint, current_app
+from flask import current_app
 
 from omni_mev import metrics
 from omni_mev.api import predictor_of
-from omni_mev.api.errors import error_response
 from omni_mev.cache import cache_of
 from omni_mev.errors import ModelUnavailable
-
-bp = Blueprint("status", __name__)
-STARTED_AT_VARIABLE = "OMNI_MEV_STARTED_AT"
+from omni_mev.started import STARTED_AT
 
 
-def _started_at() -> float:
-    # gunicorn's master records its start; workers and reloads inherit it.
-    return float(os.environ.get(STARTED_AT_VARIABLE) or current_app.config["STARTED_AT"])
 
-
-@bp.get("/health")
 def health():
     """200 when this worker has a model; 503 with the reason otherwise. No I/O."""
     status = predictor_of(current_app).status()
     if not status.ready:
-        return error_response(ModelUnavailable(status.problem))
+        raise ModelUnavailable(status.problem)
     return {"status": "ok", "model_type": status.kind, "model_version": status.version}
 
 
-@bp.get("/status")
 def engine_status():
-    """Engine state; total_requests counts scoring requests across all workers."""
+    """Engine state; total_requests counts the counted routes' requests (scoring, outcomes, quality), all workers."""
     predictor = predictor_of(current_app)
     status = predictor.status()
     return {
@@ -44,7 +35,7 @@ def engine_status():
         "threshold": predictor.threshold,
         "redis_connected": cache_of(current_app).ping(),
         "total_requests": metrics.snapshot.get()["total_requests"],
-        "uptime_s": round(time.time() - _started_at(), 3),
+        "uptime_s": round(time.time() - STARTED_AT, 3),
         "worker_pid": os.getpid(),
         # `writable` is the last attempt's: a ledger whose database cannot be reached is not claimed as working.
         "ledger": {"enabled": predictor.settings.ledger_url is not None,
@@ -58,7 +49,6 @@ def engine_status():
     }
 
 
-@bp.get("/metrics_summary")
 def metrics_summary():
     """A JSON digest of the Prometheus metrics, exact across workers, at most ~1 s old."""
     status = predictor_of(current_app).status()

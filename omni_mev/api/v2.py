@@ -7,14 +7,13 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app
+from flask import Response, current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from omni_mev.version import __version__
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size, may_hold_booleans
-from omni_mev.api.direct import DirectRequest, direct_route
-from omni_mev.api.errors import json_response
+from omni_mev.api.direct import DirectRequest
 from omni_mev.api.predict import CONFIDENCE_DECIMALS
 from omni_mev.errors import OmniMevError
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
@@ -23,7 +22,6 @@ from omni_mev.predictor import ModelStatus
 from omni_mev.runtime.base import MODEL_NAME
 from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors, valid_id
 
-bp = Blueprint("v2", __name__, url_prefix="/v2")
 INPUT_NAME = "features"
 # Optional: the callers' ids of the opportunities, so that the ledger keeps them.
 ID_INPUT = "opportunity_id"
@@ -44,11 +42,6 @@ class V2Error(OmniMevError):
 def protocol_error_body(error: OmniMevError) -> dict[str, Any]:
     """The protocol's error shape, for every error of these routes (not JSON, too large, no model too)."""
     return {"error": error.message}
-
-
-@bp.errorhandler(OmniMevError)
-def _protocol_error(error: OmniMevError) -> Response:
-    return json_response(protocol_error_body(error), error.status, error.headers)
 
 
 def _empty_ok() -> Response:
@@ -117,33 +110,26 @@ def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
-@bp.get("")
 def server_metadata():
     """$metadata_server_response."""
     return {"name": "omni-mev", "version": __version__, "extensions": []}
 
 
-@bp.get("/health/live")
 def live():
     """200 with an empty body while the server answers."""
     return _empty_ok()
 
 
-@bp.get("/health/ready")
 def ready():
     """200 when this worker's model is loaded; 400 with the reason otherwise."""
     return _ready(predictor_of(current_app).status())
 
 
-@bp.get("/models/<name>/ready")
-@bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     """200 when the named model (and version) is ready to infer."""
     return _ready(_model(predictor_of(current_app).status(), name, version))
 
 
-@bp.get("/models/<name>")
-@bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     """$metadata_model_response."""
     status = _model(predictor_of(current_app).status(), name, version)
@@ -275,13 +261,11 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
     }
 
 
-@direct_route(bp, "/v2/models/<name>/infer", error_body=protocol_error_body)
 def infer(request: DirectRequest) -> dict[str, Any]:
     """Inference on the serving model."""
     return _infer(request, request.params["name"], None)
 
 
-@direct_route(bp, "/v2/models/<name>/versions/<version>/infer", error_body=protocol_error_body)
 def infer_version(request: DirectRequest) -> dict[str, Any]:
     """Inference on a named version (which must be the serving one)."""
     return _infer(request, request.params["name"], request.params["version"])
