@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs rustc postgresql prometheus
+SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs npm rustc postgresql prometheus
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
@@ -28,6 +28,12 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet -e '.[train,test,bench]'
 	touch $@
 
+# The Node clients' package (ws), for the Node examples and the stream benchmark's load generator.
+NODE_MODULES := examples/node/node_modules/.installed
+$(NODE_MODULES): examples/node/package.json | system-deps
+	cd examples/node && npm install --no-audit --no-fund --silent
+	touch $@
+
 ## install: the virtual environment with the service's packages
 install: $(VENV)/.base
 
@@ -40,7 +46,7 @@ serve: $(VENV)/.base
 ## omni-mev's default metrics port: it is stopped and disabled (the tests start their own).
 system-deps:
 	@missing=""; \
-	for cmd in redis-server nginx wrk openssl systemd-analyze curl node rustc prometheus promtool; do \
+	for cmd in redis-server nginx wrk openssl systemd-analyze curl node npm rustc prometheus promtool; do \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
@@ -54,7 +60,7 @@ system-deps:
 	fi
 
 ## test: the whole test suite (unit tests, real gunicorn, redis-server, nginx)
-test: $(VENV)/.test system-deps
+test: $(VENV)/.test system-deps $(NODE_MODULES)
 	$(BIN)/python -m pytest
 
 ## train: retrain the model and rewrite models/ and docs/reliability.png
@@ -63,7 +69,7 @@ train: $(VENV)/.test
 
 ## bench: the full benchmark against the FastAPI reference (~15 minutes);
 ## writes bench/results/<date>.json and docs/benchmarks.{md,png}
-bench: $(VENV)/.test system-deps
+bench: $(VENV)/.test system-deps $(NODE_MODULES)
 	$(BIN)/python -m bench.run
 
 ## bench-ledger: the outcome ledger under load (~15 minutes): its cost on /predict in three runs, /predict's

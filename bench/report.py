@@ -54,7 +54,8 @@ def tables(results: dict[str, Any], source: str) -> str:
         lines.append(f"| {c} | {rounds} | **{ratio['median_throughput']:.2f}** | {ratio['median_p99']:.2f} |")
     lines += ["", "### Batches (omni-mev, 8 connections)", "",
               "`/predict/batch` takes items shaped like `/predict` bodies; V2 infer takes one flat FP32 tensor "
-              "(`[batch, 8]`), which is cheaper to parse.", "",
+              "(`[batch, 8]`), which is cheaper to parse; \"V2 infer, binary\" sends it, and gets the outputs, "
+              "as binary tensors (what tritonclient.http does by default).", "",
               "| endpoint | items per request | requests/s | predictions/s | p50 ms | p99 ms |",
               "|---|---|---|---|---|---|"]
     for row in results["batch"]:
@@ -119,6 +120,22 @@ def tables(results: dict[str, Any], source: str) -> str:
         lines += ["", "| ledger on disk (SQLite) | records written | MB per million predictions |", "|---|---|---|"]
         for name, label in (("steps_1", "single vectors"), ("steps_9", "with 8 steps of history")):
             lines.append(f"| {label} | {size[name]['records']:,} | {size[name]['mb_per_million']:,} |")
+    streams = results.get("streams")
+    if streams:
+        lines += ["", "### Persistent connections: WebSocket against HTTP keep-alive", "",
+                  "The same closed-loop Node client (bench/stream_load.mjs) on both: each connection sends one "
+                  "opportunity and waits for its answer. WebSocket: `omni-mev stream` (one process); HTTP: "
+                  "`/predict` on gunicorn (two workers). Medians of the rounds.", "",
+                  "| connections | WebSocket msg/s | HTTP req/s | ratio | WebSocket p50 / p99 ms | HTTP p50 / p99 ms |",
+                  "|---|---|---|---|---|---|"]
+        for connections, row in streams["summary"].items():
+            lines.append(f"| {connections} | {row['ws_messages_per_s']:,.0f} | {row['http_messages_per_s']:,.0f} "
+                         f"| **{row['throughput_ratio']:.2f}×** | {row['ws_p50_ms']:.2f} / {row['ws_p99_ms']:.2f} "
+                         f"| {row['http_p50_ms']:.2f} / {row['http_p99_ms']:.2f} |")
+        idle = streams["idle"]
+        lines += ["", f"{idle['connections']:,} idle WebSocket connections: the stream server's RSS went from "
+                      f"{idle['rss_before_mb']:.0f} to {idle['rss_after_mb']:.0f} MB, "
+                      f"{idle['kb_per_connection']:.1f} KB per connection."]
     rss = results["rss_mb"]
     ready = results["ready_s"]
     lines += ["", "### Memory and start-up", "",

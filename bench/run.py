@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [==[%s]==]
+%s
 done = function(summary, latency, requests)
   io.write(string.format(
     '@@{"requests": %%d, "duration_us": %%d, "connect_errors": %%d, "read_errors": %%d, "write_errors": %%d, ' ..
@@ -152,14 +153,24 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wrk(url: str, body: str, connections: int, duration_s: float, scratch: Path,
-        id_template: str | None = None) -> dict[str, Any]:
+def lua_string(data: str | bytes) -> str:
+    """A Lua string literal holding exactly these bytes (a long bracket for text; escapes for binary, which a
+    long bracket would alter: Lua turns its line breaks into \\n)."""
+    if isinstance(data, str):
+        return f"[==[{data}]==]"
+    return '"' + "".join(f"\\{byte}" for byte in data) + '"'
+
+
+def wrk(url: str, body: str | bytes, connections: int, duration_s: float, scratch: Path,
+        id_template: str | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One wrk run (one thread); its Lua done() prints exact figures as JSON.
 
     id_template: a body with one %d, filled with a new number per request.
     """
-    script = scratch / f"wrk-{abs(hash((body, id_template)))}.lua"
-    script.write_text(WRK_SCRIPT % body + (UNIQUE_ID_REQUEST % id_template if id_template else ""))
+    script = scratch / f"wrk-{abs(hash((body, id_template, str(headers))))}.lua"
+    setup = "".join([f"wrk.body = {lua_string(body)}\n",
+                     *(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())])
+    script.write_text(WRK_SCRIPT % setup + (UNIQUE_ID_REQUEST % id_template if id_template else ""))
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "5s", "-s", str(script),
          url], capture_output=True, text=True, timeout=duration_s + 60)
@@ -249,6 +260,15 @@ def batch_body(size: int) -> str:
 def v2_body(size: int) -> str:
     return json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [size, 8],
                                    "data": EXAMPLE * size}]})
+
+
+def v2_binary_body(size: int) -> tuple[bytes, dict[str, str]]:
+    """What tritonclient.http sends by default: the features as binary FP32, every output asked for in binary."""
+    head = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [size, 8],
+                                   "parameters": {"binary_data_size": size * 8 * 4}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    features = struct.pack(f"<{size * 8}f", *(EXAMPLE * size))
+    return head + features, {"Inference-Header-Content-Length": str(len(head))}
 
 
 def paired_runs(scratch: Path, rounds: int, duration_s: float, servers: list[Server], envs: dict[str, dict[str, str]],
@@ -405,10 +425,14 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
         ref.stop()
 
         batch = []
-        for endpoint, path, make_body in (("/predict/batch", "/predict/batch", batch_body),
-                                          ("V2 infer", "/v2/models/lstm_omni/infer", v2_body)):
-            for size in (1, 64, 1024):
-                run_result = wrk(omni.url + path, make_body(size), 8, duration_s, scratch)
+        v2 = "/v2/models/lstm_omni/infer"
+        for endpoint, path, make_body, sizes in (("/predict/batch", "/predict/batch", batch_body, (1, 64, 1024)),
+                                                 ("V2 infer", v2, v2_body, (1, 64, 1024, 4096)),
+                                                 ("V2 infer, binary", v2, v2_binary_body, (1024, 4096))):
+            for size in sizes:
+                made = make_body(size)
+                body, headers = made if isinstance(made, tuple) else (made, None)
+                run_result = wrk(omni.url + path, body, 8, duration_s, scratch, headers=headers)
                 batch.append({"endpoint": endpoint, "batch_size": size, **run_result,
                               "predictions_per_s": run_result["requests_per_s"] * size})
         results["batch"] = batch
@@ -441,6 +465,9 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
         results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
         results["ensemble"] = family_cost(scratch, rounds, duration_s, servers, smoke)
         results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
+        from bench import streams  # noqa: PLC0415 - it imports this module
+
+        results["streams"] = streams.measure(servers, rounds, duration_s, 50 if smoke else streams.IDLE_CONNECTIONS)
     return results
 
 

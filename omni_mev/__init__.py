@@ -31,23 +31,16 @@ def create_app(config: Mapping[str, Any] | None = None, route_table: tuple[Route
     from omni_mev import auth, cache
     from omni_mev.api import PREDICTOR, errors, quality, routes
     from omni_mev.api.application import Application
-    from omni_mev.config import load_settings
-    from omni_mev.ledger.store import build_ledger
-    from omni_mev.predictor import Predictor
-    from omni_mev.registry.serving import with_registry_models
-    from omni_mev.runtime.loader import load_worker_models
-    from omni_mev.trading.dispatcher import build_dispatcher
+    from omni_mev.service import build_service, settings_from
 
-    settings = with_registry_models(load_settings(config))
+    settings = settings_from(config)
     # No static files: every path is an API route.
     app = Application(__name__, static_folder=None)
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     auth.init_app(app)
-    redis = cache.init_app(app)
-    app.extensions[PREDICTOR] = Predictor(settings, load_worker_models(settings), redis,
-                                          build_dispatcher(settings, redis),
-                                          build_ledger(settings.ledger_url, settings.ledger_retention_days,
-                                                       settings.ledger_dead_letters))
+    service = build_service(settings)
+    app.extensions[cache.EXTENSION] = service.cache
+    app.extensions[PREDICTOR] = service.predictor
     quality.init_app(app)
     table = routes.init_app(app, routes.ROUTES if route_table is None else route_table)
     errors.init_app(app, table.error_shape)

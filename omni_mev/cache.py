@@ -230,12 +230,6 @@ def build_cache(settings: Settings) -> Cache:
     return NullCache()
 
 
-def init_app(app: Flask) -> Cache:
-    """Attach the app's cache (Redis or null) and return it."""
-    cache = app.extensions[EXTENSION] = build_cache(app.config["SETTINGS"])
-    return cache
-
-
 def cache_of(app: Flask) -> Cache:
     """The app's cache (Redis or null)."""
     return app.extensions[EXTENSION]

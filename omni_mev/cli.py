@@ -132,6 +132,12 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    from omni_mev.stream.server import main as serve_streams
+
+    return serve_streams()
+
+
 def _routes(args: argparse.Namespace) -> int:
     from omni_mev.api.routes import ROUTES, describe
 
@@ -222,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")
     decisions.add_argument("--json", action="store_true", help="machine-readable output")
     decisions.set_defaults(handler=_decisions)
+    stream = commands.add_parser("stream", help="the stream server: WebSocket on AI_STREAM_PORT, beside the HTTP "
+                                                "service (docs/streaming.md)")
+    stream.set_defaults(handler=_stream)
+
     routes = commands.add_parser("routes", help="the route table: every route with its methods, kind (fast path or "
                                                 "Flask view), auth, error shape and whether it is counted")
     routes.add_argument("--json", action="store_true", help="machine-readable output")

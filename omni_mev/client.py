@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,27 @@ def _execution(body: Mapping[str, Any]) -> Execution | None:
                                               raw.get("latency_ms"))
 
 
+def _item(features: Vector, history: Sequence[Vector] | None, opportunity_id: str | None,
+          dispatch: bool | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"features": features if isinstance(features, Mapping) else list(features)}
+    if history:
+        item["history"] = [h if isinstance(h, Mapping) else list(h) for h in history]
+    if opportunity_id is not None:
+        item["opportunity_id"] = opportunity_id
+    if dispatch is not None:
+        item["dispatch"] = dispatch
+    return item
+
+
+def _predict_result(body: Mapping[str, Any]) -> PredictResult:
+    return PredictResult(
+        decision=body["decision"], confidence=body["confidence"], opportunity_id=body.get("opportunity_id"),
+        execution=_execution(body), threshold=body["threshold"], mode=body["mode"],
+        inference_time_ms=body["inference_time_ms"], model_type=body["model_type"],
+        model_version=body["model_version"], cached=body.get("cached", False),
+    )
+
+
 class Client:
     """A pooled HTTP session to one omni-mev endpoint (thread-safe for reads, one per thread is simplest)."""
 
@@ -110,28 +132,10 @@ class Client:
                                payload.get("message", response.reason), payload.get("fields"), payload)
         return payload
 
-    @staticmethod
-    def _item(features: Vector, history: Sequence[Vector] | None, opportunity_id: str | None,
-              dispatch: bool | None) -> dict[str, Any]:
-        item: dict[str, Any] = {"features": features if isinstance(features, Mapping) else list(features)}
-        if history:
-            item["history"] = [h if isinstance(h, Mapping) else list(h) for h in history]
-        if opportunity_id is not None:
-            item["opportunity_id"] = opportunity_id
-        if dispatch is not None:
-            item["dispatch"] = dispatch
-        return item
-
     def predict(self, features: Vector, history: Sequence[Vector] | None = None,
                 opportunity_id: str | None = None, dispatch: bool | None = None) -> PredictResult:
         """Score one opportunity (optionally with up to 31 earlier ones, oldest first)."""
-        body = self._call("POST", "/predict", self._item(features, history, opportunity_id, dispatch))
-        return PredictResult(
-            decision=body["decision"], confidence=body["confidence"], opportunity_id=body.get("opportunity_id"),
-            execution=_execution(body), threshold=body["threshold"], mode=body["mode"],
-            inference_time_ms=body["inference_time_ms"], model_type=body["model_type"],
-            model_version=body["model_version"], cached=body.get("cached", False),
-        )
+        return _predict_result(self._call("POST", "/predict", _item(features, history, opportunity_id, dispatch)))
 
     def predict_batch(self, items: Sequence[Vector | Mapping[str, Any]]) -> BatchResult:
         """Score many opportunities: plain vectors, or dicts shaped like a /predict body."""
@@ -217,3 +221,51 @@ def _outcome_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
                               "unknown": ids("unknown"), "conflicts": ids("conflict"), "invalid": ids("invalid"),
                               "results": results}
     return counts
+
+
+class StreamClient:
+    """A WebSocket connection to the stream server (`omni-mev stream`): send many, receive in order.
+
+        with StreamClient("ws://127.0.0.1:8002/stream", api_key=None) as stream:
+            sent = [stream.send(vector) for vector in vectors]   # pipelined
+            answers = [stream.receive() for _ in sent]             # in the order sent
+    """
+
+    def __init__(self, url: str = "ws://127.0.0.1:8002/stream", api_key: str | None = None,
+                 timeout: float = 1.0) -> None:
+        from websockets.sync.client import connect
+
+        self.timeout = timeout
+        # Entered at once and closed by close(): the connection lives as long as this client.
+        self.websocket = connect(url, additional_headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+                                 open_timeout=timeout, compression=None).__enter__()
+        self._sent = 0
+
+    def send(self, features: Vector, history: Sequence[Vector] | None = None, opportunity_id: str | None = None,
+             dispatch: bool | None = None) -> int:
+        """Send one opportunity without waiting for its answer; its message id."""
+        self._sent += 1
+        self.websocket.send(json.dumps({"id": self._sent, **_item(features, history, opportunity_id, dispatch)}))
+        return self._sent
+
+    def receive(self) -> PredictResult:
+        """The next answer, in the order sent; OmniMevError if it is an error."""
+        body = json.loads(self.websocket.recv(timeout=self.timeout))
+        if "error" in body:
+            raise OmniMevError(0, body["error"], body.get("message", ""), body.get("fields"), body)
+        return _predict_result(body)
+
+    def predict(self, features: Vector, history: Sequence[Vector] | None = None,
+                opportunity_id: str | None = None, dispatch: bool | None = None) -> PredictResult:
+        """Send one opportunity and wait for its answer."""
+        self.send(features, history, opportunity_id, dispatch)
+        return self.receive()
+
+    def close(self) -> None:
+        self.websocket.close()
+
+    def __enter__(self) -> "StreamClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

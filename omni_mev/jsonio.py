@@ -12,7 +12,7 @@ _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a num
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def loads_object(data: bytes) -> dict[str, Any]:
+def loads_object(data: bytes | str) -> dict[str, Any]:
     """Parse a request body that must be a JSON object; 400 otherwise."""
     if not data:
         raise BadRequest("The body is empty; send a JSON object.")

@@ -323,7 +323,12 @@ def _open_inference(spec: APISpec, model_version: str | None) -> None:
                        "'decision' and 'plausible' BOOL, [batch, 1]; nothing is dispatched",
             "requestBody": {"required": True, **_json(_ref("InferenceRequest"))},
             "responses": {
-                "200": {"description": "$inference_response", **_json(_ref("InferenceResponse"))},
+                "200": {"description": "$inference_response; with outputs asked for as binary data (the binary "
+                                       "tensor data extension, docs/api.md), the JSON is the body's first "
+                                       "Inference-Header-Content-Length bytes and the tensors follow",
+                        "content": {"application/json": {"schema": _ref("InferenceResponse")},
+                                    "application/octet-stream": {"schema": {"type": "string",
+                                                                            "format": "binary"}}}},
                 "400": v2_error, "401": denied,
                 "413": _error("Body or batch over the limits", "V2Error"),
                 "503": _error("No model loaded in this worker", "V2Error"), **extra}}})

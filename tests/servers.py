@@ -420,3 +420,38 @@ class Stream:
 
 def versions(server: Gunicorn, n: int = 12) -> set[str]:
     return {server.get("/status")[1]["model_version"] for _ in range(n)}
+
+
+class StreamServer(Process):
+    """The real stream server: omni-mev stream, on a free port."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.state_dir = Path(tempfile.mkdtemp(prefix="omni-mev-test-stream-"))
+        self.decision_log = self.state_dir / "decisions.jsonl"
+        base = {
+            "AI_DECISION_LOG": str(self.decision_log),
+            "AI_LEDGER_URL": f"sqlite:///{self.state_dir / 'ledger.db'}",
+            "AI_LEDGER_DEAD_LETTERS": str(self.state_dir / "dead-letters.jsonl"),
+            "AI_STREAM_HOST": "127.0.0.1",
+            "AI_STREAM_PORT": str(self.port),
+            "OMNI_MEV_ENV_FILE": "/nonexistent",
+            "PYTHONPATH": str(ROOT),
+        }
+        super().__init__([sys.executable, "-m", "omni_mev.cli", "stream"], env={**base, **(env or {})})
+        self.url = f"ws://127.0.0.1:{self.port}/stream"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "StreamServer":
+        super().start()
+
+        def up() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"omni-mev stream exited:\n{self.output()}")
+            try:
+                return http("GET", self.http_url + "/health")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, 30.0, what="omni-mev stream answering /health")
+        return self

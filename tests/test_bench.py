@@ -26,7 +26,8 @@ def test_smoke_run_writes_results_and_report(tmp_path):
         assert results["ready_s"][target] > 0 and all(rss > 0 for rss in results["rss_mb"][target])
     assert [(b["endpoint"], b["batch_size"]) for b in results["batch"]] == [
         ("/predict/batch", 1), ("/predict/batch", 64), ("/predict/batch", 1024),
-        ("V2 infer", 1), ("V2 infer", 64), ("V2 infer", 1024)]
+        ("V2 infer", 1), ("V2 infer", 64), ("V2 infer", 1024), ("V2 infer", 4096),
+        ("V2 infer, binary", 1024), ("V2 infer, binary", 4096)]
     assert all(b["non_2xx"] == 0 and b["predictions_per_s"] == b["requests_per_s"] * b["batch_size"]
                for b in results["batch"])
     assert set(results["variants"]) == {"no redis", "redis, cache off", "redis, cache on (all hits)",
@@ -43,7 +44,14 @@ def test_smoke_run_writes_results_and_report(tmp_path):
     for batch in dispatch["batch"]:  # every order of every run ended in one logged outcome
         assert all(r["status"] == 200 and sum(r["outcomes"].values()) == batch["items"] for r in batch["runs"])
     assert all(row["non_2xx"] == 0 and row["dispatches"] > 0 for row in dispatch["predict_p99"].values())
+    streams = results["streams"]
+    assert set(streams["summary"]) == {"1", "8"}
+    assert all(run["messages"] > 0 and run["errors"] == 0 and run["p50_ms"] <= run["p99_ms"]
+               for runs in streams["runs"].values() for run in runs)
+    assert streams["idle"]["connections"] == 50 and streams["idle"]["rss_after_mb"] > 0
     report = (tmp_path / "benchmarks.md").read_text()
+    assert "Persistent connections: WebSocket against HTTP keep-alive" in report
+    assert "| V2 infer, binary | 4096 |" in report
     assert "p99 with the slow engine / with the fast one" in report
     assert "Serving the ensemble, `/predict` runs at" in report
     assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report

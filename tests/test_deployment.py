@@ -126,23 +126,39 @@ def test_one_instance_killed_traffic_continues(tmp_path):
         assert statuses == [200] * 30
 
 
-def test_systemd_unit_verifies(tmp_path):
+def _verified_unit(tmp_path, name: str) -> str:
+    """The shipped unit, checked by systemd-analyze verify and security (exposure at most 2.0 of 10)."""
     systemd_analyze = shutil.which("systemd-analyze")
     if systemd_analyze is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = (ROOT / "systemd" / "omni-mev.service").read_text()
+    unit = (ROOT / "systemd" / name).read_text()
     assert "/opt/omni-mev" in unit
     # verify checks that ExecStart exists: point the install path at this checkout.
-    (tmp_path / "omni-mev.service").write_text(unit.replace("/opt/omni-mev/.venv", str(ROOT / ".venv"))
-                                                .replace("/opt/omni-mev", str(ROOT)))
-    result = subprocess.run([systemd_analyze, "verify", str(tmp_path / "omni-mev.service")],
-                            capture_output=True, text=True)
+    (tmp_path / name).write_text(unit.replace("/opt/omni-mev/.venv", str(ROOT / ".venv"))
+                                 .replace("/opt/omni-mev", str(ROOT)))
+    result = subprocess.run([systemd_analyze, "verify", str(tmp_path / name)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
-    security = subprocess.run([systemd_analyze, "security", "--offline=true", str(tmp_path / "omni-mev.service")],
+    security = subprocess.run([systemd_analyze, "security", "--offline=true", str(tmp_path / name)],
                               capture_output=True, text=True)
     exposure = [line for line in security.stdout.splitlines() if "Overall exposure level" in line]
     assert exposure and float(exposure[0].split(":")[1].split()[0]) <= 2.0, security.stdout[-500:]
+    return unit
+
+
+def test_systemd_unit_verifies(tmp_path):
+    unit = _verified_unit(tmp_path, "omni-mev.service")
     for directive in ("ExecReload=/bin/kill -s HUP $MAINPID", "Restart=on-failure", "DynamicUser=yes",
                       "RuntimeDirectory=omni-mev", "Environment=PROMETHEUS_MULTIPROC_DIR=/run/omni-mev/metrics"):
         assert directive in unit
+
+
+def test_the_stream_servers_unit_verifies_and_shares_the_services_state(tmp_path):
+    unit = _verified_unit(tmp_path, "omni-mev-stream.service")
+    service = (ROOT / "systemd" / "omni-mev.service").read_text()
+    for directive in ("ExecStart=/opt/omni-mev/.venv/bin/omni-mev stream", "User=omni-mev", "DynamicUser=yes",
+                      "StateDirectory=omni-mev"):
+        assert directive in unit
+    shared = [line for line in service.splitlines() if line.startswith(("Environment=AI_DECISION_LOG",
+                                                                         "Environment=AI_LEDGER_URL"))]
+    assert len(shared) == 2 and all(line in unit.splitlines() for line in shared)

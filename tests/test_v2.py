@@ -15,7 +15,7 @@ def features_input(shape, data, datatype="FP32", name="features"):
 
 
 def test_server_metadata_and_health(client):
-    assert client.get("/v2").get_json() == {"name": "omni-mev", "version": "1.0.0", "extensions": []}
+    assert client.get("/v2").get_json() == {"name": "omni-mev", "version": "1.0.0", "extensions": ["binary_tensor_data"]}
     live, ready = client.get("/v2/health/live"), client.get("/v2/health/ready")
     assert (live.status_code, live.data, ready.status_code, ready.data) == (200, b"", 200, b"")
 

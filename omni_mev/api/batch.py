@@ -25,9 +25,16 @@ def check_batch_size(count: int, limit: int) -> None:
         raise PayloadTooLarge(f"The batch holds {count} items; at most {limit} are accepted (AI_MAX_BATCH_SIZE).")
 
 
-def may_hold_booleans(raw: bytes) -> bool:
+def may_hold_booleans(raw: bytes | str) -> bool:
     """Whether a JSON body could contain a boolean anywhere."""
+    if isinstance(raw, str):
+        return "true" in raw or "false" in raw
     return b"true" in raw or b"false" in raw
+
+
+def schema_for(raw: bytes | str) -> BatchRequestSchema:
+    """The batch schema for this raw body: the per-value type check only where a boolean could be."""
+    return _SCHEMAS[may_hold_booleans(raw)]
 
 
 _DECIDED_AS = {True: b'{"decision":true,"plausible":true,"confidence":',
@@ -81,6 +88,6 @@ def predict_batch(request: DirectRequest) -> dict[str, Any] | Later:
     items = body.get("items")
     if isinstance(items, list):
         check_batch_size(len(items), predictor.settings.max_batch_size)
-    batch = load_or_raise(_SCHEMAS[may_hold_booleans(request.body)], body)["items"]
+    batch = load_or_raise(schema_for(request.body), body)["items"]
     return answer_when_dispatched(predictor.predict_batch(batch),
                                   lambda answered: encode(answered, predictor.threshold, predictor.settings.mode))

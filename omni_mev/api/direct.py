@@ -52,11 +52,19 @@ class DirectRequest:
 
 @dataclass(frozen=True)
 class Answer:
-    """A handler's answer with a status other than 200, or extra headers."""
+    """A handler's answer with a status other than 200, extra headers, or a body already encoded (bytes, sent as
+    they are with `content_type`)."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
     headers: Mapping[str, str] | None = None
+    content_type: str = "application/json"
+
+    def encoded(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else dumps(self.body)
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        return [("Content-Type", self.content_type), *(self.headers or {}).items()]
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,7 @@ class Front:
                 wait(answer.futures, timeout=max(0.0, answer.deadline - time.monotonic()))
                 answer = answer.render()
             if isinstance(answer, Answer):
-                status, body = answer.status, dumps(answer.body)
-                headers.extend((answer.headers or {}).items())
+                status, body, headers = answer.status, answer.encoded(), answer.all_headers()
             else:
                 status, body = 200, dumps(answer)
         except Exception as error:  # noqa: BLE001 - domain errors as themselves, a bug as a logged 500
@@ -166,7 +173,7 @@ class Front:
             status = rendered.status if isinstance(rendered, Answer) else 200
             self._count(route, status, started)
             if isinstance(rendered, Answer):
-                return Rendered(STATUS_LINES[status], dumps(rendered.body), list((rendered.headers or {}).items()))
+                return Rendered(STATUS_LINES[status], rendered.encoded(), list((rendered.headers or {}).items()))
             return dumps(rendered)
 
         start_response(STATUS_LINES[200], headers)

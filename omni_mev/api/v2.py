@@ -13,11 +13,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from omni_mev.version import __version__
 from omni_mev.api import predictor_of
 from omni_mev.api.batch import check_batch_size, may_hold_booleans
-from omni_mev.api.direct import DirectRequest
+from omni_mev.api import v2_binary
+from omni_mev.api.direct import Answer, DirectRequest
 from omni_mev.api.predict import CONFIDENCE_DECIMALS
 from omni_mev.errors import OmniMevError
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
-from omni_mev.jsonio import loads_object
+from omni_mev.jsonio import dumps, loads_object
 from omni_mev.predictor import ModelStatus
 from omni_mev.runtime.base import MODEL_NAME
 from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors, valid_id
@@ -25,7 +26,8 @@ from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matri
 INPUT_NAME = "features"
 # Optional: the callers' ids of the opportunities, so that the ledger keeps them.
 ID_INPUT = "opportunity_id"
-OUTPUTS = ("confidence", "decision", "plausible")
+OUTPUT_DATATYPES = {"confidence": "FP32", "decision": "BOOL", "plausible": "BOOL"}
+OUTPUTS = tuple(OUTPUT_DATATYPES)
 
 
 class V2Error(OmniMevError):
@@ -61,7 +63,8 @@ class RequestInputSchema(Schema):
     shape = fields.List(fields.Integer(strict=True, validate=validate.Range(min=0)), required=True)
     datatype = fields.String(required=True)
     parameters = fields.Dict()
-    data = fields.Raw(required=True)
+    # Or, with the binary tensor extension, `parameters.binary_data_size` and the data after the JSON.
+    data = fields.Raw()
 
 
 class RequestOutputSchema(Schema):
@@ -112,7 +115,7 @@ def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
 
 def server_metadata():
     """$metadata_server_response."""
-    return {"name": "omni-mev", "version": __version__, "extensions": []}
+    return {"name": "omni-mev", "version": __version__, "extensions": [v2_binary.EXTENSION]}
 
 
 def live():
@@ -165,6 +168,10 @@ def _inputs(inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any
             raise V2Error(f"Input '{name}' is given {names.count(name)} times; give it once.")
     if INPUT_NAME not in names:
         raise V2Error(f"Input '{INPUT_NAME}' is missing.")
+    without = [i["name"] for i in inputs if "data" not in i]
+    if without:
+        raise V2Error(f"Input '{without[0]}' has no data: give `data`, or `parameters.{v2_binary.BINARY_SIZE}` and "
+                      f"the bytes after the JSON ({v2_binary.HEADER}).")
     by_name = {i["name"]: i for i in inputs}
     return by_name[INPUT_NAME], by_name.get(ID_INPUT)
 
@@ -174,6 +181,11 @@ def _ids(tensor: dict[str, Any] | None, batch: int) -> list[str] | None:
     if tensor is None:
         return None
     data = tensor["data"]
+    if isinstance(data, list) and data and isinstance(data[0], bytes):  # binary: UTF-8 on the wire
+        try:
+            data = [element.decode("utf-8") for element in data]
+        except UnicodeDecodeError:
+            raise V2Error(f"Input '{ID_INPUT}' holds an id that is not UTF-8.") from None
     if (tensor["datatype"] != "BYTES" or tensor["shape"] not in ([batch], [batch, 1]) or not isinstance(data, list)
             or len(data) != batch or not all(valid_id(i) for i in data)):
         raise V2Error(f"Input '{ID_INPUT}' must be BYTES with shape [{batch}], holding one string of 1 to 128 "
@@ -193,6 +205,8 @@ def _features(tensor: dict[str, Any], max_batch_size: int, booleans_possible: bo
         raise V2Error(f"Input '{INPUT_NAME}' has sequence length {shape[1]}; at most {MAX_SEQUENCE}.")
     check_batch_size(shape[0], max_batch_size)
     data = tensor["data"]
+    if isinstance(data, np.ndarray):  # binary data: FP32 by construction, its size checked against the shape
+        return _checked_rows(data.astype(np.float64), shape)
     if not isinstance(data, list):
         raise V2Error(f"Input '{INPUT_NAME}' data must be a JSON array (flat or nested).")
     values = float_values(data) if data and not isinstance(data[0], list) else None
@@ -212,7 +226,12 @@ def _features(tensor: dict[str, Any], max_batch_size: int, booleans_possible: bo
     if values.dtype.kind not in "fi" or (booleans_possible and not _numbers_only(data, values.ndim)):
         raise V2Error(f"Input '{INPUT_NAME}' data must hold numbers only (no strings, booleans, nulls or "
                       "ragged arrays).")
-    rows = values.astype(np.float64, copy=False).reshape(-1, N_FEATURES)
+    return _checked_rows(values.astype(np.float64, copy=False), shape)
+
+
+def _checked_rows(values: np.ndarray, shape: list[int]) -> np.ndarray:
+    """The values as [batch, seq, 8], each within the features' bounds, or a V2Error naming the first bad ones."""
+    rows = values.reshape(-1, N_FEATURES)
     errors = matrix_errors(rows, limit=5)
     if errors:
         details = "; ".join(
@@ -223,12 +242,14 @@ def _features(tensor: dict[str, Any], max_batch_size: int, booleans_possible: bo
     return rows.reshape(shape[0], shape[1] if len(shape) == 3 else 1, N_FEATURES)
 
 
-def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, Any]:
-    """$inference_request -> $inference_response; nothing is dispatched from this protocol."""
+def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, Any] | Answer:
+    """$inference_request -> $inference_response, JSON or with binary tensors; nothing is dispatched from this
+    protocol."""
     predictor = predictor_of(request.app)
     _model(predictor.status(), name, version)
+    header, binary = v2_binary.split_body(request.body, request.environ.get(v2_binary.ENVIRON_KEY))
     try:
-        payload = _request_schema.load(loads_object(request.body))
+        payload = _request_schema.load(loads_object(header))
     except ValidationError as error:
         flat = flatten_messages(error.messages)
         raise V2Error("Invalid inference request: "
@@ -237,35 +258,41 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
     unknown = [n for n in wanted if n not in OUTPUTS]
     if unknown:
         raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
+    v2_binary.attach_binary_inputs(payload["inputs"], binary)
     features, ids = _inputs(payload["inputs"])
-    windows = _features(features, predictor.settings.max_batch_size, may_hold_booleans(request.body))
+    windows = _features(features, predictor.settings.max_batch_size, may_hold_booleans(header))
     scores, decisions, implausible = predictor.infer(windows, _ids(ids, len(windows)))
     batch = len(decisions)
-    tensors = {
-        "confidence": {**_tensor("confidence", "FP32", [batch, 1]),
-                       "data": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS).tolist()},
-        "decision": {**_tensor("decision", "BOOL", [batch, 1]), "data": decisions.tolist()},
-        "plausible": {**_tensor("plausible", "BOOL", [batch, 1]), "data": [not checks for checks in implausible]},
-    }
+    values = {"confidence": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS),
+              "decision": decisions, "plausible": np.array([not checks for checks in implausible])}
     parameters = {"threshold": predictor.threshold, "mode": predictor.settings.mode,
                   "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)}
     failed = {str(index): list(checks) for index, checks in enumerate(implausible) if checks}
     if failed:
         parameters["implausible"] = failed
-    return {
-        "model_name": MODEL_NAME,
-        "model_version": scores.model_version,
-        "id": payload.get("id") or uuid.uuid4().hex,
-        "parameters": parameters,
-        "outputs": [tensors[n] for n in wanted],
-    }
+    answer = {"model_name": MODEL_NAME, "model_version": scores.model_version,
+              "id": payload.get("id") or uuid.uuid4().hex, "parameters": parameters, "outputs": []}
+    in_binary = v2_binary.binary_outputs(payload.get("parameters"), payload.get("outputs"), wanted)
+    blobs = []
+    for output in wanted:
+        tensor = _tensor(output, OUTPUT_DATATYPES[output], [batch, 1])
+        if output in in_binary:
+            blobs.append(v2_binary.encode(tensor["datatype"], values[output]))
+            tensor["parameters"] = {v2_binary.BINARY_SIZE: len(blobs[-1])}
+        else:
+            tensor["data"] = values[output].tolist()
+        answer["outputs"].append(tensor)
+    if not blobs:
+        return answer
+    head = dumps(answer)
+    return Answer(200, b"".join([head, *blobs]), {v2_binary.HEADER: str(len(head))}, v2_binary.CONTENT_TYPE)
 
 
-def infer(request: DirectRequest) -> dict[str, Any]:
+def infer(request: DirectRequest) -> dict[str, Any] | Answer:
     """Inference on the serving model."""
     return _infer(request, request.params["name"], None)
 
 
-def infer_version(request: DirectRequest) -> dict[str, Any]:
+def infer_version(request: DirectRequest) -> dict[str, Any] | Answer:
     """Inference on a named version (which must be the serving one)."""
     return _infer(request, request.params["name"], request.params["version"])
