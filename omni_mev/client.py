@@ -226,12 +226,12 @@ def _outcome_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
 class StreamClient:
     """A WebSocket connection to the stream server (`omni-mev stream`): send many, receive in order.
 
-        with StreamClient("ws://127.0.0.1:8002/stream", api_key=None) as stream:
+        with StreamClient("ws://127.0.0.1:8003/stream", api_key=None) as stream:
             sent = [stream.send(vector) for vector in vectors]   # pipelined
             answers = [stream.receive() for _ in sent]             # in the order sent
     """
 
-    def __init__(self, url: str = "ws://127.0.0.1:8002/stream", api_key: str | None = None,
+    def __init__(self, url: str = "ws://127.0.0.1:8003/stream", api_key: str | None = None,
                  timeout: float = 1.0) -> None:
         from websockets.sync.client import connect
 

@@ -179,7 +179,7 @@ class Settings:
     workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), _default_workers(), "gunicorn workers")
     # The stream server (`omni-mev stream`, docs/streaming.md).
     stream_host: str = _setting("AI_STREAM_HOST", _text, "127.0.0.1", "address the stream server binds")
-    stream_port: int = _setting("AI_STREAM_PORT", _port, 8002, "WebSocket port of the stream server")
+    stream_port: int = _setting("AI_STREAM_PORT", _port, 8003, "WebSocket port of the stream server")
     stream_max_message_bytes: int = _setting(
         "AI_STREAM_MAX_MESSAGE_BYTES", _number(int, 1024, 16 * 1024 * 1024), 1024 * 1024,
         "largest WebSocket message; a larger one closes the connection (1009)",
@@ -190,7 +190,7 @@ class Settings:
     )
     stream_send_timeout_s: float = _setting(
         "AI_STREAM_SEND_TIMEOUT_S", _number(float, 0.1, 60.0), 5.0,
-        "a client must take each answer within this long, or its connection is closed (1008)",
+        "a client must take each answer within this long, or its connection is dropped",
     )
     stream_ping_interval_s: float = _setting(
         "AI_STREAM_PING_INTERVAL_S", _number(float, 1.0, 50.0), 20.0,

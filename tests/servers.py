@@ -263,7 +263,7 @@ class Nginx(Process):
     """nginx in the foreground with the shipped site, in a private prefix directory."""
 
     def __init__(self, directory: Path, upstream_ports: list[int], rate: str | None = None,
-                 burst: str | None = None) -> None:
+                 burst: str | None = None, stream_port: int | None = None) -> None:
         self.directory = directory
         self.http_port, self.https_port = free_port(), free_port()
         self.cert, key = self_signed_certificate(directory)
@@ -278,6 +278,8 @@ class Nginx(Process):
             "server 127.0.0.1:8001 max_fails=3 fail_timeout=10s;\n    server 127.0.0.1:8002 max_fails=3 fail_timeout=10s;":
                 "\n    ".join(servers),
         }
+        if stream_port:
+            replacements["server 127.0.0.1:8003 max_fails"] = f"server 127.0.0.1:{stream_port} max_fails"
         if rate:
             replacements["rate=200r/s"] = f"rate={rate}"
         if burst:

@@ -162,3 +162,24 @@ def test_the_stream_servers_unit_verifies_and_shares_the_services_state(tmp_path
     shared = [line for line in service.splitlines() if line.startswith(("Environment=AI_DECISION_LOG",
                                                                          "Environment=AI_LEDGER_URL"))]
     assert len(shared) == 2 and all(line in unit.splitlines() for line in shared)
+
+
+def test_websocket_streams_through_nginx(instances, tmp_path):
+    """The shipped site's /stream location: TLS, the upgrade, messages both ways, and the stream server's close."""
+    import json
+
+    from websockets.sync.client import connect
+
+    from tests.servers import StreamServer
+
+    with StreamServer() as stream, Nginx(tmp_path, [i.port for i in instances], stream_port=stream.port) as proxy:
+        url = f"wss://127.0.0.1:{proxy.https_port}/stream"
+        with connect(url, ssl=proxy.ssl_context()) as ws:
+            for index in range(3):
+                ws.send(json.dumps({"id": index, "features": EXAMPLE}))
+            answers = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+            assert [a["id"] for a in answers] == [0, 1, 2] and all(a["confidence"] > 0 for a in answers)
+            ws.send("not json")
+            assert json.loads(ws.recv(timeout=10))["error"] == "bad_request"
+        status, body, _ = http("GET", proxy.https + "/stream", context=proxy.ssl_context())
+        assert status == 426 and body["error"] == "upgrade_required"  # no upgrade asked: refused, in JSON

@@ -225,3 +225,14 @@ def test_the_node_stream_client(stream, make_app):
         f"model={one.model_type}/{one.model_version}",
         "stream batch: id=2 decisions=[" + ", ".join(str(r["decision"]).lower() for r in many["results"]) + "]",
     ]
+
+
+def test_http_without_an_upgrade_is_answered_in_json(stream):
+    from tests.servers import http
+
+    status, body, headers = http("GET", stream.http_url + "/stream")
+    assert status == 426 and body["error"] == "upgrade_required" and headers["Upgrade"] == "websocket"
+    status, body, _ = http("GET", stream.http_url + "/elsewhere")
+    assert status == 404 and body["error"] == "not_found" and "/stream" in body["message"]
+    status, body, _ = http("GET", stream.http_url + "/health")
+    assert status == 200 and body["status"] == "ok"

@@ -3,7 +3,7 @@
 // Usage: node stream.mjs [WS_URL]
 import WebSocket from "ws";
 
-const url = process.argv[2] ?? process.env.OMNI_MEV_STREAM_URL ?? "ws://127.0.0.1:8002/stream";
+const url = process.argv[2] ?? process.env.OMNI_MEV_STREAM_URL ?? "ws://127.0.0.1:8003/stream";
 const headers = process.env.OMNI_MEV_API_KEY ? { Authorization: `Bearer ${process.env.OMNI_MEV_API_KEY}` } : {};
 
 const EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0];

@@ -2,7 +2,9 @@
 
 - Path `/stream`. With API keys configured, the handshake must carry one
   (`Authorization: Bearer` or `X-API-Key`): 401 before the upgrade otherwise.
-  `GET /health` answers 200 (503 without a model) without an upgrade.
+  `GET /health` answers 200 (503 without a model) without an upgrade; every
+  other refused handshake (no upgrade asked: 426, another path: 404) is
+  answered in the API's JSON too.
 - One JSON text message per opportunity, or several under `items`; each
   answer echoes the message's `id` and carries what /predict (or
   /predict/batch) answers. Answers leave in the order the messages came.
@@ -13,7 +15,8 @@
   (1009). At most AI_STREAM_QUEUE messages wait per connection: beyond, the
   server stops reading it, and TCP pushes back on the client (backpressure,
   never an overload error). A client that does not take an answer within
-  AI_STREAM_SEND_TIMEOUT_S is closed (1008).
+  AI_STREAM_SEND_TIMEOUT_S is dropped: its connection is aborted, since a
+  close frame could not reach it either (it sees 1006).
 - Pings every AI_STREAM_PING_INTERVAL_S; no pong within as long closes
   (1011). On shutdown each connection finishes the message in hand, then is
   closed with 1001; messages not yet started get no answer (send them again).
@@ -36,7 +39,7 @@ from websockets.http11 import Request, Response
 from omni_mev import metrics
 from omni_mev.api.direct import Later
 from omni_mev.auth import ApiKeys
-from omni_mev.errors import OmniMevError
+from omni_mev.errors import OmniMevError, error_code
 from omni_mev.jsonio import dumps
 from omni_mev.predictor import Predictor
 from omni_mev.stream import scoring
@@ -47,7 +50,6 @@ HEALTH_PATH = "/health"
 # The request metrics' endpoint label of a WebSocket message.
 ENDPOINT = "ws:/stream"
 SHUTDOWN = (CloseCode.GOING_AWAY, "the server is shutting down; reconnect")
-SLOW_READER = CloseCode.POLICY_VIOLATION
 # How long a connection may take to answer a close before it is dropped.
 CLOSE_TIMEOUT_S = 2.0
 
@@ -71,7 +73,7 @@ class StreamServer:
         settings = self.settings
         self.server = await serve(
             self.handle, settings.stream_host, settings.stream_port,
-            process_request=self.process_request, compression=None,
+            process_request=self.process_request, process_response=_json_refusal, compression=None,
             max_size=settings.stream_max_message_bytes, max_queue=settings.stream_queue,
             ping_interval=settings.stream_ping_interval_s, ping_timeout=settings.stream_ping_interval_s,
             close_timeout=CLOSE_TIMEOUT_S,
@@ -178,6 +180,21 @@ async def _settled(later: Later) -> dict[str, Any]:
     timeout = max(0.0, later.deadline - time.monotonic())
     await asyncio.wait([asyncio.wrap_future(future) for future in later.futures], timeout=timeout)
     return later.render()
+
+
+def _json_refusal(connection: ServerConnection, request: Request, response: Response) -> Response:
+    """A failed handshake (no upgrade asked, a bad version or key) answered in the API's JSON, not websockets'
+    text; the upgrade itself passes as it is."""
+    if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS or response.headers.get("Content-Type", "").startswith(
+            "application/json"):
+        return response
+    status = HTTPStatus(response.status_code)
+    reason = response.body.decode(errors="replace").split("\n", 1)[0].strip()
+    refusal = _json_response(status, {"error": error_code(status.phrase),
+                                      "message": f"{reason} Open a WebSocket connection to {PATH}."})
+    if "Upgrade" in response.headers:
+        refusal.headers["Upgrade"] = response.headers["Upgrade"]
+    return refusal
 
 
 def _json_response(status: HTTPStatus, body: dict[str, Any]) -> Response:
