@@ -122,16 +122,18 @@ def tables(results: dict[str, Any], source: str) -> str:
             lines.append(f"| {label} | {size[name]['records']:,} | {size[name]['mb_per_million']:,} |")
     streams = results.get("streams")
     if streams:
-        lines += ["", "### Persistent connections: WebSocket against HTTP keep-alive", "",
-                  "The same closed-loop Node client (bench/stream_load.mjs) on both: each connection sends one "
-                  "opportunity and waits for its answer. WebSocket: `omni-mev stream` (one process); HTTP: "
-                  "`/predict` on gunicorn (two workers). Medians of the rounds.", "",
-                  "| connections | WebSocket msg/s | HTTP req/s | ratio | WebSocket p50 / p99 ms | HTTP p50 / p99 ms |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "### Persistent connections: WebSocket and gRPC streams against HTTP keep-alive", "",
+                  "The same closed-loop Node client (bench/stream_load.mjs) on all three: each connection sends one "
+                  "opportunity and waits for its answer. WebSocket and the Triton gRPC stream: `omni-mev stream` "
+                  "(one process); HTTP: `/predict` on gunicorn (two workers). Medians of the rounds.", "",
+                  "| connections | WebSocket msg/s | gRPC stream msg/s | HTTP req/s | WebSocket / HTTP | gRPC / HTTP "
+                  "| p99 ms: WebSocket, gRPC, HTTP |",
+                  "|---|---|---|---|---|---|---|"]
         for connections, row in streams["summary"].items():
-            lines.append(f"| {connections} | {row['ws_messages_per_s']:,.0f} | {row['http_messages_per_s']:,.0f} "
-                         f"| **{row['throughput_ratio']:.2f}×** | {row['ws_p50_ms']:.2f} / {row['ws_p99_ms']:.2f} "
-                         f"| {row['http_p50_ms']:.2f} / {row['http_p99_ms']:.2f} |")
+            lines.append(f"| {connections} | {row['ws_messages_per_s']:,.0f} | {row['grpc_messages_per_s']:,.0f} "
+                         f"| {row['http_messages_per_s']:,.0f} | **{row['throughput_ratio']:.2f}×** "
+                         f"| **{row['grpc_throughput_ratio']:.2f}×** | {row['ws_p99_ms']:.2f}, "
+                         f"{row['grpc_p99_ms']:.2f}, {row['http_p99_ms']:.2f} |")
         idle = streams["idle"]
         lines += ["", f"{idle['connections']:,} idle WebSocket connections: the stream server's RSS went from "
                       f"{idle['rss_before_mb']:.0f} to {idle['rss_after_mb']:.0f} MB, "

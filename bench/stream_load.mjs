@@ -1,13 +1,17 @@
 // Closed-loop load on persistent connections, in one Node process: each connection sends one /predict-shaped
 // opportunity, waits for its answer, and sends the next, for a fixed time. The same client for both transports,
 // so the comparison is of the servers: WebSocket messages to omni-mev stream, or HTTP/1.1 keep-alive /predict.
-// Usage: node stream_load.mjs ws|http URL CONNECTIONS SECONDS
+// gRPC: one Triton ModelStreamInfer stream per connection, the same opportunity as a raw FP32 [1, 8] tensor.
+// Usage: node stream_load.mjs ws|http|grpc URL CONNECTIONS SECONDS   (grpc: URL is HOST:PORT)
 // Prints one JSON line: messages, duration_s, p50_ms, p90_ms, p99_ms, max_ms, errors.
+import { readFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 
 const require = createRequire(new URL("../examples/node/package.json", import.meta.url));
 const WebSocket = require("ws");
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
 
 const [kind, url, connectionsArg, secondsArg] = process.argv.slice(2);
 const connections = Number(connectionsArg);
@@ -60,9 +64,38 @@ function viaHttp(agent) {
   });
 }
 
+function viaGrpcStream() {
+  return new Promise((resolve) => {
+    const definition = protoLoader.loadFileDescriptorSetFromBuffer(
+      readFileSync(new URL("../examples/node/grpc_service.desc", import.meta.url)), { keepCase: true, defaults: true });
+    const { inference } = grpc.loadPackageDefinition(definition);
+    // A channel of its own per connection (grpc-js would otherwise share one).
+    const client = new inference.GRPCInferenceService(url, grpc.credentials.createInsecure(),
+                                                      { "grpc.use_local_subchannel_pool": 1 });
+    const request = { model_name: "lstm_omni", inputs: [{ name: "features", datatype: "FP32", shape: [1, 8] }],
+                      raw_input_contents: [Buffer.from(new Float32Array([10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]).buffer)] };
+    const call = client.ModelStreamInfer();
+    let sentAt = 0;
+    const next = () => {
+      if (performance.now() >= deadline) { call.end(); return; }
+      sentAt = performance.now();
+      call.write(request);
+    };
+    call.on("data", (message) => {
+      if (message.error_message) errors += 1;
+      latencies.push(performance.now() - sentAt);
+      next();
+    });
+    call.on("end", () => { client.close(); resolve(); });
+    call.on("error", () => { errors += 1; client.close(); resolve(); });
+    next();
+  });
+}
+
 const started = performance.now();
 const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
-await Promise.all(Array.from({ length: connections }, () => (kind === "ws" ? viaWebSocket() : viaHttp(agent))));
+const drive = { ws: viaWebSocket, http: () => viaHttp(agent), grpc: viaGrpcStream }[kind];
+await Promise.all(Array.from({ length: connections }, drive));
 const duration = (performance.now() - started) / 1000;
 latencies.sort((a, b) => a - b);
 const at = (q) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] : null;

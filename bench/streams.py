@@ -1,4 +1,5 @@
-"""Persistent connections: WebSocket messages to `omni-mev stream` against HTTP/1.1 keep-alive /predict.
+"""Persistent connections: WebSocket messages and a Triton gRPC stream to `omni-mev stream`, against HTTP/1.1
+keep-alive /predict.
 
 The same closed-loop Node client drives both (bench/stream_load.mjs: each
 connection sends one opportunity, waits for its answer, sends the next), at 1
@@ -31,9 +32,10 @@ CONNECTIONS = (1, 8)
 IDLE_CONNECTIONS = 1000
 
 
-def stream_server(env: dict[str, str] | None = None) -> Server:
+def stream_server(grpc_port: int, env: dict[str, str] | None = None) -> Server:
     """omni-mev stream as deployed beside the HTTP service (its /health answers on the WebSocket port)."""
-    base = {"AI_STREAM_PORT": "{port}", "OMNI_MEV_ENV_FILE": "/nonexistent", "PROMETHEUS_PORT": str(free_port()),
+    base = {"AI_STREAM_PORT": "{port}", "AI_GRPC_PORT": str(grpc_port), "OMNI_MEV_ENV_FILE": "/nonexistent",
+            "PROMETHEUS_PORT": str(free_port()),
             "AI_DECISION_LOG": tempfile.mktemp(suffix=".jsonl"),
             "AI_LEDGER_URL": "off"}
     return Server("stream", [sys.executable, "-m", "omni_mev.cli", "stream"], {**base, **(env or {})})
@@ -75,19 +77,25 @@ def idle_memory(server: Server, count: int) -> dict[str, Any]:
 
 def measure(servers: list[Server], rounds: int, duration_s: float, idle: int = IDLE_CONNECTIONS) -> dict[str, Any]:
     """Both transports at each connection count, alternating which goes first per round."""
-    http_server, stream = omni_mev("omni-mev").start(), stream_server().start()
+    grpc_port = free_port()
+    http_server, stream = omni_mev("omni-mev").start(), stream_server(grpc_port).start()
     servers += [http_server, stream]
-    urls = {"ws": f"ws://127.0.0.1:{stream.port}/stream", "http": http_server.url + "/predict"}
+    urls = {"ws": f"ws://127.0.0.1:{stream.port}/stream", "http": http_server.url + "/predict",
+            "grpc": f"127.0.0.1:{grpc_port}"}
     runs: dict[str, list[dict[str, Any]]] = {f"{kind}@{c}": [] for kind in urls for c in CONNECTIONS}
     for round_index in range(rounds):
         for connections in CONNECTIONS:
-            order = ("ws", "http") if round_index % 2 == 0 else ("http", "ws")
+            order = ("ws", "grpc", "http") if round_index % 2 == 0 else ("http", "grpc", "ws")
             for kind in order:
                 runs[f"{kind}@{connections}"].append(load(kind, urls[kind], connections, duration_s))
     summary = {}
     for connections in CONNECTIONS:
-        ws, http = runs[f"ws@{connections}"], runs[f"http@{connections}"]
+        ws, http, grpc = runs[f"ws@{connections}"], runs[f"http@{connections}"], runs[f"grpc@{connections}"]
         summary[str(connections)] = {
+            "grpc_messages_per_s": statistics.median(r["messages_per_s"] for r in grpc),
+            "grpc_p99_ms": statistics.median(r["p99_ms"] for r in grpc),
+            "grpc_throughput_ratio": statistics.median(g["messages_per_s"] / h["messages_per_s"]
+                                                       for g, h in zip(grpc, http)),
             "ws_messages_per_s": statistics.median(r["messages_per_s"] for r in ws),
             "http_messages_per_s": statistics.median(r["messages_per_s"] for r in http),
             "ws_p50_ms": statistics.median(r["p50_ms"] for r in ws),
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     for connections, row in results["summary"].items():
         print(f"{connections} connection(s): WebSocket {row['ws_messages_per_s']:,.0f} msg/s "
               f"(p99 {row['ws_p99_ms']:.2f} ms), HTTP keep-alive {row['http_messages_per_s']:,.0f} req/s "
-              f"(p99 {row['http_p99_ms']:.2f} ms): {row['throughput_ratio']:.2f}x", flush=True)
+              f"(p99 {row['http_p99_ms']:.2f} ms): {row['throughput_ratio']:.2f}x; gRPC stream "
+              f"{row['grpc_messages_per_s']:,.0f} msg/s (p99 {row['grpc_p99_ms']:.2f} ms): "
+              f"{row['grpc_throughput_ratio']:.2f}x", flush=True)
     print(f"idle WebSocket connection: {results['idle']['kb_per_connection']:.1f} KB each")
     print(f"wrote {write_results(results, args.results, 'streams', args.smoke)}")
     return 0

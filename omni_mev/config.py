@@ -180,6 +180,7 @@ class Settings:
     # The stream server (`omni-mev stream`, docs/streaming.md).
     stream_host: str = _setting("AI_STREAM_HOST", _text, "127.0.0.1", "address the stream server binds")
     stream_port: int = _setting("AI_STREAM_PORT", _port, 8003, "WebSocket port of the stream server")
+    grpc_port: int = _setting("AI_GRPC_PORT", _port, 8004, "KServe V2 gRPC port of the stream server")
     stream_max_message_bytes: int = _setting(
         "AI_STREAM_MAX_MESSAGE_BYTES", _number(int, 1024, 16 * 1024 * 1024), 1024 * 1024,
         "largest WebSocket message; a larger one closes the connection (1009)",

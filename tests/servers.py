@@ -263,9 +263,9 @@ class Nginx(Process):
     """nginx in the foreground with the shipped site, in a private prefix directory."""
 
     def __init__(self, directory: Path, upstream_ports: list[int], rate: str | None = None,
-                 burst: str | None = None, stream_port: int | None = None) -> None:
+                 burst: str | None = None, stream_port: int | None = None, grpc_port: int | None = None) -> None:
         self.directory = directory
-        self.http_port, self.https_port = free_port(), free_port()
+        self.http_port, self.https_port, self.grpc_tls_port = free_port(), free_port(), free_port()
         self.cert, key = self_signed_certificate(directory)
         servers = [f"server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in upstream_ports]
         replacements = {
@@ -273,6 +273,8 @@ class Nginx(Process):
             "listen [::]:80;": "",
             "listen 443 ssl http2;": f"listen 127.0.0.1:{self.https_port} ssl http2;",
             "listen [::]:443 ssl http2;": "",
+            "listen 8443 ssl http2;": f"listen 127.0.0.1:{self.grpc_tls_port} ssl http2;",
+            "listen [::]:8443 ssl http2;": "",
             "/etc/letsencrypt/live/api.example.com/fullchain.pem": str(self.cert),
             "/etc/letsencrypt/live/api.example.com/privkey.pem": str(key),
             "server 127.0.0.1:8001 max_fails=3 fail_timeout=10s;\n    server 127.0.0.1:8002 max_fails=3 fail_timeout=10s;":
@@ -280,6 +282,8 @@ class Nginx(Process):
         }
         if stream_port:
             replacements["server 127.0.0.1:8003 max_fails"] = f"server 127.0.0.1:{stream_port} max_fails"
+        if grpc_port:
+            replacements["server 127.0.0.1:8004 max_fails"] = f"server 127.0.0.1:{grpc_port} max_fails"
         if rate:
             replacements["rate=200r/s"] = f"rate={rate}"
         if burst:
@@ -428,7 +432,7 @@ class StreamServer(Process):
     """The real stream server: omni-mev stream, on a free port."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.state_dir = Path(tempfile.mkdtemp(prefix="omni-mev-test-stream-"))
         self.decision_log = self.state_dir / "decisions.jsonl"
         base = {
@@ -437,6 +441,7 @@ class StreamServer(Process):
             "AI_LEDGER_DEAD_LETTERS": str(self.state_dir / "dead-letters.jsonl"),
             "AI_STREAM_HOST": "127.0.0.1",
             "AI_STREAM_PORT": str(self.port),
+            "AI_GRPC_PORT": str(self.grpc_port),
             "OMNI_MEV_ENV_FILE": "/nonexistent",
             "PYTHONPATH": str(ROOT),
         }

@@ -50,7 +50,7 @@ def test_smoke_run_writes_results_and_report(tmp_path):
                for runs in streams["runs"].values() for run in runs)
     assert streams["idle"]["connections"] == 50 and streams["idle"]["rss_after_mb"] > 0
     report = (tmp_path / "benchmarks.md").read_text()
-    assert "Persistent connections: WebSocket against HTTP keep-alive" in report
+    assert "Persistent connections: WebSocket and gRPC streams against HTTP keep-alive" in report
     assert "| V2 infer, binary | 4096 |" in report
     assert "p99 with the slow engine / with the fast one" in report
     assert "Serving the ensemble, `/predict` runs at" in report

@@ -183,3 +183,32 @@ def test_websocket_streams_through_nginx(instances, tmp_path):
             assert json.loads(ws.recv(timeout=10))["error"] == "bad_request"
         status, body, _ = http("GET", proxy.https + "/stream", context=proxy.ssl_context())
         assert status == 426 and body["error"] == "upgrade_required"  # no upgrade asked: refused, in JSON
+
+
+def test_grpc_through_nginx_over_tls(instances, tmp_path):
+    """The shipped site's gRPC server block: TLS and HTTP/2 to the stock tritonclient.grpc, unary and streaming."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    from tests.servers import StreamServer
+
+    with StreamServer() as stream, Nginx(tmp_path, [i.port for i in instances],
+                                         grpc_port=stream.grpc_port) as proxy:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{proxy.grpc_tls_port}", ssl=True,
+                                                   root_certificates=str(proxy.cert))
+        features = triton_grpc.InferInput("features", [1, 8], "FP32")
+        features.set_data_from_numpy(np.array([EXAMPLE], np.float32))
+        assert client.is_server_live()
+        assert client.infer("lstm_omni", [features]).as_numpy("confidence").shape == (1, 1)
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for index in range(3):
+                client.async_stream_infer("lstm_omni", [features], request_id=str(index))
+            received = [answers.get(timeout=10) for _ in range(3)]
+        finally:
+            client.stop_stream()
+        assert [error for _, error in received] == [None] * 3
+        assert [result.get_response().id for result, _ in received] == ["0", "1", "2"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from collections.abc import Iterable
 from itertools import chain
 from typing import Any
@@ -19,7 +20,7 @@ from omni_mev.api.predict import CONFIDENCE_DECIMALS
 from omni_mev.errors import OmniMevError
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.jsonio import dumps, loads_object
-from omni_mev.predictor import ModelStatus
+from omni_mev.predictor import ModelStatus, Predictor
 from omni_mev.runtime.base import MODEL_NAME
 from omni_mev.schemas import NUMBER_TYPES, flatten_messages, float_values, matrix_errors, valid_id
 
@@ -135,16 +136,20 @@ def model_ready(name: str, version: str | None = None):
 
 def model_metadata(name: str, version: str | None = None):
     """$metadata_model_response."""
-    status = _model(predictor_of(current_app).status(), name, version)
+    return metadata_of(predictor_of(current_app), name, version)
+
+
+def metadata_of(predictor: Predictor, name: str, version: str | None = None) -> dict[str, Any]:
+    """The model's metadata, whatever the transport (the gRPC service answers the same)."""
+    status = _model(predictor.status(), name, version)
     return {
         "name": MODEL_NAME,
         "versions": [status.version] if status.ready else [],
         "platform": "pytorch_torchscript" if status.kind == "pytorch" else "onnxruntime_onnx",
         "inputs": [_tensor(INPUT_NAME, "FP32", [-1, -1, N_FEATURES])],
-        "outputs": [_tensor("confidence", "FP32", [-1, 1]), _tensor("decision", "BOOL", [-1, 1]),
-                    _tensor("plausible", "BOOL", [-1, 1])],
+        "outputs": [_tensor(output, datatype, [-1, 1]) for output, datatype in OUTPUT_DATATYPES.items()],
         "parameters": {"feature_order": ",".join(FEATURE_NAMES), "max_sequence": MAX_SEQUENCE,
-                       "threshold": current_app.config["SETTINGS"].threshold},
+                       "threshold": predictor.settings.threshold},
     }
 
 
@@ -242,6 +247,41 @@ def _checked_rows(values: np.ndarray, shape: list[int]) -> np.ndarray:
     return rows.reshape(shape[0], shape[1] if len(shape) == 3 else 1, N_FEATURES)
 
 
+@dataclass(frozen=True)
+class Inference:
+    """One inference request's answer, before any transport encodes it."""
+
+    model_version: str
+    id: str
+    parameters: dict[str, Any]
+    outputs: list[str]
+    values: dict[str, np.ndarray]
+    batch: int
+
+
+def run_inference(predictor: Predictor, name: str, version: str | None, payload: dict[str, Any],
+                  booleans_possible: bool = True) -> Inference:
+    """The protocol's inference on decoded tensors (`data` a JSON list or a numpy array), whatever the transport:
+    the REST routes here and the gRPC service (omni_mev.stream.kserve) share it. V2Error says what is wrong."""
+    _model(predictor.status(), name, version)
+    wanted = [o["name"] for o in payload.get("outputs") or []] or list(OUTPUTS)
+    unknown = [n for n in wanted if n not in OUTPUTS]
+    if unknown:
+        raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
+    features, ids = _inputs(payload["inputs"])
+    windows = _features(features, predictor.settings.max_batch_size, booleans_possible)
+    scores, decisions, implausible = predictor.infer(windows, _ids(ids, len(windows)))
+    values = {"confidence": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS),
+              "decision": decisions, "plausible": np.array([not checks for checks in implausible])}
+    parameters = {"threshold": predictor.threshold, "mode": predictor.settings.mode,
+                  "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)}
+    failed = {str(index): list(checks) for index, checks in enumerate(implausible) if checks}
+    if failed:
+        parameters["implausible"] = failed
+    return Inference(scores.model_version, payload.get("id") or uuid.uuid4().hex, parameters, wanted, values,
+                     len(decisions))
+
+
 def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, Any] | Answer:
     """$inference_request -> $inference_response, JSON or with binary tensors; nothing is dispatched from this
     protocol."""
@@ -254,33 +294,19 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
         flat = flatten_messages(error.messages)
         raise V2Error("Invalid inference request: "
                       + "; ".join(f"{k}: {' '.join(v)}" for k, v in flat.items())) from None
-    wanted = [o["name"] for o in payload.get("outputs") or []] or list(OUTPUTS)
-    unknown = [n for n in wanted if n not in OUTPUTS]
-    if unknown:
-        raise V2Error(f"Unknown output {unknown[0]!r}; the model produces {', '.join(OUTPUTS)}.")
     v2_binary.attach_binary_inputs(payload["inputs"], binary)
-    features, ids = _inputs(payload["inputs"])
-    windows = _features(features, predictor.settings.max_batch_size, may_hold_booleans(header))
-    scores, decisions, implausible = predictor.infer(windows, _ids(ids, len(windows)))
-    batch = len(decisions)
-    values = {"confidence": np.round(scores.confidences.astype(np.float64), CONFIDENCE_DECIMALS),
-              "decision": decisions, "plausible": np.array([not checks for checks in implausible])}
-    parameters = {"threshold": predictor.threshold, "mode": predictor.settings.mode,
-                  "model_type": scores.model_type, "inference_time_ms": round(scores.inference_ms, 4)}
-    failed = {str(index): list(checks) for index, checks in enumerate(implausible) if checks}
-    if failed:
-        parameters["implausible"] = failed
-    answer = {"model_name": MODEL_NAME, "model_version": scores.model_version,
-              "id": payload.get("id") or uuid.uuid4().hex, "parameters": parameters, "outputs": []}
-    in_binary = v2_binary.binary_outputs(payload.get("parameters"), payload.get("outputs"), wanted)
+    result = run_inference(predictor, name, version, payload, may_hold_booleans(header))
+    answer = {"model_name": MODEL_NAME, "model_version": result.model_version, "id": result.id,
+              "parameters": result.parameters, "outputs": []}
+    in_binary = v2_binary.binary_outputs(payload.get("parameters"), payload.get("outputs"), result.outputs)
     blobs = []
-    for output in wanted:
-        tensor = _tensor(output, OUTPUT_DATATYPES[output], [batch, 1])
+    for output in result.outputs:
+        tensor = _tensor(output, OUTPUT_DATATYPES[output], [result.batch, 1])
         if output in in_binary:
-            blobs.append(v2_binary.encode(tensor["datatype"], values[output]))
+            blobs.append(v2_binary.encode(tensor["datatype"], result.values[output]))
             tensor["parameters"] = {v2_binary.BINARY_SIZE: len(blobs[-1])}
         else:
-            tensor["data"] = values[output].tolist()
+            tensor["data"] = result.values[output].tolist()
         answer["outputs"].append(tensor)
     if not blobs:
         return answer

@@ -12,6 +12,7 @@ import logging
 
 from omni_mev.auth import ApiKeys, load_keys
 from omni_mev.service import build_service, settings_from
+from omni_mev.stream import kserve
 from omni_mev.stream.websocket import StreamServer, install_signal_handlers
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,17 @@ async def serve_until_stopped() -> None:
     keys = ApiKeys(load_keys(settings))
     websocket = StreamServer(service.predictor, keys)
     await websocket.start()
+    grpc_server = await kserve.start(service.predictor, keys, settings.stream_host, settings.grpc_port)
     stop = asyncio.Event()
     install_signal_handlers(stop.set)
     status = service.predictor.status()
-    log.info("omni-mev stream: ws://%s:%d/stream, %s mode, model %s %s, API key auth %s", settings.stream_host,
-             settings.stream_port, settings.mode, status.kind, status.version, "on" if keys.enabled else "OFF")
+    log.info("omni-mev stream: ws://%s:%d/stream, gRPC %s:%d, %s mode, model %s %s, API key auth %s",
+             settings.stream_host, settings.stream_port, settings.stream_host, settings.grpc_port, settings.mode,
+             status.kind, status.version, "on" if keys.enabled else "OFF")
     await stop.wait()
     log.info("omni-mev stream: draining")
     await websocket.drain(DRAIN_S)
+    await grpc_server.stop(DRAIN_S)
     log.info("omni-mev stream: stopped")
 
 
