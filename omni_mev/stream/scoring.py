@@ -16,22 +16,22 @@ from omni_mev.api.errors import api_error_body
 from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError, ValidationFailed
 from omni_mev.jsonio import loads_object
 from omni_mev.predictor import Predictor
-from omni_mev.schemas import load_opportunity, load_or_raise
+from omni_mev.schemas import ID_MAX_LENGTH, load_opportunity, load_or_raise
 
 log = logging.getLogger(__name__)
 ID = "id"
-ID_MAX_LENGTH = 128
 
 
 def message_id(message: dict[str, Any]) -> Any:
-    """The caller's `id`, taken out of the message: a string of at most 128 characters, a number, or none."""
+    """The caller's `id`, taken out of the message: a string of at most ID_MAX_LENGTH characters, a number, or
+    none."""
     ident = message.pop(ID, None)
     if ident is None or isinstance(ident, (int, float)) and not isinstance(ident, bool):
         return ident
     if isinstance(ident, str) and len(ident) <= ID_MAX_LENGTH:
         return ident
-    raise ValidationFailed("id must be a string of at most 128 characters or a number.",
-                           fields={ID: ["Must be a string of at most 128 characters or a number."]})
+    rule = f"a string of at most {ID_MAX_LENGTH} characters or a number"
+    raise ValidationFailed(f"id must be {rule}.", fields={ID: [f"Must be {rule}."]})
 
 
 def parse(raw: str | bytes) -> dict[str, Any]:
