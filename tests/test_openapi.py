@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from omni_mev.features import FEATURE_BOUNDS, FEATURE_NAMES
 from tests.servers import ROOT, Gunicorn
 
