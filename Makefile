@@ -7,11 +7,14 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := redis-server nginx wrk openssl systemd curl nodejs npm rustc postgresql prometheus
+# What the tests start, as command:package. Only the packages of missing commands are installed: a machine with
+# another build of Node keeps it (Debian's npm package would conflict with it).
+SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl systemd-analyze:systemd curl:curl \
+	node:nodejs npm:npm rustc:rustc prometheus:prometheus promtool:prometheus
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench bench-ledger bench-devices loop shift train system-deps clean
+.PHONY: install serve test bench bench-ledger bench-capacity bench-devices loop shift train system-deps image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,15 +48,16 @@ serve: $(VENV)/.base
 ## rustc for the example clients), when missing. Debian's prometheus package starts a Prometheus on 9090,
 ## omni-mev's default metrics port: it is stopped and disabled (the tests start their own).
 system-deps:
-	@missing=""; \
-	for cmd in redis-server nginx wrk openssl systemd-analyze curl node npm rustc prometheus promtool; do \
-		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
+	@packages=""; \
+	for pair in $(SYSTEM_COMMANDS); do \
+		cmd=$${pair%%:*}; \
+		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || packages="$$packages $${pair#*:}"; \
 	done; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing system packages for:$$missing"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages="$$packages postgresql"; \
+	if [ -n "$$packages" ]; then \
+		echo "installing system packages:$$packages"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) || exit 1; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$packages || exit 1; \
 		if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
 			$(SUDO) systemctl disable --now prometheus || true; \
 		fi; \
@@ -62,6 +66,25 @@ system-deps:
 ## test: the whole test suite (unit tests, real gunicorn, redis-server, nginx)
 test: $(VENV)/.test system-deps $(NODE_MODULES)
 	$(BIN)/python -m pytest
+
+## bench-capacity: what a fleet's shared parts take (~2 minutes): ledger rows and outcomes per second into one
+## PostgreSQL, dispatch claims per second into one Redis (bench/results/capacity-<date>.json; docs/scaling.md)
+bench-capacity: $(VENV)/.test system-deps
+	$(BIN)/python -m bench.capacity
+
+## image: the OCI image of deploy/Containerfile, tagged $(IMAGE), with podman, buildah or docker (the first
+## one here that can build); docs/kubernetes.md
+IMAGE ?= omni-mev:latest
+image:
+	@if command -v podman >/dev/null 2>&1; then \
+		podman build --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null 2>&1; then \
+		buildah build --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
+	elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -f deploy/Containerfile -t $(IMAGE) .; \
+	else \
+		echo "make image needs podman, buildah or a running docker (apt-get install podman)" >&2; exit 1; \
+	fi
 
 ## train: retrain the model and rewrite models/ and docs/reliability.png
 train: $(VENV)/.test

@@ -163,10 +163,11 @@ def when_ready(server):
         exporter.registry.register(QualityCollector(Path(_quality_dir), _settings.quality_refresh_s))
     if _settings.model_registry is not None:
         from omni_mev.registry.collector import RegistryCollector
+        from omni_mev.registry.store import Registry
         from omni_mev.registry.watcher import AliasWatcher
 
-        exporter.registry.register(RegistryCollector(_settings.model_registry))
-        AliasWatcher(_settings.model_registry, on_change=lambda: os.kill(os.getpid(), signal.SIGHUP)).start()
+        exporter.registry.register(RegistryCollector(Registry.of(_settings)))
+        AliasWatcher(Registry.of(_settings), on_change=lambda: os.kill(os.getpid(), signal.SIGHUP)).start()
         server.log.info("serving the champion of %s; reloading when its aliases change", _settings.model_registry)
     exporter.start_http_server(_settings.prometheus_port, _settings.prometheus_host)
     server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)

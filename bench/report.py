@@ -134,6 +134,11 @@ def tables(results: dict[str, Any], source: str) -> str:
                          f"| {row['http_messages_per_s']:,.0f} | **{row['throughput_ratio']:.2f}×** "
                          f"| **{row['grpc_throughput_ratio']:.2f}×** | {row['ws_p99_ms']:.2f}, "
                          f"{row['grpc_p99_ms']:.2f}, {row['http_p99_ms']:.2f} |")
+        busiest = streams["summary"][max(streams["summary"], key=int)]
+        lines += ["", f"Two stream processes sharing the port (`AI_STREAM_PROCESSES=2`) at "
+                      f"{max(streams['summary'], key=int)} connections: {busiest['ws_2_processes_messages_per_s']:,.0f} "
+                      f"WebSocket msg/s, **{busiest['ws_2_processes_ratio']:.2f}×** one process (p99 "
+                      f"{busiest['ws_2_processes_p99_ms']:.2f} ms)."]
         idle = streams["idle"]
         lines += ["", f"{idle['connections']:,} idle WebSocket connections: the stream server's RSS went from "
                       f"{idle['rss_before_mb']:.0f} to {idle['rss_after_mb']:.0f} MB, "

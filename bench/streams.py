@@ -4,8 +4,10 @@ keep-alive /predict.
 The same closed-loop Node client drives both (bench/stream_load.mjs: each
 connection sends one opportunity, waits for its answer, sends the next), at 1
 and 8 connections, in alternating order per round, on the same machine in the
-same run. Also: the memory an idle WebSocket connection costs the stream
-server (RSS before and after opening 1,000).
+same run. At 8 connections, also WebSocket to a stream server of two
+processes sharing its port (AI_STREAM_PROCESSES=2). Also: the memory an idle
+WebSocket connection costs the stream server (RSS before and after opening
+1,000).
 
     python -m bench.streams            # 3 rounds of 10 s (part of `make bench`)
     python -m bench.streams --smoke    # 1 round of 1 s
@@ -30,6 +32,8 @@ from bench.run import ROOT, Server, free_port, machine, omni_mev, rss_mb, sessio
 LOAD = ROOT / "bench" / "stream_load.mjs"
 CONNECTIONS = (1, 8)
 IDLE_CONNECTIONS = 1000
+# The stream server of several processes measured beside the one-process one.
+STREAM_PROCESSES = 2
 
 
 def stream_server(grpc_port: int, env: dict[str, str] | None = None) -> Server:
@@ -79,15 +83,17 @@ def measure(servers: list[Server], rounds: int, duration_s: float, idle: int = I
     """Both transports at each connection count, alternating which goes first per round."""
     grpc_port = free_port()
     http_server, stream = omni_mev("omni-mev").start(), stream_server(grpc_port).start()
-    servers += [http_server, stream]
-    urls = {"ws": f"ws://127.0.0.1:{stream.port}/stream", "http": http_server.url + "/predict",
-            "grpc": f"127.0.0.1:{grpc_port}"}
-    runs: dict[str, list[dict[str, Any]]] = {f"{kind}@{c}": [] for kind in urls for c in CONNECTIONS}
+    two_processes = stream_server(free_port(), {"AI_STREAM_PROCESSES": str(STREAM_PROCESSES)}).start()
+    servers += [http_server, stream, two_processes]
+    # What each label drives: stream_load.mjs's transport, and where.
+    targets = {"ws": ("ws", f"ws://127.0.0.1:{stream.port}/stream"), "http": ("http", http_server.url + "/predict"),
+               "grpc": ("grpc", f"127.0.0.1:{grpc_port}"), "ws2": ("ws", f"ws://127.0.0.1:{two_processes.port}/stream")}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for round_index in range(rounds):
         for connections in CONNECTIONS:
-            order = ("ws", "grpc", "http") if round_index % 2 == 0 else ("http", "grpc", "ws")
-            for kind in order:
-                runs[f"{kind}@{connections}"].append(load(kind, urls[kind], connections, duration_s))
+            kinds = ("ws", "grpc", "http") + (("ws2",) if connections == max(CONNECTIONS) else ())
+            for kind in kinds if round_index % 2 == 0 else reversed(kinds):
+                runs.setdefault(f"{kind}@{connections}", []).append(load(*targets[kind], connections, duration_s))
     summary = {}
     for connections in CONNECTIONS:
         ws, http, grpc = runs[f"ws@{connections}"], runs[f"http@{connections}"], runs[f"grpc@{connections}"]
@@ -104,9 +110,15 @@ def measure(servers: list[Server], rounds: int, duration_s: float, idle: int = I
             "http_p99_ms": statistics.median(r["p99_ms"] for r in http),
             "throughput_ratio": statistics.median(w["messages_per_s"] / h["messages_per_s"] for w, h in zip(ws, http)),
         }
+    several, one = runs[f"ws2@{max(CONNECTIONS)}"], runs[f"ws@{max(CONNECTIONS)}"]
+    summary[str(max(CONNECTIONS))].update(
+        ws_2_processes_messages_per_s=statistics.median(r["messages_per_s"] for r in several),
+        ws_2_processes_p99_ms=statistics.median(r["p99_ms"] for r in several),
+        ws_2_processes_ratio=statistics.median(t["messages_per_s"] / o["messages_per_s"] for t, o in zip(several, one)),
+    )
     memory = idle_memory(stream, idle)
-    http_server.stop()
-    stream.stop()
+    for server in (http_server, stream, two_processes):
+        server.stop()
     return {"runs": runs, "summary": summary, "idle": memory, "http_workers": 2, "stream_processes": 1}
 
 
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(p99 {row['http_p99_ms']:.2f} ms): {row['throughput_ratio']:.2f}x; gRPC stream "
               f"{row['grpc_messages_per_s']:,.0f} msg/s (p99 {row['grpc_p99_ms']:.2f} ms): "
               f"{row['grpc_throughput_ratio']:.2f}x", flush=True)
+    busiest = results["summary"][str(max(CONNECTIONS))]
+    print(f"{max(CONNECTIONS)} connections, {STREAM_PROCESSES} stream processes: WebSocket "
+          f"{busiest['ws_2_processes_messages_per_s']:,.0f} msg/s (p99 {busiest['ws_2_processes_p99_ms']:.2f} ms): "
+          f"{busiest['ws_2_processes_ratio']:.2f}x one process", flush=True)
     print(f"idle WebSocket connection: {results['idle']['kb_per_connection']:.1f} KB each")
     print(f"wrote {write_results(results, args.results, 'streams', args.smoke)}")
     return 0

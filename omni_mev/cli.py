@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -133,7 +132,7 @@ def _quality(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from omni_mev.stream.server import main as serve_streams
+    from omni_mev.stream.processes import main as serve_streams
 
     return serve_streams()
 
@@ -242,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `omni-mev` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("omni_mev").setLevel(logging.INFO)
+    from omni_mev.logs import configure_logging
+
+    configure_logging()
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

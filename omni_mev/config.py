@@ -1,6 +1,7 @@
 """Settings from the environment and an optional .env file, validated once at start-up."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -145,11 +146,30 @@ def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str)
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
-def _default_workers() -> int:
+# A container's CPU limit, as cgroup v2 shows it inside the container: "<quota> <period>", or "max <period>".
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """The CPUs a cgroup limit allows this process, rounded up; None without a limit (or without cgroup v2)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """One worker per CPU this process may use: the CPUs it may run on, capped by a container's CPU limit (a
+    pod with `limits.cpu: 2` on a 64-core node gets 2 workers, not 64 that the limit would throttle)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    limit = cpu_limit(cpu_max)
+    return max(1, min(cpus, limit) if limit is not None else cpus)
 
 
 @dataclass(frozen=True)
@@ -176,11 +196,15 @@ class Settings:
     threshold: float = _setting("AI_THRESHOLD", _number(float, 0.0, 1.0), 0.78, "confidence needed for decision=true")
     host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")
     port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
-    workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), _default_workers(), "gunicorn workers")
+    workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), default_workers(), "gunicorn workers")
     # The stream server (`omni-mev stream`, docs/streaming.md).
     stream_host: str = _setting("AI_STREAM_HOST", _text, "127.0.0.1", "address the stream server binds")
     stream_port: int = _setting("AI_STREAM_PORT", _port, 8003, "WebSocket port of the stream server")
     grpc_port: int = _setting("AI_GRPC_PORT", _port, 8004, "KServe V2 gRPC port of the stream server")
+    stream_processes: int = _setting(
+        "AI_STREAM_PROCESSES", _number(int, 1, 64), 1,
+        "stream server processes sharing its ports (SO_REUSEPORT); each connection is served by one of them",
+    )
     stream_max_message_bytes: int = _setting(
         "AI_STREAM_MAX_MESSAGE_BYTES", _number(int, 1024, 16 * 1024 * 1024), 1024 * 1024,
         "largest WebSocket message; a larger one closes the connection (1009)",
@@ -260,6 +284,11 @@ class Settings:
     model_registry: Path | None = _setting(
         "AI_MODEL_REGISTRY", _path, None,
         "model registry: serve its champion, score its challenger as the shadow (instead of AI_MODEL_PATH)",
+    )
+    model_registry_db: str | None = _setting(
+        "AI_MODEL_REGISTRY_DB", _database_url, None,
+        "PostgreSQL database of the registry's aliases and history, shared by every host (model files stay in "
+        "AI_MODEL_REGISTRY, on storage every host mounts); unset: the registry directory's own",
     )
     promote_window: str = _setting(
         "AI_PROMOTE_WINDOW", _window, "7d", "the promotion gate compares the models on outcomes of this recent window"
@@ -386,5 +415,11 @@ def _check(settings: Settings) -> None:
     """Rules that involve several settings."""
     if settings.live_trading and not settings.rust_engine_url:
         raise ConfigError("LIVE_TRADING=true needs RUST_ENGINE_URL (http(s)://host:port of the execution engine)")
+    if settings.model_registry_db is not None:
+        if settings.model_registry is None:
+            raise ConfigError("AI_MODEL_REGISTRY_DB is set without AI_MODEL_REGISTRY (where the model files are)")
+        if not settings.model_registry_db.startswith("postgresql"):
+            raise ConfigError(f"AI_MODEL_REGISTRY_DB={settings.model_registry_db!r}; allowed: a PostgreSQL URL "
+                              "(postgresql+psycopg://user@host/db), or unset for the directory's own aliases")
     if settings.api_keys_file is not None and not settings.api_keys_file.is_file():
         raise ConfigError(f"AI_API_KEYS_FILE={settings.api_keys_file} does not exist; allowed: a readable file")

@@ -336,16 +336,30 @@ def count_out_of_range(counts: dict[str, int]) -> None:
         _OUT_OF_RANGE[name].inc(count)
 
 
-def collect() -> list[Metric]:
-    """Every metric, aggregated over all workers when under gunicorn."""
+def _aggregating_registry() -> CollectorRegistry:
+    """The registry to read: every process's files when under gunicorn (or several stream processes), else this
+    process's own."""
     directory = multiprocess_dir()
     if directory:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
-        return list(registry.collect())
-    return list(REGISTRY.collect())
+        return registry
+    return REGISTRY
+
+
+def collect() -> list[Metric]:
+    """Every metric, aggregated over all workers when under gunicorn."""
+    return list(_aggregating_registry().collect())
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format, and its content type: the stream server serves them on its own
+    port, as it is no gunicorn worker."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(_aggregating_registry()), CONTENT_TYPE_LATEST
 
 
 class _Snapshot:

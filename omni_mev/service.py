@@ -37,3 +37,11 @@ def build_service(settings: Settings) -> Service:
     predictor = Predictor(settings, load_worker_models(settings), cache, build_dispatcher(settings, cache),
                           build_ledger(settings.ledger_url, settings.ledger_retention_days, settings.ledger_dead_letters))
     return Service(settings, cache, predictor)
+
+
+def with_new_models(service: Service, settings: Settings) -> Service:
+    """The service serving the models `settings` name now (a promotion): new sessions, the same cache, dispatcher
+    and ledger writer, so nothing queued or claimed is lost in the swap."""
+    old = service.predictor
+    predictor = Predictor(settings, load_worker_models(settings), service.cache, old.dispatcher, old.ledger)
+    return Service(settings, service.cache, predictor)

@@ -35,7 +35,7 @@ class _Server(ThreadingHTTPServer):
 class EngineStub:
     """POST /execute, recorded; see the module docstring for its behaviour."""
 
-    def __init__(self, mode: str = "ok", delay_s: float = 0.0) -> None:
+    def __init__(self, mode: str = "ok", delay_s: float = 0.0, address: str = "127.0.0.1") -> None:
         self.orders: list[dict[str, Any]] = []
         self.executed: list[str] = []
         self.answers: dict[str, int] = {}
@@ -87,8 +87,8 @@ class EngineStub:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = _Server((address, 0), Handler)
+        self.url = f"http://{address}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def ids(self) -> list[str]:

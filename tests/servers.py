@@ -206,11 +206,13 @@ class Gunicorn(Process):
 class RedisServer(Process):
     """A throwaway redis-server on a free port, no persistence."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, address: str | None = None) -> None:
+        """On loopback, and on `address` too (the test's network namespaces reach it there)."""
         self.port = port or free_port()
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        super().__init__([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--protected-mode", "yes"])
+        bind = ["127.0.0.1", address] if address else ["127.0.0.1"]
+        super().__init__([binary, "--port", str(self.port), "--bind", *bind, "--save", "",
+                          "--appendonly", "no", "--protected-mode", "no" if address else "yes"])
 
     def start(self) -> "RedisServer":
         super().start()
@@ -262,12 +264,14 @@ def render_site(replacements: Mapping[str, str]) -> str:
 class Nginx(Process):
     """nginx in the foreground with the shipped site, in a private prefix directory."""
 
-    def __init__(self, directory: Path, upstream_ports: list[int], rate: str | None = None,
+    def __init__(self, directory: Path, upstream_ports: list[int | str], rate: str | None = None,
                  burst: str | None = None, stream_port: int | None = None, grpc_port: int | None = None) -> None:
         self.directory = directory
         self.http_port, self.https_port, self.grpc_tls_port = free_port(), free_port(), free_port()
         self.cert, key = self_signed_certificate(directory)
-        servers = [f"server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in upstream_ports]
+        # A port on loopback, or "address:port" (an instance in a network namespace).
+        servers = [f"server {port if isinstance(port, str) else f'127.0.0.1:{port}'} max_fails=3 fail_timeout=10s;"
+                   for port in upstream_ports]
         replacements = {
             "listen 80;": f"listen 127.0.0.1:{self.http_port};",
             "listen [::]:80;": "",
@@ -329,7 +333,9 @@ class PostgresServer(Process):
     fsync is off: the tests kill workers, never the database, and it saves seconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", clients: str | None = None, durable: bool = False) -> None:
+        """Listening on loopback, and on `address` too for `clients` (a CIDR: the test's network namespaces);
+        `durable` keeps fsync on (the capacity benchmark)."""
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="omni-mev-test-pg-"))
         binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -342,10 +348,17 @@ class PostgresServer(Process):
         data = self.directory / "data"
         subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "omni",
                         "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        listen = "127.0.0.1"
+        if clients is not None:
+            listen += f",{address}"
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {clients} trust\n")
         super().__init__([*self.as_user, str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
-                          "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                          "-c", "max_connections=60"])
+                          "-k", str(self.directory), "-c", f"listen_addresses={listen}",
+                          "-c", f"fsync={'on' if durable else 'off'}", "-c", "max_connections=100"])
         self.url = f"postgresql+psycopg://omni@127.0.0.1:{self.port}/postgres"
+        # The URL the namespaces' hosts use.
+        self.shared_url = f"postgresql+psycopg://omni@{address}:{self.port}/postgres"
 
     def start(self) -> "PostgresServer":
         super().start()

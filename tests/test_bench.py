@@ -49,9 +49,11 @@ def test_smoke_run_writes_results_and_report(tmp_path):
     assert all(run["messages"] > 0 and run["errors"] == 0 and run["p50_ms"] <= run["p99_ms"]
                for runs in streams["runs"].values() for run in runs)
     assert streams["idle"]["connections"] == 50 and streams["idle"]["rss_after_mb"] > 0
+    assert len(streams["runs"]["ws2@8"]) == len(streams["runs"]["ws@8"]) and "ws2@1" not in streams["runs"]
+    assert streams["summary"]["8"]["ws_2_processes_ratio"] > 0
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Persistent connections: WebSocket and gRPC streams against HTTP keep-alive" in report
-    assert "| V2 infer, binary | 4096 |" in report
+    assert "| V2 infer, binary | 4096 |" in report and "Two stream processes sharing the port" in report
     assert "p99 with the slow engine / with the fast one" in report
     assert "Serving the ensemble, `/predict` runs at" in report
     assert "| 8 | omni-mev |" in report and "| V2 infer | 1024 |" in report

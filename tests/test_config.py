@@ -1,6 +1,7 @@
 """Settings: defaults, the contract's variable names, and one clear line for a bad value."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,21 @@ def test_gunicorn_start_refused_with_one_line():
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["omni-mev: configuration error: AI_THRESHOLD='1.5' is out of range; allowed: a number from 0 to 1"]
+
+
+def test_default_workers_follow_a_containers_cpu_limit(tmp_path):
+    """cgroup v2's cpu.max, as a container sees it: a limit caps the workers (rounded up), no limit leaves the CPU
+    count, and an unreadable file is no limit."""
+    from omni_mev.config import default_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert default_workers(cpu_max) == cpus
+    cpu_max.write_text("100000 100000\n")
+    assert default_workers(cpu_max) == 1
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two workers, never more than the CPUs there are
+    assert default_workers(cpu_max) == min(2, cpus)
+    cpu_max.write_text("6400000 100000\n")
+    assert default_workers(cpu_max) == cpus
+    assert default_workers(tmp_path / "absent") == cpus

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import EXAMPLE, ROOT, Gunicorn, Nginx, http
+from tests.servers import EXAMPLE, ROOT, Gunicorn, Nginx, free_port, http
 
 BODY = {"features": EXAMPLE}
 
@@ -80,6 +80,10 @@ def test_burst_gets_429_paced_requests_pass(instances, tmp_path):
                                   range(40)))
         assert burst.count(429) >= 20 and burst.count(200) >= 5
         assert set(burst) <= {200, 429}
+        refused = next(answer for answer in (http("POST", server.https + "/predict", BODY, context=context)
+                                             for _ in range(20)) if answer[0] == 429)
+        assert refused[1]["error"] == "too_many_requests" and refused[2]["Retry-After"] == "1"
+        assert refused[2]["Content-Type"] == "application/json"
         status, body, _ = http("POST", server.https + "/predict", BODY, context=context)
         time.sleep(1.0)  # let the bucket refill
         paced = []
@@ -89,6 +93,17 @@ def test_burst_gets_429_paced_requests_pass(instances, tmp_path):
         assert paced == [200] * 8
         # Health checks are never rate limited.
         assert all(http("GET", server.https + "/health", context=context)[0] == 200 for _ in range(30))
+
+
+def test_what_nginx_answers_itself_is_json(nginx, tmp_path):
+    """A body over client_max_body_size, and no instance up: nginx's own answers in the API's JSON shape, never
+    its HTML pages."""
+    context = nginx.ssl_context()
+    status, body, headers = http("POST", nginx.https + "/predict", b"x" * (3 * 1024 * 1024), context=context)
+    assert status == 413 and body["error"] == "payload_too_large" and headers["Content-Type"] == "application/json"
+    with Nginx(tmp_path, [free_port()]) as orphan:
+        status, body, headers = http("POST", orphan.https + "/predict", BODY, context=orphan.ssl_context())
+        assert status == 503 and body["error"] == "service_unavailable" and headers["Retry-After"] == "1"
 
 
 def test_slow_clients_do_not_block_workers(nginx):

@@ -211,3 +211,33 @@ def test_service_killed_mid_batch_then_restarted(vectors, tmp_path, max_age):
     else:
         assert "expired" in final.values()
         assert len(engine.ids()) == sent_before  # nothing stale was sent after the restart
+
+
+def test_a_request_older_than_the_order_deadline_is_never_sent(vectors, tmp_path):
+    """X-Request-Start (nginx's stamp): an order's deadline counts from when the request reached the proxy. A
+    request replayed or queued past AI_DISPATCH_MAX_AGE_S answers `expired`, with no claim, no intent and no
+    order; a fresh stamp, or one in the future (a client's own), dispatches with the deadline it allows."""
+    import time
+
+    from tests.servers import Nginx, http
+
+    with EngineStub() as engine, Gunicorn(live(engine.url), workers=1) as server:
+        vector = vectors[True][0]
+        old = {"X-Request-Start": f"t={time.time() - 5:.3f}"}
+        for path, body in (("/predict", {"features": vector, "opportunity_id": "late-1"}),
+                           ("/predict/batch", {"items": [{"features": vector, "opportunity_id": "late-2"}]})):
+            status, answer, _ = server.post(path, body, headers=old)
+            execution = answer["execution"] if path == "/predict" else answer["results"][0]["execution"]
+            assert status == 200 and execution["status"] == "expired" and "never sent" in execution["reason"]
+        future = {"X-Request-Start": f"t={time.time() + 3600:.3f}"}
+        status, answer, _ = server.post("/predict", {"features": vector, "opportunity_id": "fresh-1"}, headers=future)
+        assert answer["execution"]["status"] == "dispatched"
+        (intent,) = [r for r in decision_records(server.decision_log) if r["event"] == "dispatch"]
+        assert intent["opportunity_id"] == "fresh-1" and intent["expires_at"] <= time.time() + 1.0
+        assert engine.executions() == ["fresh-1"]
+        # Through the shipped nginx site, which stamps every request with its own time, whatever a client sent.
+        with Nginx(tmp_path, [server.port]) as proxy:
+            status, answer, _ = http("POST", proxy.https + "/predict", {"features": vector, "opportunity_id": "via"},
+                                     headers=old, context=proxy.ssl_context())
+            assert status == 200 and answer["execution"]["status"] == "dispatched"
+        assert engine.executions() == ["fresh-1", "via"]

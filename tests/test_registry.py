@@ -279,3 +279,82 @@ def test_retraining_timer_units_verify(tmp_path):
     assert result.stderr.strip() == ""
     timer = (ROOT / "systemd" / "omni-mev-retrain.timer").read_text()
     assert "OnCalendar=hourly" in timer and "Persistent=true" in timer
+
+
+# One retrainer at a time
+
+# Another host's retrainer: takes the lock, says so, holds it until its stdin closes (or it is killed).
+HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from omni_mev.registry.election import sole_retrainer
+with sole_retrainer(sys.argv[1], Path(sys.argv[2])) as other:
+    print("held" if other is None else "busy", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _retrain_action(env: dict[str, str]) -> dict:
+    run = omni_mev("retrain", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_one_retrainer_at_a_time_the_others_say_who_and_exit_cleanly(registry, tmp_path, database):
+    """While one retrainer holds the lock, `omni-mev retrain` elsewhere does nothing, names the holder and exits
+    0; when the holder dies, even killed, the lock is free again (PostgreSQL: the advisory lock of a fleet that
+    shares the ledger; SQLite: a file lock in the registry, for one host)."""
+    from contextlib import ExitStack
+
+    from tests.servers import PostgresServer
+
+    with ExitStack() as stack:
+        ledger_url = (stack.enter_context(PostgresServer()).url if database == "postgresql"
+                      else f"sqlite:///{tmp_path / 'ledger.db'}")
+        env = {"AI_MODEL_REGISTRY": str(registry.root), "AI_LEDGER_URL": ledger_url,
+               "OMNI_MEV_ENV_FILE": "/nonexistent"}
+        holder = stack.enter_context(subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_LOCK, ledger_url, str(registry.root)], cwd=ROOT, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+        assert holder.stdout.readline().strip() == "held"
+        busy = _retrain_action(env)
+        assert busy["action"] == "busy" and f"(pid {holder.pid})" in busy["detail"], busy
+        holder.kill()
+        holder.wait(timeout=10)
+        wait_until(lambda: _retrain_action(env)["action"] == "not_due", 30, what="the lock freed by the holder's end")
+    assert "busy" not in [event["event"] for event in registry.history()]
+
+
+# One registry for every host
+
+
+def test_a_registry_in_a_shared_database_is_one_registry_for_every_host(tmp_path):
+    """Two hosts (two Registry objects: the same model storage, the same PostgreSQL): what one registers,
+    assigns, promotes and rolls back, the other reads at once, with one history; configuration refuses a
+    database that cannot hold an advisory lock."""
+    from tests.servers import PostgresServer
+
+    weak = uninformative_model(tmp_path / "weak")
+    with PostgresServer() as postgres:
+        host_a, host_b = (Registry(tmp_path / "shared", postgres.url) for _ in range(2))
+        host_a.register(MODELS, user="a")
+        host_a.register(tmp_path / "weak", user="a")
+        host_a.assign("champion", weak, user="a")
+        host_a.assign("challenger", SHIPPED, user="a")
+        assert host_b.aliases() == {"champion": weak, "challenger": SHIPPED}
+        settings = with_registry_models(load_settings({"AI_MODEL_REGISTRY": str(tmp_path / "shared"),
+                                                       "AI_MODEL_REGISTRY_DB": postgres.url}))
+        assert (settings.model_path, settings.shadow_model_path) == (host_b.resolve("champion").onnx,
+                                                                     host_b.resolve("challenger").onnx)
+        assert host_b.promote(forced=True, user="b") == SHIPPED
+        assert host_a.aliases() == {"champion": SHIPPED, "challenger": None}
+        assert host_a.rollback(user="a") == (SHIPPED, weak)
+        assert host_b.alias("champion") == weak
+        events = [(e["event"], e["user"]) for e in host_b.history()]
+        assert events[-3:] == [("set_challenger", "a"), ("promote", "b"), ("rollback", "a")]
+        # Nothing went to the directory's own catalog.
+        assert not (tmp_path / "shared" / "champion").exists() and not (tmp_path / "shared" / "history.jsonl").exists()
+    with pytest.raises(ConfigError, match="AI_MODEL_REGISTRY_DB"):
+        load_settings({"AI_MODEL_REGISTRY": str(tmp_path / "shared"),
+                       "AI_MODEL_REGISTRY_DB": f"sqlite:///{tmp_path / 'aliases.db'}"})

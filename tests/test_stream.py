@@ -3,12 +3,15 @@ in order, errors per message, and each bound and close code of docs/streaming.md
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
 import signal
 import socket
 import struct
+import urllib.request
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -236,3 +239,95 @@ def test_http_without_an_upgrade_is_answered_in_json(stream):
     assert status == 404 and body["error"] == "not_found" and "/stream" in body["message"]
     status, body, _ = http("GET", stream.http_url + "/health")
     assert status == 200 and body["status"] == "ok"
+
+
+def test_a_promotion_reaches_the_stream_between_messages_and_loses_none(tmp_path):
+    """The stream follows the registry as the HTTP service does: the new champion answers within seconds; every
+    message is answered and recorded in the one ledger, across the swap; the stream's own /metrics counts them."""
+    from omni_mev.registry.store import Registry
+    from tests.conftest import MODELS
+    from tests.servers import http
+    from tests.test_registry import SHIPPED, uninformative_model
+
+    registry = Registry(tmp_path / "registry")
+    registry.register(MODELS, user="test")
+    weak = uninformative_model(tmp_path / "weak")
+    registry.register(tmp_path / "weak", user="test")
+    registry.assign("champion", weak, user="test")
+    with StreamServer({"AI_MODEL_REGISTRY": str(registry.root)}) as server, connect(server.url) as ws:
+        sent: list[str] = []
+
+        def version_answering() -> str:
+            sent.append(f"swap-{len(sent)}")
+            ws.send(json.dumps({"id": sent[-1], "features": EXAMPLE, "opportunity_id": sent[-1]}))
+            answer = json.loads(ws.recv(timeout=10))
+            assert answer["id"] == sent[-1], answer
+            return answer["model_version"]
+
+        assert version_answering() == weak
+        registry.assign("champion", SHIPPED, user="test")
+        wait_until(lambda: version_answering() == SHIPPED, 30, what="the promoted champion answering on the stream")
+        assert http("GET", server.http_url + "/health")[1]["model_version"] == SHIPPED
+        assert version_answering() == SHIPPED
+
+        from omni_mev.ledger.store import SqlLedger
+
+        ledger = SqlLedger(server.env["AI_LEDGER_URL"])
+        wait_until(lambda: set(ledger.records(0).opportunity_id) >= set(sent), 20,
+                   what="every message's prediction in the ledger")
+        assert set(ledger.records(0).model_version) == {weak, SHIPPED}
+        wait_until(lambda: stream_messages_counted(server) == len(sent), 10,
+                   what="the stream's /metrics counting every message")
+
+
+def stream_messages_counted(server: StreamServer) -> float:
+    """ai_requests_total of answered WebSocket messages, read from the stream server's /metrics."""
+    exposition = urllib.request.urlopen(server.http_url + "/metrics", timeout=10).read().decode()
+    counted = [float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+               if line.startswith('ai_requests_total{endpoint="ws:/stream"') and 'outcome="ok"' in line]
+    return sum(counted)
+
+
+def _children(pid: int) -> set[int]:
+    """The stream processes a supervising `omni-mev stream` spawned (not multiprocessing's resource tracker)."""
+    found = set()
+    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+        except FileNotFoundError:
+            pass  # ended meanwhile
+    return found
+
+
+def test_several_processes_share_the_ports_count_together_and_drain_on_sigterm():
+    """AI_STREAM_PROCESSES=2: both serve the one port (connections spread over them), /metrics totals every
+    message whichever process answers the scrape, a process that dies is replaced, SIGTERM stops them all."""
+    with StreamServer({"AI_STREAM_PROCESSES": "2"}) as server:
+        wait_until(lambda: len(_children(server.pid)) == 2, 30, what="two stream processes")
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(connect(server.url)) for _ in range(16)]
+            for index, ws in enumerate(sockets):
+                ws.send(json.dumps({"id": index, "features": EXAMPLE}))
+            assert [json.loads(ws.recv(timeout=10))["id"] for ws in sockets] == list(range(16))
+        wait_until(lambda: stream_messages_counted(server) == 16, 10, what="both processes' messages counted")
+        first, second = sorted(_children(server.pid))
+        environ = dict(item.split("=", 1) for item in open(f"/proc/{first}/environ").read().split("\0") if "=" in item)
+        metrics_dir = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+        # 16 connections spread by the kernel: both processes counted some (all on one: a 2**-15 chance).
+        assert {path.name for path in metrics_dir.glob("counter_*.db")} == {f"counter_{first}.db",
+                                                                            f"counter_{second}.db"}
+
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: first not in _children(server.pid) and len(_children(server.pid)) == 2, 30,
+                   what="the killed process replaced")
+        with connect(server.url) as ws:
+            ws.send(json.dumps({"id": "after", "features": EXAMPLE}))
+            assert json.loads(ws.recv(timeout=10))["id"] == "after"
+        # The dead process's counts stay in the total.
+        wait_until(lambda: stream_messages_counted(server) == 17, 10, what="counts kept across the restart")
+        children = _children(server.pid)
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0, server.output()
+        assert not any(os.path.exists(f"/proc/{child}") for child in children)
+        assert not metrics_dir.exists()

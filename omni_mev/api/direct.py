@@ -17,6 +17,7 @@ about 100 µs per request, a third of a /predict. For every request the front
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, wait
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from omni_mev.api.routes import Route, RouteTable
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+# X-Request-Start, set by nginx (nginx/omni-mev.conf) to when the request reached it.
+REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,25 @@ class DirectRequest:
     body: bytes
     params: Mapping[str, str]
     environ: Mapping[str, Any]
+
+    @property
+    def received_at(self) -> float | None:
+        """When the request reached the proxy in front (its `X-Request-Start: t=<seconds>`, nginx's $msec), never
+        later than now; None without the header.
+
+        A LIVE order's deadline counts from then (omni_mev.trading): a request
+        nginx replays on another instance, or one that waited in a queue, is
+        not sent late. A client that sets the header itself can only shorten
+        its own orders' deadlines: the earlier of it and now is taken.
+        """
+        raw = self.environ.get(REQUEST_START_HEADER)
+        if not raw:
+            return None
+        try:
+            seconds = float(raw.removeprefix("t="))
+        except ValueError:
+            return None
+        return min(seconds, time.time()) if math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings({"AI_MODEL_REGISTRY": str(_root(args))})
 
 
+def _registry(args: argparse.Namespace) -> Registry:
+    """The registry: --registry or AI_MODEL_REGISTRY, its aliases in AI_MODEL_REGISTRY_DB where set."""
+    return Registry.of(_settings(args))
+
+
 def _fail(command: str, error: Exception) -> int:
     print(f"omni-mev {command}: {error}", file=sys.stderr)
     return 2
@@ -40,7 +45,7 @@ def _fail(command: str, error: Exception) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     try:
-        registry = Registry(_root(args))
+        registry = _registry(args)
         if args.models_command == "register":
             version = registry.register(Path(args.model_dir), note=args.note or "")
             if args.alias:
@@ -130,7 +135,7 @@ def _promote(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        registry = Registry(settings.model_registry)
+        registry = Registry.of(settings)
         champion, challenger = registry.alias("champion"), registry.alias("challenger")
         if challenger is None:
             raise RegistryError("there is no challenger to promote")
@@ -163,7 +168,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     try:
-        old, new = Registry(_root(args)).rollback(user=args.user or current_user())
+        old, new = _registry(args).rollback(user=args.user or current_user())
     except (ConfigError, RegistryError) as error:
         return _fail("rollback", error)
     print(f"rolled back: {new} is the champion again (was {old}); {RELOAD_NOTE}")
@@ -175,8 +180,8 @@ def _retrain(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        registry = Registry(settings.model_registry)
-    except ConfigError as error:
+        registry = Registry.of(settings)
+    except (ConfigError, RegistryError) as error:
         return _fail("retrain", error)
     since = dt.datetime.fromisoformat(args.since).timestamp() if args.since else None
     overrides = {name: value for name, value in (("max_epochs", args.max_epochs),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -23,13 +22,18 @@ RETRAIN_RESULTS = {"retrain": "trained", "retrain_failed": "failed"}
 class RegistryCollector(Collector):
     """ai_model_alias{alias,version}, ai_retrain_runs_total{result}, ai_retrain_last_run_timestamp_seconds{result}."""
 
-    def __init__(self, root: Path) -> None:
-        self.registry = Registry(root)
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         aliases = GaugeMetricFamily("ai_model_alias", "1 for each registry alias and the version it points to",
                                     labels=["alias", "version"])
-        for alias, version in self.registry.aliases().items():
+        try:
+            current = self.registry.aliases()
+        except Exception as error:  # noqa: BLE001 - a shared database down: the scrape still answers
+            log.warning("registry aliases unreadable: %s", error)
+            current = {}
+        for alias, version in current.items():
             if version is not None:
                 aliases.add_metric([alias, version], 1.0)
         runs = CounterMetricFamily("ai_retrain_runs", "Retraining runs that trained a challenger or failed",
@@ -40,7 +44,7 @@ class RegistryCollector(Collector):
         latest: dict[str, float] = {}
         try:
             history = self.registry.history()
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - a file or a shared database: the scrape still answers
             log.warning("registry history unreadable: %s", error)
             history = []
         for event in history:

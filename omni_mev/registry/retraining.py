@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from omni_mev.config import Settings
 from omni_mev.ledger.quality import quality_report
 from omni_mev.ledger.store import SqlLedger
+from omni_mev.registry.election import sole_retrainer
 from omni_mev.registry.gate import GateRules, compare_live
 from omni_mev.registry.store import WEIGHTS_FILE, Registry
 from omni_mev.windows import parse_window
@@ -38,7 +41,8 @@ ACTOR = "omni-mev retrain"
 
 @dataclass
 class RetrainResult:
-    """What a run did: promoted, rejected, waiting, trained, not_due or failed."""
+    """What a run did: promoted, rejected, waiting, trained, not_due, busy (another run holds the lock) or
+    failed."""
 
     action: str
     detail: str
@@ -128,12 +132,25 @@ def _iso(timestamp: float) -> str:
 def retrain_step(settings: Settings, registry: Registry, *, force: bool = False, since: float | None = None,
                  rules: GateRules | None = None, config_overrides: dict[str, Any] | None = None,
                  now: float | None = None, progress: Callable[[str], None] = log.info) -> RetrainResult:
-    """One step of the loop (see the module's docstring)."""
-    now = time.time() if now is None else now
-    rules = rules or GateRules.from_settings(settings)
+    """One step of the loop (see the module's docstring), unless another host's or process's run holds the
+    retrainer's lock (omni_mev.registry.election): then nothing, and it says who."""
     if settings.ledger_url is None:
         return _failed(registry, "the ledger is off (AI_LEDGER_URL=off): there are no outcomes to learn from", [])
-    ledger = SqlLedger(settings.ledger_url)
+    try:
+        with sole_retrainer(settings.ledger_url, registry.root) as other:
+            if other is not None:
+                log.info("%s holds the retrainer's lock; this run does nothing", other)
+                return RetrainResult("busy", f"{other} is running; this run does nothing")
+            return _step(settings, registry, SqlLedger(settings.ledger_url), force=force, since=since,
+                         rules=rules or GateRules.from_settings(settings), config_overrides=config_overrides,
+                         now=time.time() if now is None else now, progress=progress)
+    except (sa.exc.SQLAlchemyError, OSError) as error:  # the lock itself (_step handles its own failures)
+        return _failed(registry, f"cannot take the retrainer's lock: {type(error).__name__}: {error}", [])
+
+
+def _step(settings: Settings, registry: Registry, ledger: SqlLedger, *, force: bool, since: float | None,
+          rules: GateRules, config_overrides: dict[str, Any] | None, now: float,
+          progress: Callable[[str], None]) -> RetrainResult:
     reasons: list[str] = []
     try:
         champion, challenger = registry.alias("champion"), registry.alias("challenger")

@@ -10,7 +10,12 @@
 An alias is a relative symlink to a whole version directory, replaced with
 rename(2): a reader sees the old version or the new one, never the ONNX file
 of one and the card of the other. The service resolves the alias once per
-worker (config.load_settings) and reads every file from that directory.
+worker (omni_mev.registry.serving) and reads every file from that directory.
+
+For a fleet, the aliases and the history live in a PostgreSQL database every
+host shares (AI_MODEL_REGISTRY_DB, DatabaseCatalog), and the version
+directories on storage every host mounts (AI_MODEL_REGISTRY): a promotion
+on any host is one committed row, which every host's watcher sees.
 
 The registry knows nothing of HTTP, gunicorn or the ledger: the CLI, the
 retraining job and the master's AliasWatcher (watcher.py) use it.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from omni_mev.config import Settings
 from omni_mev.runtime.base import MODEL_NAME, version_of
 
 log = logging.getLogger(__name__)
@@ -68,12 +77,147 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class Registry:
-    """A directory of model versions with aliases."""
+class DirectoryCatalog:
+    """Aliases as symlinks in the registry directory, the history as a JSON-lines file, changes under a flock:
+    one host."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def alias(self, name: str) -> str | None:
+        try:
+            return Path(os.readlink(self.root / name)).name
+        except (FileNotFoundError, OSError):
+            return None
+
+    def set_alias(self, name: str, version: str | None) -> None:
+        """Point an alias at a version (or remove it) atomically; the caller holds the lock."""
+        link = self.root / name
+        if version is None:
+            link.unlink(missing_ok=True)
+            return
+        scratch = self.root / f".{name}.{os.getpid()}"
+        scratch.unlink(missing_ok=True)
+        os.symlink(Path("versions") / version, scratch)
+        os.replace(scratch, link)
+
+    def history(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.root / HISTORY_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def append(self, event: dict[str, Any]) -> None:
+        with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(event, sort_keys=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_catalog_tables = sa.MetaData()
+ALIAS_TABLE = sa.Table(
+    "registry_aliases", _catalog_tables,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=True),
+)
+HISTORY_TABLE = sa.Table(
+    "registry_history", _catalog_tables,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event", sa.Text, nullable=False),
+)
+# Changes to the catalog, one at a time across hosts: a transaction-level advisory lock on this key.
+CHANGE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"omni-mev registry change").digest()[:8], "big", signed=True)
+
+
+class DatabaseCatalog:
+    """Aliases and history in a PostgreSQL database every host shares; a change holds an advisory lock for its
+    transaction, so a promotion's alias and history row commit together or not at all."""
+
+    def __init__(self, url: str) -> None:
+        if sa.engine.make_url(url).get_backend_name() != "postgresql":
+            raise RegistryError(f"AI_MODEL_REGISTRY_DB must be a PostgreSQL URL, not {url!r}")
+        self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=2)
+        self._change: sa.Connection | None = None
+        self._tables_ready = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[sa.Connection]:
+        """The change's connection inside locked(); a short read-only one otherwise."""
+        if self._change is not None:
+            yield self._change
+            return
+        self._ensure_tables()
+        with self.engine.connect() as connection:
+            yield connection
+
+    def _ensure_tables(self) -> None:
+        if not self._tables_ready:
+            _catalog_tables.create_all(self.engine, checkfirst=True)
+            self._tables_ready = True
+
+    def alias(self, name: str) -> str | None:
+        with self._connection() as connection:
+            return connection.execute(sa.select(ALIAS_TABLE.c.version).where(ALIAS_TABLE.c.name == name)).scalar()
+
+    def set_alias(self, name: str, version: str | None) -> None:
+        with self._connection() as connection:
+            connection.execute(sa.delete(ALIAS_TABLE).where(ALIAS_TABLE.c.name == name))
+            if version is not None:
+                connection.execute(sa.insert(ALIAS_TABLE).values(name=name, version=version))
+            if self._change is None:
+                connection.commit()
+
+    def history(self) -> list[dict[str, Any]]:
+        with self._connection() as connection:
+            rows = connection.execute(sa.select(HISTORY_TABLE.c.event).order_by(HISTORY_TABLE.c.id)).scalars()
+            return [json.loads(row) for row in rows]
+
+    def append(self, event: dict[str, Any]) -> None:
+        with self._connection() as connection:
+            connection.execute(sa.insert(HISTORY_TABLE).values(event=json.dumps(event, sort_keys=False)))
+            if self._change is None:
+                connection.commit()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self._ensure_tables()
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOCK_KEY})
+            self._change = connection
+            try:
+                yield
+            finally:
+                self._change = None
+
+
+Catalog = DirectoryCatalog | DatabaseCatalog
+
+
+class Registry:
+    """Model versions in a directory, with aliases and history in the directory or in a shared database."""
+
+    def __init__(self, root: Path, database_url: str | None = None) -> None:
+        self.root = root
         self.versions_dir = root / "versions"
+        self.catalog: Catalog = DatabaseCatalog(database_url) if database_url else DirectoryCatalog(root)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Registry":
+        """The registry the settings name (AI_MODEL_REGISTRY, with AI_MODEL_REGISTRY_DB where set)."""
+        if settings.model_registry is None:
+            raise RegistryError("no registry: set AI_MODEL_REGISTRY")
+        return cls(settings.model_registry, settings.model_registry_db)
 
     # Reading
 
@@ -82,10 +226,7 @@ class Registry:
 
     def alias(self, name: str) -> str | None:
         """The version an alias points to, or None."""
-        try:
-            return Path(os.readlink(self.root / name)).name
-        except (FileNotFoundError, OSError):
-            return None
+        return self.catalog.alias(name)
 
     def aliases(self) -> dict[str, str | None]:
         return {name: self.alias(name) for name in ALIASES}
@@ -114,11 +255,7 @@ class Registry:
 
     def history(self) -> list[dict[str, Any]]:
         """Every recorded change, oldest first."""
-        try:
-            lines = (self.root / HISTORY_FILE).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in lines if line.strip()]
+        return self.catalog.history()
 
     def previous_champions(self) -> list[str]:
         """The champions a rollback returns to, the most recent last (replayed from the history)."""
@@ -134,14 +271,10 @@ class Registry:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One change at a time, across processes (a person and the retraining timer)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """One change at a time, across processes (a person and the retraining timer) and, with a shared
+        database, across hosts."""
+        with self.catalog.locked():
+            yield
 
     def register(self, model_dir: Path, *, user: str | None = None, note: str = "") -> ModelVersion:
         """Copy a trained model (its .onnx, .pt where present, and card) in; registering twice is harmless."""
@@ -165,15 +298,9 @@ class Registry:
 
     def set_alias(self, name: str, version: str | None) -> None:
         """Point an alias at a version (or remove it) atomically; the caller holds the lock."""
-        link = self.root / name
-        if version is None:
-            link.unlink(missing_ok=True)
-            return
-        self.get(version)
-        scratch = self.root / f".{name}.{os.getpid()}"
-        scratch.unlink(missing_ok=True)
-        os.symlink(Path("versions") / version, scratch)
-        os.replace(scratch, link)
+        if version is not None:
+            self.get(version)
+        self.catalog.set_alias(name, version)
 
     def promote(self, *, forced: bool, user: str | None = None, comparison: dict[str, Any] | None = None) -> str:
         """The challenger becomes the champion; the old champion is kept for rollback."""
@@ -216,8 +343,4 @@ class Registry:
             self._record(event)
 
     def _record(self, event: dict[str, Any]) -> None:
-        line = json.dumps({"at": now_iso(), **event}, sort_keys=False) + "\n"
-        with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.catalog.append({"at": now_iso(), **event})

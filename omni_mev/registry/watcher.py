@@ -1,10 +1,10 @@
-"""In the gunicorn master: reload the workers when the registry's aliases change."""
+"""Reload what serves when the registry's aliases change: the gunicorn master's workers, the stream server's
+predictor."""
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from omni_mev.registry.store import ALIASES, Registry
 
@@ -17,15 +17,16 @@ def alias_targets(registry: Registry) -> tuple[str | None, ...]:
 
 
 class AliasWatcher(threading.Thread):
-    """In the gunicorn master: when an alias changes, reload (HUP), so workers serve the new champion.
+    """When an alias changes, call `on_change`: the gunicorn master reloads its workers (HUP), the stream server
+    swaps its predictor, so both serve the new champion.
 
     `omni-mev promote` and `rollback` need no process id, signal or privilege:
     a change in the registry is enough, whoever makes it.
     """
 
-    def __init__(self, root: Path, on_change: Callable[[], None], interval_s: float = 1.0) -> None:
+    def __init__(self, registry: Registry, on_change: Callable[[], None], interval_s: float = 1.0) -> None:
         super().__init__(name="omni-mev-registry-watcher", daemon=True)
-        self.registry = Registry(root)
+        self.registry = registry
         self.on_change = on_change
         self.interval_s = interval_s
         self._stopping = threading.Event()
@@ -33,9 +34,14 @@ class AliasWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping.wait(self.interval_s):
-            current = alias_targets(self.registry)
+            try:
+                current = alias_targets(self.registry)
+            except Exception as error:  # noqa: BLE001 - a shared database down: keep serving, keep watching
+                log.warning("registry %s: aliases unreadable (%s); still serving %s", self.registry.root, error,
+                            self.seen)
+                continue
             if current != self.seen:
-                log.info("registry %s: aliases changed %s -> %s; reloading the workers", self.registry.root,
+                log.info("registry %s: aliases changed %s -> %s; reloading", self.registry.root,
                          self.seen, current)
                 self.seen = current
                 self.on_change()

@@ -36,6 +36,7 @@ from omni_mev.auth import ApiKeys
 from omni_mev.errors import OmniMevError
 from omni_mev.predictor import Predictor
 from omni_mev.runtime.base import MODEL_NAME
+from omni_mev.stream.reload import Serving
 from omni_mev.version import __version__
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,14 @@ _STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNA
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """GRPCInferenceService on this process's predictor."""
 
-    def __init__(self, predictor: Predictor, api_keys: ApiKeys) -> None:
-        self.predictor = predictor
+    def __init__(self, serving: Serving, api_keys: ApiKeys) -> None:
+        self.serving = serving
         self.api_keys = api_keys
+
+    @property
+    def predictor(self) -> Predictor:
+        """The predictor serving now (a promotion swaps it between two requests)."""
+        return self.serving.predictor
 
     async def _authorised(self, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -170,16 +176,16 @@ def descriptor_set() -> bytes:
     return files.SerializeToString(deterministic=True)
 
 
-async def start(predictor: Predictor, api_keys: ApiKeys, host: str, port: int) -> grpc.aio.Server:
+async def start(serving: Serving, api_keys: ApiKeys, host: str, port: int) -> grpc.aio.Server:
     """The gRPC server, serving the inference service and the standard health service."""
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(predictor, api_keys), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(serving, api_keys), server)
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    serving = (health_pb2.HealthCheckResponse.SERVING if predictor.status().ready
-               else health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_status = (health_pb2.HealthCheckResponse.SERVING if serving.predictor.status().ready
+                     else health_pb2.HealthCheckResponse.NOT_SERVING)
     for service in ("", SERVICE):
-        await checks.set(service, serving)
+        await checks.set(service, health_status)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server

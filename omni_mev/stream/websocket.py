@@ -43,10 +43,12 @@ from omni_mev.errors import OmniMevError, error_code
 from omni_mev.jsonio import dumps
 from omni_mev.predictor import Predictor
 from omni_mev.stream import scoring
+from omni_mev.stream.reload import Serving
 
 log = logging.getLogger(__name__)
 PATH = "/stream"
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 # The request metrics' endpoint label of a WebSocket message.
 ENDPOINT = "ws:/stream"
 SHUTDOWN = (CloseCode.GOING_AWAY, "the server is shutting down; reconnect")
@@ -57,9 +59,9 @@ CLOSE_TIMEOUT_S = 2.0
 class StreamServer:
     """The WebSocket side of `omni-mev stream`: serves connections until `drain()`."""
 
-    def __init__(self, predictor: Predictor, api_keys: ApiKeys) -> None:
-        self.predictor = predictor
-        self.settings = predictor.settings
+    def __init__(self, serving: Serving, api_keys: ApiKeys) -> None:
+        self.serving = serving
+        self.settings = serving.predictor.settings
         self.api_keys = api_keys
         self.draining = False
         self.open: set[ServerConnection] = set()
@@ -77,14 +79,26 @@ class StreamServer:
             max_size=settings.stream_max_message_bytes, max_queue=settings.stream_queue,
             ping_interval=settings.stream_ping_interval_s, ping_timeout=settings.stream_ping_interval_s,
             close_timeout=CLOSE_TIMEOUT_S,
+            # Several stream processes (AI_STREAM_PROCESSES) share the port; the kernel spreads the connections.
+            reuse_port=settings.stream_processes > 1,
         )
         return self.server
+
+    @property
+    def predictor(self) -> Predictor:
+        """The predictor serving now (a promotion swaps it between two messages)."""
+        return self.serving.predictor
 
     # The handshake
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Health checks without an upgrade; 404 for other paths; 401 without a valid key; else the upgrade."""
+        """Health checks and metrics without an upgrade; 404 for other paths; 401 without a valid key; else the
+        upgrade."""
         path = request.path.split("?", 1)[0]
+        if path == METRICS_PATH:
+            body, content_type = metrics.exposition()
+            return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase,
+                            Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
         if path == HEALTH_PATH:
             status = self.predictor.status()
             if status.ready:
@@ -184,8 +198,8 @@ async def _settled(later: Later) -> dict[str, Any]:
 
 def _json_refusal(connection: ServerConnection, request: Request, response: Response) -> Response:
     """A failed handshake (no upgrade asked, a bad version or key) answered in the API's JSON, not websockets'
-    text; the upgrade itself passes as it is."""
-    if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS or response.headers.get("Content-Type", "").startswith(
+    text; the upgrade and the metrics pass as they are."""
+    if response.status_code < HTTPStatus.BAD_REQUEST or response.headers.get("Content-Type", "").startswith(
             "application/json"):
         return response
     status = HTTPStatus(response.status_code)

@@ -60,6 +60,9 @@ class Judged:
     model_version: str
     shadow_confidence: float | None = None
     implausible: tuple[str, ...] = ()
+    # When the request reached the first server in front of the service (time.time()), where one said so: an
+    # order's deadline counts from then, so a request replayed or queued on its way is never sent late.
+    received_at: float | None = None
 
 
 class Dispatcher(ABC):
@@ -157,6 +160,10 @@ class LiveDispatcher(Dispatcher):
                 claimed_here: set[str] = set()
                 for index, judged in enumerate(approved):
                     opportunity_id = judged.opportunity_id
+                    expires_at = min(now, judged.received_at or now) + self.settings.dispatch_max_age_s
+                    if expires_at <= now:  # neither claimed nor logged: no intent, nothing to finish
+                        executions[index] = self._stale(judged, now)
+                        continue
                     if decisions.was_dispatched(opportunity_id) or opportunity_id in claimed_here:
                         metrics.DISPATCHES.labels(status="duplicate").inc()
                         executions[index] = _DUPLICATE_HERE
@@ -170,7 +177,7 @@ class LiveDispatcher(Dispatcher):
                     claimed_here.add(opportunity_id)
                     record = self._record(judged)
                     record.update(event=DISPATCH_EVENT, cross_instance_claim="redis" if claimed else "unavailable",
-                                  expires_at=round(now + self.settings.dispatch_max_age_s, 6),
+                                  expires_at=round(expires_at, 6),
                                   owner=self.outbox.owner)
                     intents.append(record)
                     positions.append(index)
@@ -183,6 +190,16 @@ class LiveDispatcher(Dispatcher):
         for index, execution in zip(positions, self.outbox.pending(self.outbox.send(intents), wait_s)):
             executions[index] = execution
         return executions  # type: ignore[return-value] - every item is set by now
+
+    def _stale(self, judged: Judged, now: float) -> Execution:
+        """An opportunity whose request reached the proxy longer than AI_DISPATCH_MAX_AGE_S ago (a replay after a
+        failed instance, a long queue): never sent."""
+        age = now - (judged.received_at or now)
+        metrics.DISPATCHES.labels(status="expired").inc()
+        reason = (f"stale: the request reached the proxy {age:.3f} s ago, past AI_DISPATCH_MAX_AGE_S "
+                  f"({self.settings.dispatch_max_age_s:g} s); never sent")
+        log.warning("not dispatching %s: %s", judged.opportunity_id, reason)
+        return {"status": "expired", "reason": reason}
 
 
 def build_dispatcher(settings: Settings, cache: Cache) -> Dispatcher:

@@ -1,0 +1,168 @@
+"""The OCI image's Containerfile and the Kubernetes and KServe manifests, checked offline: hadolint, Kubernetes'
+own schemas (kubernetes-validate), KServe's InferenceService schema (vendored), and agreement with the service
+itself (its routes, its user, its ports)."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from omni_mev.api.routes import ROUTES
+from tests.conftest import ROOT
+from tests.kustomize_subset import Unsupported, render
+
+DEPLOY = ROOT / "deploy"
+CONTAINERFILE = DEPLOY / "Containerfile"
+KUSTOMIZATIONS = [DEPLOY / "kubernetes" / "base", *sorted((DEPLOY / "kubernetes" / "overlays").iterdir())]
+INFERENCE_SERVICES = sorted((DEPLOY / "kserve").glob("*.yaml"))
+# The oldest Kubernetes release the manifests are written for: the preStop sleep action is GA from 1.30.
+KUBERNETES_VERSION = "1.30.0"
+ROUTE_PATHS = {route.path for route in ROUTES}
+
+
+def _final_stage(containerfile: str) -> str:
+    """The Containerfile's last stage: what the image is made of."""
+    return re.split(r"^FROM ", containerfile, flags=re.MULTILINE)[-1]
+
+
+def test_hadolint_passes_the_containerfile():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", str(CONTAINERFILE)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_with_a_curl_free_health_check_on_a_served_route():
+    final = _final_stage(CONTAINERFILE.read_text())
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", final, flags=re.MULTILINE)
+    assert int(user[0]) != 0
+    (check,) = re.findall(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])$", final, flags=re.MULTILINE)
+    command = json.loads(check)
+    assert command[0].startswith("python") and not {"curl", "wget"} & set(" ".join(command).split())
+    (path,) = re.findall(r"/v2/health/\w+", command[-1])
+    assert path in ROUTE_PATHS
+    # No compiler or package manager in the image: the final stage installs nothing.
+    assert not re.search(r"apt-get|pip install|gcc|build-essential", final)
+    # Metrics' multiprocess files on a tmpfs.
+    assert "PROMETHEUS_MULTIPROC_DIR=/dev/shm/" in final
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda path: path.name)
+def test_every_kustomization_renders_and_validates_against_kubernetes_schemas(kustomization):
+    documents = render(kustomization)
+    assert documents
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_field_kubernetes_does_not_know_is_refused():
+    """The validation is strict: a misspelt field fails (it would be dropped silently by a lenient apply)."""
+    (deployment,) = [d for d in render(DEPLOY / "kubernetes" / "base") if d["kind"] == "Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_renderer_refuses_what_it_does_not_render(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nconfigMapGenerator: []\n")
+    with pytest.raises(Unsupported):
+        render(tmp_path)
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    specs = []
+    for kustomization in KUSTOMIZATIONS:
+        for document in render(kustomization):
+            if document["kind"] == "Deployment":
+                specs.append((kustomization.name, document["spec"]["template"]["spec"]))
+    for path in INFERENCE_SERVICES:
+        specs.append((path.name, yaml.safe_load(path.read_text())["spec"]["predictor"]))
+    return specs
+
+
+@pytest.mark.parametrize("name,pod", _pod_specs(), ids=lambda value: value if isinstance(value, str) else "")
+def test_pods_run_the_images_user_read_only_probe_served_routes_and_drain(name, pod):
+    final = _final_stage(CONTAINERFILE.read_text())
+    uid = int(re.search(r"^USER (\d+)", final, flags=re.MULTILINE).group(1))
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == uid
+    (container,) = pod["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    ports = {port["containerPort"] for port in container["ports"]}
+    port = {item["name"]: item["value"] for item in container["env"]}["PORT"]
+    assert int(port) in ports
+    assert {"configMapRef", "secretRef"} <= {key for source in container["envFrom"] for key in source}
+    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
+    if "serverless" in name:
+        return  # Knative probes the container and owns its lifecycle
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert {"/tmp", "/dev/shm"} <= mounts
+    shm = next(v for v in pod["volumes"] if v["name"] == next(m["name"] for m in container["volumeMounts"]
+                                                              if m["mountPath"] == "/dev/shm"))
+    assert shm["emptyDir"]["medium"] == "Memory"
+    probes = {kind: container[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
+    assert probes == {"readinessProbe": "/v2/health/ready", "livenessProbe": "/v2/health/live"}
+    assert set(probes.values()) <= ROUTE_PATHS
+    # The pod outlives the preStop pause plus gunicorn's graceful timeout.
+    graceful = int(re.search(r"^graceful_timeout = (\d+)", (ROOT / "gunicorn.conf.py").read_text(),
+                             flags=re.MULTILINE).group(1))
+    assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"] + graceful
+
+
+# KServe
+
+
+def _strict(schema: Any) -> Any:
+    """The CRD schema with unknown fields refused wherever it declares its fields, as the API server's strict
+    field validation refuses them (a CRD schema alone accepts anything extra)."""
+    if isinstance(schema, dict):
+        schema = {key: _strict(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def inference_service_schema() -> jsonschema.protocols.Validator:
+    with gzip.open(DEPLOY / "kserve" / "schema" / "inferenceservice-v1beta1.json.gz") as vendored:
+        schema = _strict(json.load(vendored))
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+@pytest.mark.parametrize("path", INFERENCE_SERVICES, ids=lambda path: path.name)
+def test_inference_services_validate_against_kserves_schema(path, inference_service_schema):
+    document = yaml.safe_load(path.read_text())
+    assert (document["apiVersion"], document["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    inference_service_schema.validate(document)
+    (container,) = document["spec"]["predictor"]["containers"]
+    # KServe routes to the container named kserve-container, on 8080.
+    assert container["name"] == "kserve-container" and container["ports"][0]["containerPort"] == 8080
+
+
+def test_both_deployment_modes_are_shipped():
+    modes = {yaml.safe_load(path.read_text())["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+             for path in INFERENCE_SERVICES}
+    assert modes == {"RawDeployment", "Serverless"}
+
+
+def test_kserves_schema_refuses_a_misspelt_field(inference_service_schema):
+    document = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice-raw.yaml").read_text())
+    document["spec"]["predictor"]["minReplica"] = 2
+    with pytest.raises(jsonschema.ValidationError, match="minReplica"):
+        inference_service_schema.validate(document)
