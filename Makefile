@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench bench-ledger bench-capacity bench-devices loop shift train system-deps image clean
+.PHONY: install serve test bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,18 +73,25 @@ bench-capacity: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.capacity
 
 ## image: the OCI image of deploy/Containerfile, tagged $(IMAGE), with podman, buildah or docker (the first
-## one here that can build); docs/kubernetes.md
+## one here that can build); IMAGE_ARGS passes build arguments, e.g.
+## IMAGE_ARGS="--build-arg EXTRAS=redis,postgres" for an image without the PyTorch fallback; docs/kubernetes.md
 IMAGE ?= omni-mev:latest
+IMAGE_ARGS ?=
 image:
 	@if command -v podman >/dev/null 2>&1; then \
-		podman build --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
+		podman build --format docker $(IMAGE_ARGS) --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
 	elif command -v buildah >/dev/null 2>&1; then \
-		buildah build --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
+		buildah build --format docker $(IMAGE_ARGS) --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
 	elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-		docker build -f deploy/Containerfile -t $(IMAGE) .; \
+		docker build $(IMAGE_ARGS) -f deploy/Containerfile -t $(IMAGE) .; \
 	else \
 		echo "make image needs podman, buildah or a running docker (apt-get install podman)" >&2; exit 1; \
 	fi
+
+## image-check: run the built image (read-only root, PORT) and check /v2/health/ready, /predict, its user and a
+## clean exit on SIGTERM; RUN_ARGS passes flags to `run`
+image-check:
+	IMAGE=$(IMAGE) sh deploy/check-image.sh
 
 ## train: retrain the model and rewrite models/ and docs/reliability.png
 train: $(VENV)/.test

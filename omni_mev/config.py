@@ -146,29 +146,34 @@ def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str)
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
-# A container's CPU limit, as cgroup v2 shows it inside the container: "<quota> <period>", or "max <period>".
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# A container's CPU limit, as the kernel shows it inside the container: cgroup v2's "<quota> <period>" (or
+# "max <period>"), or cgroup v1's quota (-1: none) and period in two files.
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
-def cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
-    """The CPUs a cgroup limit allows this process, rounded up; None without a limit (or without cgroup v2)."""
+def cpu_limit(cpu_max: Path = CGROUP_V2_CPU_MAX, v1: Path = CGROUP_V1_CPU) -> int | None:
+    """The CPUs a cgroup limit allows this process, rounded up; None without a limit."""
     try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota == "max":
+        if cpu_max.exists():
+            quota, period = cpu_max.read_text().split()[:2]
+        else:
+            quota, period = ((v1 / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        if quota in ("max", "-1"):
             return None
         return max(1, math.ceil(int(quota) / int(period)))
     except (OSError, ValueError):
         return None
 
 
-def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+def default_workers(cpu_max: Path = CGROUP_V2_CPU_MAX, v1: Path = CGROUP_V1_CPU) -> int:
     """One worker per CPU this process may use: the CPUs it may run on, capped by a container's CPU limit (a
     pod with `limits.cpu: 2` on a 64-core node gets 2 workers, not 64 that the limit would throttle)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    limit = cpu_limit(cpu_max)
+    limit = cpu_limit(cpu_max, v1)
     return max(1, min(cpus, limit) if limit is not None else cpus)
 
 

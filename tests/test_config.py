@@ -77,8 +77,8 @@ def test_gunicorn_start_refused_with_one_line():
 
 
 def test_default_workers_follow_a_containers_cpu_limit(tmp_path):
-    """cgroup v2's cpu.max, as a container sees it: a limit caps the workers (rounded up), no limit leaves the CPU
-    count, and an unreadable file is no limit."""
+    """cgroup v2's cpu.max (or v1's quota), as a container sees it: a limit caps the workers (rounded up), no
+    limit leaves the CPU count, and no file is no limit."""
     from omni_mev.config import default_workers
 
     cpus = len(os.sched_getaffinity(0))
@@ -91,4 +91,12 @@ def test_default_workers_follow_a_containers_cpu_limit(tmp_path):
     assert default_workers(cpu_max) == min(2, cpus)
     cpu_max.write_text("6400000 100000\n")
     assert default_workers(cpu_max) == cpus
-    assert default_workers(tmp_path / "absent") == cpus
+    # cgroup v1: the quota and the period in two files; -1 is no limit.
+    v1 = tmp_path / "cpu"
+    v1.mkdir()
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    assert default_workers(tmp_path / "absent", v1) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert default_workers(tmp_path / "absent", v1) == cpus
+    assert default_workers(tmp_path / "absent", tmp_path / "absent") == cpus

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -358,3 +359,26 @@ def test_a_registry_in_a_shared_database_is_one_registry_for_every_host(tmp_path
     with pytest.raises(ConfigError, match="AI_MODEL_REGISTRY_DB"):
         load_settings({"AI_MODEL_REGISTRY": str(tmp_path / "shared"),
                        "AI_MODEL_REGISTRY_DB": f"sqlite:///{tmp_path / 'aliases.db'}"})
+
+
+def test_workers_start_on_the_last_resolved_champion_while_the_registry_database_is_down(tmp_path):
+    """The shared registry's database goes down: a worker started then (a crash, a reload) serves the champion its
+    host resolved last, and says so, instead of failing to boot and taking the host down."""
+    from tests.servers import PostgresServer
+
+    with PostgresServer() as postgres:
+        registry = Registry(tmp_path / "shared", postgres.url)
+        registry.register(MODELS, user="test")
+        registry.assign("champion", SHIPPED, user="test")
+        env = {"AI_MODEL_REGISTRY": str(registry.root), "AI_MODEL_REGISTRY_DB": postgres.url,
+               "OMNI_MEV_ENV_FILE": "/nonexistent"}
+        with Gunicorn(env) as server:
+            assert versions(server) == {SHIPPED}
+            postgres.kill()
+            before = server.worker_pids()
+            os.kill(min(before), signal.SIGKILL)
+            wait_until(lambda: len(server.worker_pids() - before) == 1, 30, what="a replacement worker")
+            server.signal(signal.SIGHUP)
+            wait_until(lambda: not server.worker_pids() & before, 30, what="every worker replaced")
+            wait_until(lambda: versions(server) == {SHIPPED}, 30, what="the new workers serving")
+            assert server.alive() and "the champion this host resolved last" in server.output()

@@ -205,29 +205,66 @@ def test_the_python_stream_client_pipelines_and_reports_errors(stream):
         assert refused.value.code == "validation_error" and "features" in refused.value.fields
 
 
-def test_the_node_stream_client(stream, make_app):
-    import shutil
+@pytest.fixture(scope="module")
+def example_lines(stream) -> list[str]:
+    """What the Node and Rust stream examples must print, from the Python client and the HTTP batch route."""
+    from omni_mev import create_app
+    from omni_mev.client import StreamClient
+
+    with StreamClient(stream.url, timeout=10) as client:
+        one = client.predict(EXAMPLE)
+    batch = [EXAMPLE, [2.0, 1.006, 3, 0.3, 0.95, 0.2, 2, 1.0], [0.4, 1.001, 6, 0.9, 0.05, 0.1, 4, 0.2]]
+    many = create_app({"AI_LEDGER_URL": "off"}).test_client().post(
+        "/predict/batch", json={"items": [{"features": f} for f in batch]}).get_json()
+    return [
+        f"stream: id=1 decision={str(one.decision).lower()} confidence={one.confidence} "
+        f"model={one.model_type}/{one.model_version}",
+        "stream batch: id=2 decisions=[" + ", ".join(str(r["decision"]).lower() for r in many["results"]) + "]",
+    ]
+
+
+def _run_example(argv: list[str], url: str) -> list[str]:
     import subprocess
 
-    from omni_mev.client import StreamClient
+    printed = subprocess.run([*argv, url], capture_output=True, text=True, timeout=30)
+    assert printed.returncode == 0, printed.stderr
+    return printed.stdout.splitlines()
+
+
+def test_the_node_stream_client(stream, example_lines):
+    import shutil
+
     from tests.servers import ROOT
 
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    with StreamClient(stream.url, timeout=10) as client:
-        one = client.predict(EXAMPLE)
-    batch = [EXAMPLE, [2.0, 1.006, 3, 0.3, 0.95, 0.2, 2, 1.0], [0.4, 1.001, 6, 0.9, 0.05, 0.1, 4, 0.2]]
-    many = make_app(AI_LEDGER_URL="off").test_client().post(
-        "/predict/batch", json={"items": [{"features": f} for f in batch]}).get_json()
-    printed = subprocess.run([node, str(ROOT / "examples" / "node" / "stream.mjs"), stream.url], capture_output=True,
-                             text=True, timeout=30)
-    assert printed.returncode == 0, printed.stderr
-    assert printed.stdout.splitlines() == [
-        f"stream: id=1 decision={str(one.decision).lower()} confidence={one.confidence} "
-        f"model={one.model_type}/{one.model_version}",
-        "stream batch: id=2 decisions=[" + ", ".join(str(r["decision"]).lower() for r in many["results"]) + "]",
-    ]
+    assert _run_example([node, str(ROOT / "examples" / "node" / "stream.mjs")], stream.url) == example_lines
+
+
+def test_the_rust_stream_client_built_with_the_standard_library_alone(stream, example_lines, tmp_path):
+    """examples/rust/src/bin/stream.rs, compiled here with rustc and no crates: the same lines as the Node
+    client; a handshake without the key is refused with the server's 401."""
+    import shutil
+    import subprocess
+
+    from tests.servers import ROOT
+
+    rustc = shutil.which("rustc")
+    if rustc is None:
+        pytest.skip("rustc is not installed (make test installs it with apt)")
+    binary = tmp_path / "stream"
+    source = ROOT / "examples" / "rust" / "src" / "bin" / "stream.rs"
+    build = subprocess.run([rustc, "--edition", "2021", "-O", str(source), "-o", str(binary)], capture_output=True,
+                           text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    assert _run_example([str(binary)], stream.url) == example_lines
+    with StreamServer({"AI_API_KEYS": KEY}) as guarded:
+        refused = subprocess.run([str(binary), guarded.url], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1 and "handshake refused: HTTP/1.1 401" in refused.stderr
+        allowed = subprocess.run([str(binary), guarded.url], capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "OMNI_MEV_API_KEY": KEY})
+        assert allowed.stdout.splitlines() == example_lines, allowed.stderr
 
 
 def test_http_without_an_upgrade_is_answered_in_json(stream):

@@ -6,8 +6,8 @@ outcomes, or promote one while the other rejects it. The first run to take
 the lock does the work; any other run meanwhile says who holds it and exits
 cleanly.
 
-- With a PostgreSQL ledger (a fleet): a session-level advisory lock in that
-  database. The database releases it when the holder's connection ends, so a
+- With the registry's database (AI_MODEL_REGISTRY_DB) or a PostgreSQL ledger
+  (a fleet): a session-level advisory lock in that database. The database releases it when the holder's connection ends, so a
   retrainer that dies (even on a host that loses power) never leaves it held.
 - Otherwise (one host): an exclusive `flock` on a file in the registry, which
   the kernel releases when the holder exits. Not for registries on NFS.
@@ -37,10 +37,11 @@ def holder_name() -> str:
 
 
 @contextmanager
-def sole_retrainer(ledger_url: str | None, registry_root: Path) -> Iterator[str | None]:
-    """Hold the retrainer's lock for the block: yields None when this process holds it, or who else does."""
-    if ledger_url is not None and sa.engine.make_url(ledger_url).get_backend_name() == "postgresql":
-        with _advisory_lock(ledger_url) as other:
+def sole_retrainer(database_url: str | None, registry_root: Path) -> Iterator[str | None]:
+    """Hold the retrainer's lock for the block: yields None when this process holds it, or who else does.
+    `database_url`: the database the hosts share, when it is PostgreSQL."""
+    if database_url is not None and sa.engine.make_url(database_url).get_backend_name() == "postgresql":
+        with _advisory_lock(database_url) as other:
             yield other
     else:
         with _file_lock(registry_root / LOCK_FILE) as other:

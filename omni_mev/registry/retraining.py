@@ -137,7 +137,7 @@ def retrain_step(settings: Settings, registry: Registry, *, force: bool = False,
     if settings.ledger_url is None:
         return _failed(registry, "the ledger is off (AI_LEDGER_URL=off): there are no outcomes to learn from", [])
     try:
-        with sole_retrainer(settings.ledger_url, registry.root) as other:
+        with sole_retrainer(settings.model_registry_db or settings.ledger_url, registry.root) as other:
             if other is not None:
                 log.info("%s holds the retrainer's lock; this run does nothing", other)
                 return RetrainResult("busy", f"{other} is running; this run does nothing")
