@@ -166,8 +166,9 @@ def when_ready(server):
         from omni_mev.registry.store import Registry
         from omni_mev.registry.watcher import AliasWatcher
 
-        exporter.registry.register(RegistryCollector(Registry.of(_settings)))
-        AliasWatcher(Registry.of(_settings), on_change=lambda: os.kill(os.getpid(), signal.SIGHUP)).start()
+        registry = Registry.of(_settings)
+        exporter.registry.register(RegistryCollector(registry))
+        AliasWatcher(registry, on_change=lambda: os.kill(os.getpid(), signal.SIGHUP)).start()
         server.log.info("serving the champion of %s; reloading when its aliases change", _settings.model_registry)
     exporter.start_http_server(_settings.prometheus_port, _settings.prometheus_host)
     server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)

@@ -30,7 +30,8 @@ from tests.hosts import HostNetwork, HostService, can_make_hosts, omni_mev_on, w
 from tests.servers import Nginx, PostgresServer, RedisServer, http, wait_until
 from tests.test_registry import HOLD_THE_LOCK, SHIPPED, uninformative_model
 
-pytestmark = pytest.mark.skipif(can_make_hosts() is not None, reason=str(can_make_hosts()))
+WHY_NO_HOSTS = can_make_hosts()
+pytestmark = pytest.mark.skipif(WHY_NO_HOSTS is not None, reason=str(WHY_NO_HOSTS))
 
 
 @dataclass

@@ -133,7 +133,7 @@ ALIAS_TABLE = sa.Table(
 )
 HISTORY_TABLE = sa.Table(
     "registry_history", _catalog_tables,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
     sa.Column("event", sa.Text, nullable=False),
 )
 # Changes to the catalog, one at a time across hosts: a transaction-level advisory lock on this key.

@@ -28,6 +28,8 @@ from types import FrameType
 from omni_mev.config import load_settings
 
 log = logging.getLogger(__name__)
+# omni_mev.metrics.MULTIPROC_VARIABLE, spelt out: importing omni_mev.metrics would import prometheus_client
+# before the variable is set, and it reads the variable once, on import.
 METRICS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
