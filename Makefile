@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What the tests start, as command:package. Only the packages of missing commands are installed: a machine with
 # another build of Node keeps it (Debian's npm package would conflict with it).
 SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl systemd-analyze:systemd curl:curl \
-	node:nodejs npm:npm rustc:rustc prometheus:prometheus promtool:prometheus
+	node:nodejs npm:npm rustc:rustc prometheus:prometheus promtool:prometheus logrotate:logrotate
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
@@ -97,10 +97,12 @@ image-check:
 train: $(VENV)/.test
 	$(BIN)/omni-mev train --docs docs
 
-## bench: the full benchmark against the FastAPI reference (~15 minutes);
-## writes bench/results/<date>.json and docs/benchmarks.{md,png}
+## bench: the full benchmark against the FastAPI reference (~15 minutes), writing bench/results/<date>.json and
+## docs/benchmarks.{md,png}; then the money path (~5 minutes): start-up and reload by history size, /predict's p99
+## through a reload under load, a dispatch's claim in each claim mode (bench/results/money-path-<date>.json)
 bench: $(VENV)/.test system-deps $(NODE_MODULES)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.money_path
 
 ## bench-ledger: the outcome ledger under load (~15 minutes): its cost on /predict in three runs, /predict's
 ## p99 under outcomes and /quality polls, /quality's latency by ledger size, the ledger's size on disk

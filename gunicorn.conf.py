@@ -15,9 +15,10 @@ import tempfile
 from omni_mev.auth import load_keys
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.devices import check_start_up
-from omni_mev.ledger.schema import prepare_location
+from omni_mev.database import prepare_location
 from omni_mev.registry.serving import with_registry_models
 from omni_mev.started import STARTED_AT  # noqa: F401 - the master's start, inherited by every worker
+from omni_mev.worker_boot import BOOT_DIR_VARIABLE
 
 try:
     # The registry's champion must be there before any worker starts.
@@ -32,6 +33,13 @@ try:
         except OSError as _error:
             raise ConfigError(f"AI_LEDGER_URL={_settings.ledger_url!r}: cannot create its directory "
                               f"({_error.strerror or _error}); allowed: a writable place, or off") from None
+    # And in LIVE, a SQLite outbox whose directory cannot be made: no order may be sent without its intent on record.
+    if _settings.live_trading:
+        try:
+            prepare_location(_settings.outbox_url)
+        except OSError as _error:
+            raise ConfigError(f"AI_OUTBOX_URL={_settings.outbox_url!r}: cannot create its directory "
+                              f"({_error.strerror or _error}); allowed: a writable place") from None
 except (ConfigError, OSError) as _error:
     sys.stderr.write(f"omni-mev: configuration error: {_error}\n")
     raise SystemExit(2) from None
@@ -42,7 +50,8 @@ except (ConfigError, OSError) as _error:
 # (runtime and state directories); otherwise private temp dirs, removed on
 # exit. The environment keeps them across HUP reloads, which re-read this file.
 for _variable, _prefix in (("PROMETHEUS_MULTIPROC_DIR", "omni-mev-metrics-"),
-                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-"), ("AI_QUALITY_DIR", "omni-mev-quality-")):
+                           ("AI_LAST_GOOD_DIR", "omni-mev-last-good-"), ("AI_QUALITY_DIR", "omni-mev-quality-"),
+                           (BOOT_DIR_VARIABLE, "omni-mev-boot-")):
     if not os.environ.get(_variable):
         os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
         os.environ["OMNI_MEV_OWN_DIRS"] = os.environ.get("OMNI_MEV_OWN_DIRS", "") + ":" + os.environ[_variable]
@@ -152,6 +161,10 @@ def when_ready(server):
     # The series exist from the start, so increase() sees the first event.
     metrics.WORKER_EXITS.inc(0)
     metrics.LEDGER_DEAD_LETTERS.labels(table="predictions").inc(0)
+    for cause in ("local", "upstream"):
+        metrics.DISPATCH_LATE.labels(cause=cause).inc(0)
+    for status in metrics.DISPATCH_STATUSES:
+        metrics.DISPATCHES.labels(status=status).inc(0)
     exporter = GunicornPrometheusMetrics()
     if _settings.ledger_url is not None:
         from pathlib import Path
@@ -175,7 +188,11 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    """Application logs go where gunicorn's error log goes, at its level."""
+    """Application logs go where gunicorn's error log goes, at its level. The worker is loading until
+    post_worker_init: a reload's old workers serve until it is done (omni_mev.worker_boot)."""
+    from omni_mev import worker_boot
+
+    worker_boot.mark_loading(os.getpid())
     app_log = logging.getLogger("omni_mev")
     app_log.handlers = list(server.log.error_log.handlers)
     app_log.setLevel(server.log.error_log.level)
@@ -185,8 +202,9 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     """With omni-mev's worker, batch the hot path's metric writes: it flushes them whenever it is idle. Another
     worker class has no idle hook, and the writes go straight to the shared files."""
-    from omni_mev import metrics
+    from omni_mev import metrics, worker_boot
 
+    worker_boot.forget(os.getpid())
     when_idle = getattr(worker, "when_idle", None)
     if when_idle is not None:
         metrics.buffer_writes()
@@ -213,8 +231,9 @@ def child_exit(server, worker):
     """In the master, for every worker that ended: counted; its live gauges leave the aggregate."""
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
-    from omni_mev import metrics
+    from omni_mev import metrics, worker_boot
 
+    worker_boot.forget(worker.pid)
     metrics.WORKER_EXITS.inc()
     GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 

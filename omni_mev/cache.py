@@ -1,4 +1,4 @@
-"""Optional Redis extension: last-prediction keys, a prediction cache, shared idempotency.
+"""Optional Redis extension: last-prediction keys, a prediction cache, dispatch claims across instances.
 
 The service runs without Redis: `NullCache` stands in, and both implement the
 `Cache` interface, so the rest of the code never asks which one it has. When
@@ -74,9 +74,14 @@ class Cache(ABC):
     def put_prediction(self, model_version: str, features: np.ndarray, confidence: float) -> None:
         """Cache a confidence."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether other instances may share this store (a Redis was configured), reachable or not."""
+        return False
+
     @abstractmethod
-    def claim(self, key: str, ttl_s: int) -> bool | None:
-        """SET NX: True if this call claimed the key, False if taken, None if unknown (no Redis)."""
+    def claim_many(self, keys: list[str], ttl_s: int) -> list[bool | None]:
+        """SET NX of each key: True if this call claimed it, False if taken, None if unknown (no Redis)."""
 
 
 class NullCache(Cache):
@@ -98,8 +103,8 @@ class NullCache(Cache):
     def put_prediction(self, model_version: str, features: np.ndarray, confidence: float) -> None:
         pass
 
-    def claim(self, key: str, ttl_s: int) -> bool | None:
-        return None
+    def claim_many(self, keys: list[str], ttl_s: int) -> list[bool | None]:
+        return [None] * len(keys)
 
 
 def prediction_key(model_version: str, features: np.ndarray) -> str:
@@ -212,9 +217,19 @@ class RedisCache(Cache):
             key = prediction_key(model_version, features)
             self._call(lambda client: client.set(key, repr(confidence), ex=self._ttl_s))
 
-    def claim(self, key: str, ttl_s: int) -> bool | None:
-        result = self._call(lambda client: client.set(key, "1", nx=True, ex=ttl_s))
-        return None if result is _FAILED else bool(result)
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def claim_many(self, keys: list[str], ttl_s: int) -> list[bool | None]:
+        def claim(client: Any) -> list[Any]:
+            pipeline = client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.set(key, "1", nx=True, ex=ttl_s)
+            return pipeline.execute()
+
+        result = self._call(claim) if keys else []
+        return [None] * len(keys) if result is _FAILED else [bool(answer) for answer in result]
 
 
 def build_cache(settings: Settings) -> Cache:

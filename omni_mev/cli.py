@@ -91,18 +91,21 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    from omni_mev.trading.summary import render, summarise
+    from omni_mev.config import load_settings
+    from omni_mev.trading.intent_store import OutboxUnavailable
+    from omni_mev.trading.summary import outbox_report, render, summarise
 
-    if args.path:
-        path = Path(args.path)
-    else:
-        from omni_mev.config import load_settings
-
-        path = load_settings().decision_log_path
+    settings = load_settings()
+    path = Path(args.path) if args.path else settings.decision_log_path
     if not path.is_file():
         print(f"omni-mev decisions: no such file: {path}", file=sys.stderr)
         return 2
-    summary = summarise(path)
+    try:
+        outbox = outbox_report(args.outbox or settings.outbox_url)
+    except OutboxUnavailable as error:
+        print(f"omni-mev decisions: the outbox (AI_OUTBOX_URL) cannot be read: {error}", file=sys.stderr)
+        return 2
+    summary = summarise(path, outbox)
     print(json.dumps(summary, indent=2) if args.json else render(summary), end="\n" if args.json else "")
     return 0
 
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     decisions = commands.add_parser("decisions", help="summarise a decision log (paper and live trades)")
     decisions.add_argument("path", nargs="?", help="default: AI_DECISION_LOG")
     decisions.add_argument("--json", action="store_true", help="machine-readable output")
+    decisions.add_argument("--outbox", help="the outbox's database URL (default: AI_OUTBOX_URL, or where the "
+                                            "service keeps it): reconciled and unreconciled intents")
     decisions.set_defaults(handler=_decisions)
     stream = commands.add_parser("stream", help="the stream server: WebSocket on AI_STREAM_PORT, beside the HTTP "
                                                 "service (docs/streaming.md)")

@@ -107,8 +107,34 @@ def _predict_result(body: Mapping[str, Any]) -> PredictResult:
     )
 
 
+# A kept-alive connection is retired this long before the server said it closes idle ones (its Keep-Alive:
+# timeout=N hint), so a request never races the server's close.
+IDLE_MARGIN_S = 1.0
+
+
+def _keep_alive_timeout(header: str | None) -> float | None:
+    """N of a `Keep-Alive: timeout=N, ...` header, None without one."""
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
 class Client:
-    """A pooled HTTP session to one omni-mev endpoint (thread-safe for reads, one per thread is simplest)."""
+    """A pooled HTTP session to one omni-mev endpoint (thread-safe for reads, one per thread is simplest).
+
+    Connections are kept alive, and retired before the server's idle timeout
+    (its Keep-Alive hint): a bot that pauses about that long between requests
+    never sends one on a connection the server is closing. A request that
+    still finds its reused connection closed before any answer (a worker
+    restarting) is sent once more on a new one: scoring has no side effect but
+    the ledger row, an order is dispatched at most once per opportunity_id,
+    and an outcome is stored once.
+    """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8001", api_key: str | None = None,
                  timeout: float = 1.0, verify: bool | str = True) -> None:
@@ -119,9 +145,26 @@ class Client:
         self.session.headers["Content-Type"] = "application/json"
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self._idle_limit_s: float | None = None
+        self._last_answer = 0.0
+
+    def _send(self, method: str, path: str, body: Any) -> requests.Response:
+        if self._idle_limit_s is not None and time.monotonic() - self._last_answer > self._idle_limit_s:
+            self.session.close()  # idle past the server's timeout, or close to it: new connections
+        try:
+            response = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout)
+        except requests.ConnectionError as error:
+            if isinstance(error, requests.ConnectTimeout):
+                raise
+            self.session.close()
+            response = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout)
+        self._last_answer = time.monotonic()
+        hint = _keep_alive_timeout(response.headers.get("Keep-Alive"))
+        self._idle_limit_s = None if hint is None else max(0.0, hint - IDLE_MARGIN_S)
+        return response
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout)
+        response = self._send(method, path, body)
         try:
             payload = response.json() if response.content else None
         except ValueError:

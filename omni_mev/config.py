@@ -106,6 +106,15 @@ def _database_url(name: str, raw: str) -> str | None:
     return value
 
 
+def _outbox_url(name: str, raw: str) -> str | None:
+    """A database URL for the outbox, or None (unset) for the default; it cannot be off."""
+    value = raw.strip()
+    if value.lower() in {"off", "none"}:
+        raise ConfigError(f"{name}={raw!r}: the dispatch outbox cannot be off; allowed: sqlite:///path, "
+                          "postgresql+psycopg://user@host/db, or unset")
+    return _database_url(name, raw)
+
+
 def _window(name: str, raw: str) -> str:
     from omni_mev.windows import ALLOWED, parse_window
 
@@ -255,7 +264,29 @@ class Settings:
         "AI_DISPATCH_DEDUPE_TTL_S", _number(int, 60, 30 * 86_400), 86_400, "how long an opportunity_id stays claimed in Redis"
     )
     decision_log_path: Path = _setting(
-        "AI_DECISION_LOG", _path, PROJECT_ROOT / "logs" / "decisions.jsonl", "append-only JSON-lines decision log"
+        "AI_DECISION_LOG", _path, PROJECT_ROOT / "logs" / "decisions.jsonl",
+        "append-only JSON-lines decision log (the audit trail; never read by the service)",
+    )
+    decision_log_max_bytes: int = _setting(
+        "AI_DECISION_LOG_MAX_BYTES", _number(int, 0, None), 256 * 1024 * 1024,
+        "the decision log is rotated to <name>.1 past this size; 0 = never (logrotate's job)",
+    )
+    decision_log_backups: int = _setting(
+        "AI_DECISION_LOG_BACKUPS", _number(int, 0, 1000), 10, "rotated decision logs kept (<name>.1 to .N)"
+    )
+    outbox_database_url: str | None = _setting(
+        "AI_OUTBOX_URL", _outbox_url, None,
+        "database of the dispatch outbox (intents, outcomes, claims, reconciliation); unset: the ledger's when it "
+        "is PostgreSQL (instances sharing it share claims), else SQLite beside the decision log",
+    )
+    dispatch_claim_fail_open: bool = _setting(
+        "AI_DISPATCH_CLAIM_FAIL_OPEN", _parse_bool, False,
+        "UNSAFE: with a host-local outbox and Redis unreachable, send without a cross-instance claim",
+    )
+    reconcile_after_s: float = _setting(
+        "AI_RECONCILE_AFTER_S", _number(float, 1.0, 3600.0), 10.0,
+        "this long after an order's expires_at, an unknown outcome is asked of the engine by its key (the clocks of "
+        "the service and the engine must agree within it)",
     )
     implausible_policy: str = _setting(
         "AI_IMPLAUSIBLE_POLICY", _choice("", "refuse", "flag"), "",
@@ -269,6 +300,10 @@ class Settings:
     ledger_dead_letters: Path = _setting(
         "AI_LEDGER_DEAD_LETTERS", _path, PROJECT_ROOT / "logs" / "ledger-dead-letters.jsonl",
         "JSON-lines file where rows the ledger's database refuses are set aside (the rest of their batch is written)",
+    )
+    ledger_stall_s: float = _setting(
+        "AI_LEDGER_STALL_S", _number(float, 0.5, 3600.0), 10.0,
+        "a prediction waiting this long for the ledger's database marks the ledger not writable in /status",
     )
     ledger_retention_days: float = _setting(
         "AI_LEDGER_RETENTION_DAYS", _number(float, 0.0, 36_500.0), 30.0,
@@ -371,6 +406,16 @@ class Settings:
     def fallback_weights_path(self) -> Path:
         """Where the PyTorch fallback finds its weights."""
         return self.torch_weights_path or self.model_path.with_suffix(".pt")
+
+    @property
+    def outbox_url(self) -> str:
+        """Where the dispatch outbox lives: AI_OUTBOX_URL, else a PostgreSQL ledger's database (so that the
+        instances sharing it share claims), else SQLite beside the decision log."""
+        if self.outbox_database_url is not None:
+            return self.outbox_database_url
+        if self.ledger_url is not None and self.ledger_url.startswith("postgresql"):
+            return self.ledger_url
+        return f"sqlite:///{self.decision_log_path.parent / 'outbox.db'}"
 
     @property
     def redis_configured(self) -> bool:

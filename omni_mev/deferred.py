@@ -9,7 +9,7 @@ parks the connection, serves others, and writes the body once the futures are
 done or the deadline has passed. The render may decide the status and add
 headers (an answer whose status depends on the work, as /outcomes'): the
 worker writes the status line only with the body. It says so to the
-application by setting PARKS in the WSGI environ; under any other WSGI server
+application by setting PARKS (omni_mev.environ_keys) in the WSGI environ; under any other WSGI server
 the application waits for the work before it answers. Nothing here knows HTTP
 frameworks or the trading code.
 """
@@ -19,9 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-
-# In the WSGI environ: the server parks deferred bodies, and takes their status from the render.
-PARKS = "omni_mev.parks_deferred"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ class OneSendResponse(wsgi.Response):
         if self.headers_sent:
             return
         lines = self.default_headers()
+        if not self.upgrade and not self.should_close():
+            # How long the worker keeps the connection idle (RFC 9112's Keep-Alive hint): clients that honour it
+            # stop reusing the connection before the worker closes it, instead of racing the close.
+            lines.append(f"Keep-Alive: timeout={self.cfg.keepalive}\r\n")
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
         self._pending = ("".join(lines) + "\r\n").encode("latin-1")
         self.headers_sent = True

@@ -3,19 +3,27 @@
 The worker (omni_mev.workers) reads a connection's bytes without blocking and
 hands a request to the application only once all of it, head and body, has
 arrived. These functions answer "is it all here yet?" on the raw bytes; the
-full parse, with every rule of RFC 9112, stays gunicorn's. When the bytes are
-malformed the answer is "complete", so that the parser sees them and refuses
-them with its own error, instead of the worker waiting for bytes that cannot
-make them valid.
+full parse, with every rule of RFC 9112, stays gunicorn's. A chunked body
+whose framing is broken is refused here (MalformedBody): where it ends cannot
+be known, so the worker answers once and closes the connection rather than
+read the rest of the body as another request.
 """
 from __future__ import annotations
 
 HEAD_END = b"\r\n\r\n"
 CRLF = b"\r\n"
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# A chunk-size line (size and extensions) longer than this is refused rather than waited for.
+MAX_SIZE_LINE = 4096
 
 
 class BodyTooLarge(Exception):
     """A chunked body grew past the limit before it ended."""
+
+
+class MalformedBody(Exception):
+    """A chunked body whose framing is broken (a size that is not hexadecimal, chunk data not followed by CRLF):
+    where it ends cannot be known, so nothing after it on the connection can be read as a request."""
 
 
 def head_length(buffer: bytes | bytearray) -> int | None:
@@ -39,20 +47,21 @@ class ChunkedBody:
     def end(self, buffer: bytes | bytearray) -> int | None:
         """The offset just past the body, or None while it is incomplete.
 
-        Raises BodyTooLarge once the chunk data exceeds the limit. A size line
-        that is not hexadecimal ends the scan ("complete"): the parser refuses it.
+        Raises BodyTooLarge once the chunk data exceeds the limit, and
+        MalformedBody for a size line that is not hexadecimal or chunk data not
+        followed by CRLF.
         """
         while True:
             line_end = buffer.find(CRLF, self.position)
             if line_end < 0:
+                if len(buffer) - self.position > MAX_SIZE_LINE:
+                    raise MalformedBody(f"a chunk-size line is over {MAX_SIZE_LINE} bytes")
                 return None
             size_text = bytes(buffer[self.position:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                return line_end + len(CRLF)
-            if size < 0:
-                return line_end + len(CRLF)
+            if not size_text or not all(c in HEX_DIGITS for c in size_text):
+                shown = bytes(buffer[self.position:line_end][:20])
+                raise MalformedBody(f"the chunk size {shown!r} is not hexadecimal")
+            size = int(size_text, 16)
             if size == 0:
                 # The last chunk, then trailer fields (usually none) and a blank line.
                 if buffer[line_end + 2:line_end + 4] == CRLF:
@@ -64,5 +73,7 @@ class ChunkedBody:
             following = line_end + len(CRLF) + size + len(CRLF)
             if len(buffer) < following:
                 return None
+            if buffer[following - len(CRLF):following] != CRLF:
+                raise MalformedBody(f"a chunk of {size} bytes is not followed by CRLF")
             self.data += size
             self.position = following

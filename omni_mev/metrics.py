@@ -93,7 +93,32 @@ FEATURE_OUT_OF_RANGE = Counter(
 )
 DECISIONS = Counter("ai_decisions", "Decisions taken, by value", ["decision"])
 DISPATCHES = Counter(
-    "ai_dispatches", "Live dispatches by outcome (dispatched, rejected, failed, expired, duplicate)", ["status"]
+    "ai_dispatches", "Live dispatches by outcome (dispatched, rejected, failed, expired), and orders not sent: "
+    "duplicate, unclaimed (no cross-instance claim could be made), unlogged (the outbox could not be written); "
+    "sent_unclaimed counts those sent without a claim (AI_DISPATCH_CLAIM_FAIL_OPEN)", ["status"]
+)
+DISPATCH_STATUSES = ("dispatched", "rejected", "failed", "expired", "duplicate", "unclaimed", "unlogged",
+                     "sent_unclaimed")
+DISPATCH_LATE = Counter(
+    "ai_dispatch_late", "Approved orders never sent because their deadline passed first: upstream = already past "
+    "it when the request reached this process (queued or replayed in front), local = made late here (a lock, a "
+    "reload, the disk, the outbox's database)", ["cause"],
+)
+DISPATCH_DELAY_S = Histogram(
+    "ai_dispatch_local_delay_seconds", "From a request's arrival in this process to its orders' intents on record "
+    "(claimed and committed), seconds", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+                                                  1.0, 2.0, 5.0),
+)
+DISPATCH_RECONCILED = Counter(
+    "ai_dispatch_reconciled", "Unknown outcomes settled by asking the engine by key, by verdict (executed, "
+    "rejected, not_executed)", ["verdict"],
+)
+DISPATCH_RECONCILE_ERRORS = Counter(
+    "ai_dispatch_reconcile_errors", "Asks of the engine by key that got no verdict (asked again later)"
+)
+DISPATCH_UNRECONCILED = Gauge(
+    "ai_dispatch_unreconciled", "Intents whose engine answer is unknown and could not be had by key: asked at "
+    "least once without a verdict (omni-mev decisions lists them)", multiprocess_mode="livemax",
 )
 SHADOW_AGREEMENT = Counter("ai_shadow_agreement", "Shadow model's decision agrees with the served one", ["agree"])
 SHADOW_DIFFERENCE = Histogram(
@@ -110,6 +135,12 @@ LEDGER_RECORDS = Counter("ai_ledger_records", "Predictions written to the ledger
 LEDGER_PENDING = Gauge(
     "ai_ledger_pending", "Predictions queued for the ledger and not yet written (all live workers)",
     multiprocess_mode="livesum",
+)
+LEDGER_OLDEST_PENDING = Gauge(
+    "ai_ledger_oldest_pending_timestamp_seconds", "Per worker: when the oldest prediction not yet written was "
+    "scored (Unix time), or the time of its writer's last look when none waits, so time() minus it is how far the "
+    "writer is behind; 0 before the worker's first ledger write",
+    multiprocess_mode="liveall",
 )
 LEDGER_WRITE_ERRORS = Counter("ai_ledger_write_errors", "Failed ledger writes (the rows are kept and retried)")
 LEDGER_DROPPED = Counter("ai_ledger_dropped", "Unwritten predictions dropped: the database was unreachable too long")
@@ -266,6 +297,12 @@ def count_request(endpoint: str, outcome: str, duration_ms: float) -> None:
     if timer is None:
         timer = _DURATION_CHILDREN[endpoint] = REQUEST_DURATION_MS.labels(endpoint=endpoint)
     _writes.observe(timer, duration_ms)
+
+
+def observe_dispatch_delays(seconds: list[float]) -> None:
+    """Arrival-to-intent times of orders just claimed (off the hot path: the outbox's claimer thread)."""
+    for value in seconds:
+        DISPATCH_DELAY_S.observe(max(0.0, value))
 
 
 def observe_inference(elapsed_ms: float) -> None:

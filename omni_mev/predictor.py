@@ -206,10 +206,11 @@ class Predictor:
 
     # Endpoints' work
 
-    def predict(self, opportunity: Opportunity, received_at: float | None = None) -> Prediction:
+    def predict(self, opportunity: Opportunity, received_at: float | None = None,
+                arrived_at: float | None = None) -> Prediction:
         """One opportunity: check, score (through the cache when enabled), decide, hand to the dispatcher.
-        `received_at`: when the request reached the proxy in front, if known (its orders' deadline counts from
-        then)."""
+        `received_at`: when the request reached the proxy in front, if known; `arrived_at`: when it reached this
+        process. Its orders' deadline counts from the earlier."""
         implausible = self.plausibility.of_opportunity(opportunity.features, opportunity.history)
         window = opportunity.window()
         scores = self._score_one(window)
@@ -220,15 +221,16 @@ class Predictor:
             self.ledger.record([self._row(opportunity.opportunity_id, "predict", scores, confidence, shadow, decision,
                                           implausible, window[0])])
         judged = Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
-                        scores.model_version, shadow, implausible, received_at)
+                        scores.model_version, shadow, implausible, received_at, arrived_at)
         refusal = self._refuse(judged) if refused and not decision else None
         return Prediction(confidence, decision, scores.model_type, scores.model_version, scores.inference_ms,
                           opportunity.opportunity_id, self.dispatcher.after_decision(judged, decision),
                           scores.cached, implausible, refusal)
 
-    def predict_batch(self, batch: OpportunityBatch, received_at: float | None = None) -> BatchPrediction:
+    def predict_batch(self, batch: OpportunityBatch, received_at: float | None = None,
+                      arrived_at: float | None = None) -> BatchPrediction:
         """Many opportunities: one model run per distinct history length, answers in item order; `received_at`
-        as for predict()."""
+        and `arrived_at` as for predict()."""
         scores, implausible = self._score_windows(batch)
         decisions, refused = self.decide(scores.confidences, implausible)
         self._record_batch(batch, scores, decisions, implausible)
@@ -238,7 +240,7 @@ class Predictor:
             shadow = _item(scores.shadow, index)
             judged = Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
                             float(scores.confidences[index]), scores.model_version, shadow, implausible[index],
-                            received_at)
+                            received_at, arrived_at)
             if decisions[index]:
                 approved[index] = judged
             else:

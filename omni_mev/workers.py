@@ -56,12 +56,13 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.http.message import Request
 from gunicorn.workers.base import Worker
 
-from omni_mev import gunicorn_internals
+from omni_mev import gunicorn_internals, worker_boot
 from omni_mev.api.errors import RenderedError, http_error, render
 from omni_mev.config import Settings
-from omni_mev.deferred import PARKS, DeferredBody
+from omni_mev.deferred import DeferredBody
+from omni_mev.environ_keys import ARRIVED_AT, CLOSE_CONNECTION, PARKS
 from omni_mev.errors import BadRequest, InternalError, OmniMevError, PayloadTooLarge, RequestTimeout
-from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
+from omni_mev.http_framing import BodyTooLarge, ChunkedBody, MalformedBody, head_length
 
 # A response must be taken by the client within this long per send.
 SEND_TIMEOUT_S = 5.0
@@ -78,6 +79,8 @@ NOTIFY_INTERVAL_S = 1.0
 IDLE_TASK_INTERVAL_S = 0.05
 # Requests served on one connection before it is closed (Connection: close).
 KEEPALIVE_REQUESTS = 100
+# On a reload, a stopping worker keeps accepting until its new siblings have loaded, at most this long.
+HANDOVER_MAX_S = 10.0
 # Allocations (less deallocations) of container objects between two collections
 # of the youngest generation; Python's default is 700.
 GC_THRESHOLD = 10_000
@@ -121,7 +124,7 @@ def write_error(sock: socket.socket, rendered: RenderedError) -> None:
 class Connection:
     """A client connection, the bytes it sent that no request took yet, and the head being waited on."""
 
-    __slots__ = ("sock", "addr", "server", "buffer", "head", "requests")
+    __slots__ = ("sock", "addr", "server", "buffer", "head", "requests", "arrived_at")
 
     def __init__(self, sock: socket.socket, addr: Any, server: Any) -> None:
         self.sock = sock
@@ -130,6 +133,7 @@ class Connection:
         self.buffer = bytearray()
         self.head: PendingHead | None = None
         self.requests = 0
+        self.arrived_at = 0.0  # when the first byte of the request in the buffer came (time.time())
 
 
 class PendingHead:
@@ -221,9 +225,9 @@ class KeepAliveWorker(Worker):
                 break
         self._stop()
 
-    def _pass(self, timeout: float) -> None:
+    def _pass(self, timeout: float, accepting: bool = False) -> None:
         """Read what is ready and serve the requests it completes, then accept at most one connection per
-        listener, then enforce the deadlines."""
+        listener (while alive, or `accepting` through a reload's handover), then enforce the deadlines."""
         # After serving, look without waiting: idle tasks run before the worker blocks.
         events = self.selector.select(0 if self._served_since_idle else timeout)
         listeners = []
@@ -236,7 +240,7 @@ class KeepAliveWorker(Worker):
                 self._read_pending(key.data)
         if self.parked:
             self._answer_parked()
-        if self.alive:
+        if self.alive or accepting:
             for listener in listeners:
                 self._accept(listener)
         self._enforce_deadlines()
@@ -284,7 +288,18 @@ class KeepAliveWorker(Worker):
         return True
 
     def _stop(self) -> None:
-        """Stop accepting; answer requests already sent on open connections, then close them."""
+        """Hand over, stop accepting; answer requests already sent on open connections, then close them.
+
+        A reload starts the new workers as it stops the old ones: while a sibling is still loading its model
+        (omni_mev.worker_boot), this worker goes on accepting and serving (each answer with Connection: close,
+        so its clients reconnect to whichever worker is up), so no request waits in the listen backlog for a
+        worker. A plain stop has no sibling loading, and stops at once.
+        """
+        handover_until = time.monotonic() + min(HANDOVER_MAX_S, self.cfg.graceful_timeout / 2)
+        while worker_boot.siblings_loading(os.getpid()) and time.monotonic() < handover_until \
+                and self.is_parent_alive():
+            self._notify_if_due()
+            self._pass(0.02, accepting=True)
         for listener in self.sockets:
             self.selector.unregister(listener)
         deadline = time.monotonic() + min(STOP_LINGER_S, self.cfg.graceful_timeout)
@@ -374,6 +389,7 @@ class KeepAliveWorker(Worker):
         if not connection.buffer:  # the first bytes of a request: its read deadline starts
             self.idle.pop(connection, None)
             self.reading[connection] = time.monotonic() + self.read_timeout_s
+            connection.arrived_at = time.time()
         connection.buffer += data
         self._serve_complete(connection)
 
@@ -420,6 +436,7 @@ class KeepAliveWorker(Worker):
                 return
             if connection.buffer:  # a pipelined request started arriving with this one
                 self.reading[connection] = time.monotonic() + self.read_timeout_s
+                connection.arrived_at = time.time()
             else:
                 self.idle[connection] = time.monotonic()
                 return
@@ -445,6 +462,8 @@ class KeepAliveWorker(Worker):
             except BodyTooLarge:
                 raise PayloadTooLarge(f"The chunked body is over {self.max_body} bytes, the most accepted "
                                    "(AI_MAX_BODY_BYTES).") from None
+            except MalformedBody as error:  # answered once, then the connection is closed (_refuse)
+                raise BadRequest(f"The chunked body is malformed: {error}. The connection is closed.") from None
             if end is None:
                 return None
         elif len(buffer) < end:
@@ -504,7 +523,10 @@ class KeepAliveWorker(Worker):
             if not self.alive or connection.requests >= KEEPALIVE_REQUESTS:
                 response.force_close()
             environ[PARKS] = True
+            environ[ARRIVED_AT] = connection.arrived_at
             body = self.wsgi(environ, response.start_response)
+            if environ.get(CLOSE_CONNECTION):  # the body was badly framed: nothing after it is a request
+                response.force_close()
         except Exception:
             self._after_request(request, environ, response)
             raise

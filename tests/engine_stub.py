@@ -1,13 +1,21 @@
 """A stand-in for the execution engine that keeps its contract (docs/trading.md): a real HTTP server on loopback.
 
 - `Idempotency-Key` is the percent-encoded opportunity id; a key is executed
-  at most once, and a repeated key gets the first answer again (a replay);
-- an order received past its `expires_at` is refused with 410 and never executed;
+  at most once, and a repeated key gets the first answer again (a replay),
+  never a second execution: this is how omni-mev reconciles an order whose
+  answer it never got;
+- an order received past its `expires_at` is refused with 410 and never
+  executed (so a key it never saw, asked after the deadline, is "never
+  executed");
 - `mode` sets the answer to new keys: ok (202), reject (409), fail (500),
-  crash (the connection is closed without an answer, after the order was
-  executed: the engine died before it could reply); `delay_s` delays every answer.
+  crash (the order is executed, then the connection is closed without an
+  answer: the engine died before it could reply, and answers replays once
+  back), lost (the connection is closed without an answer and nothing is
+  executed: the engine died before it could act); `delay_s` delays every
+  answer to a new key.
 
-It records every call (`orders`) and every execution (`executed`).
+It records every call (`orders`), every execution (`executed`) and every
+replayed key (`replays`).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class EngineStub:
         self.orders: list[dict[str, Any]] = []
         self.executed: list[str] = []
         self.answers: dict[str, int] = {}
+        self.replays: list[str] = []
         self.contract_violations: list[str] = []
         self.connections = 0
         self.mode = mode
@@ -63,17 +72,18 @@ class EngineStub:
                     if key is None or urllib.parse.unquote(key) != body.get("opportunity_id"):
                         stub.contract_violations.append(f"key {key!r} is not the id {body.get('opportunity_id')!r}")
                     status = stub.answers.get(key)
-                    if status is None:  # a new key: decide, and execute it if accepted
-                        if time.time() > body.get("expires_at", float("inf")):
-                            status = 410
-                        else:
-                            status = ANSWERS.get(mode, 202)
-                            if status == 202:
-                                stub.executed.append(body["opportunity_id"])
-                        stub.answers[key] = status
-                if delay:
+                    replay = status is not None
+                    if replay:
+                        stub.replays.append(body.get("opportunity_id"))
+                    elif time.time() > body.get("expires_at", float("inf")):
+                        status = stub.answers[key] = 410
+                    elif mode != "lost":  # a new key: decide, and execute it if accepted
+                        status = stub.answers[key] = ANSWERS.get(mode, 202)
+                        if status == 202:
+                            stub.executed.append(body["opportunity_id"])
+                if delay and not replay:
                     time.sleep(delay)
-                if mode == "crash":
+                if mode in ("crash", "lost") and not replay and status != 410:
                     self.close_connection = True
                     self.connection.close()
                     return

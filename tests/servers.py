@@ -265,7 +265,9 @@ class Nginx(Process):
     """nginx in the foreground with the shipped site, in a private prefix directory."""
 
     def __init__(self, directory: Path, upstream_ports: list[int | str], rate: str | None = None,
-                 burst: str | None = None, stream_port: int | None = None, grpc_port: int | None = None) -> None:
+                 burst: str | None = None, stream_port: int | None = None, grpc_port: int | None = None,
+                 overrides: Mapping[str, str] | None = None) -> None:
+        """`overrides`: further replacements in the shipped site (each must be present)."""
         self.directory = directory
         self.http_port, self.https_port, self.grpc_tls_port = free_port(), free_port(), free_port()
         self.cert, key = self_signed_certificate(directory)
@@ -292,6 +294,7 @@ class Nginx(Process):
             replacements["rate=200r/s"] = f"rate={rate}"
         if burst:
             replacements["burst=100 nodelay"] = f"burst={burst} nodelay"
+        replacements.update(overrides or {})
         (directory / "site.conf").write_text(render_site(replacements))
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (directory / sub).mkdir(exist_ok=True)
@@ -377,12 +380,27 @@ class PostgresServer(Process):
         finally:
             engine.dispose()
 
+    def _processes(self) -> tuple[int, list[int]]:
+        """The postmaster and its backends."""
+        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        return postmaster, [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def pause(self) -> None:
+        """SIGSTOP to every process of the cluster: connections stay open and nothing answers (a stalled database)."""
+        postmaster, backends = self._processes()
+        for pid in (postmaster, *backends):
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        postmaster, backends = self._processes()
+        for pid in (postmaster, *backends):
+            os.kill(pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL to the postmaster and its backends, as a crash would: runuser may have started it in a
         process group of its own, and a backend outliving its postmaster can still answer a query."""
-        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
-        children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
-        backends = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        postmaster, backends = self._processes()
         for pid in (postmaster, *backends):
             try:
                 os.kill(pid, signal.SIGKILL)

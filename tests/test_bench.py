@@ -96,3 +96,19 @@ def test_false_refusals_smoke_run(tmp_path):
 def test_data_files_smoke_run(tmp_path):
     results = smoke_results("data_files", "data-files", tmp_path)
     assert results["data_check"]["exit_code"] == 0 and results["data_check"]["peak_rss_mb"] > 0
+
+
+def test_money_path_smoke_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.money_path", "--smoke", "--results", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("money-path-*-smoke.json")
+    results = json.loads(path.read_text())
+    (history,) = results["history"]
+    assert history["past_dispatches"] == 1000 and history["first_order_status"] == "dispatched"
+    assert history["orders_during_reload"] >= 10 and history["orders_not_dispatched"] == 0
+    assert set(results["reload_under_load"]) == {"steady", "with a reload"}
+    assert all(run["requests"] > 0 and run["non_2xx"] == 0 for run in results["reload_under_load"].values())
+    assert set(results["claim_per_dispatch"]) == {"host (SQLite)", "redis (SQLite + Redis SET NX)",
+                                                  "database (PostgreSQL, fsync on)"}
+    assert all(0 < cost["median_us"] <= cost["p99_us"] for cost in results["claim_per_dispatch"].values())

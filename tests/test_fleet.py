@@ -1,6 +1,7 @@
 """A fleet on one machine: three hosts (network namespaces on a bridge), each running the real service with
 gunicorn.conf.py, behind the shipped nginx site, sharing one PostgreSQL (the ledger, the registry's aliases and
-history, the retrainer's lock), one Redis (dispatch claims), one model store and one execution engine.
+history, the retrainer's lock, the dispatch outbox and its claims), one Redis, one model store and one
+execution engine.
 
 What a fleet must keep: one dispatch per opportunity whichever hosts it reaches, outcomes joined whichever host
 scored, a promotion made on one host served by all, one retrainer at a time, and no failed request when a host
@@ -95,8 +96,8 @@ def _approved(vectors) -> list[float]:
 
 
 def test_the_same_opportunity_sent_to_every_host_at_once_is_dispatched_once(fleet, vectors):
-    """Each opportunity reaches all three hosts at the same instant: the Redis claim lets exactly one host
-    dispatch it, the others answer that another instance did; the engine executes each once."""
+    """Each opportunity reaches all three hosts at the same instant: the claim in the outbox they share (their
+    PostgreSQL) lets exactly one host dispatch it, the others answer that it was; the engine executes each once."""
     ids = [f"everywhere-{uuid.uuid4().hex[:8]}-{i}" for i in range(10)]
     for opportunity_id in ids:
         start = threading.Barrier(len(fleet.hosts))
@@ -114,10 +115,13 @@ def test_the_same_opportunity_sent_to_every_host_at_once_is_dispatched_once(flee
         for thread in threads:
             thread.join(30)
         statuses = Counter(answer["status"] for answer in answers)
-        assert statuses == {"dispatched": 1, "skipped": 2}, answers
-        assert sum("another instance" in a.get("reason", "") for a in answers) >= 1
-    assert Counter(fleet.engine.executions()) >= Counter(ids) and \
-        all(count == 1 for count in Counter(fleet.engine.executions()).values())
+        # One host sends it; the others are refused, or (under load) still waiting for their claim when the
+        # request's wait ends: the engine's executions below show that no second one was sent.
+        assert statuses["dispatched"] <= 1 and statuses["dispatched"] + statuses["queued"] >= 1, answers
+        assert statuses["dispatched"] + statuses["queued"] + statuses["skipped"] == 3, answers
+        assert all("already dispatched" in a["reason"] for a in answers if a["status"] == "skipped")
+    wait_until(lambda: Counter(fleet.engine.executions()) >= Counter(ids), 10, what="every id executed")
+    assert all(count == 1 for count in Counter(fleet.engine.executions()).values())
 
 
 def test_an_outcome_posted_to_any_host_joins_a_prediction_scored_on_another(fleet, vectors):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from omni_mev.runtime.onnx_runtime import OnnxModel
 from omni_mev.training.export import random_raw_features
-from tests.conftest import MODELS
+from tests.conftest import MODELS, ROOT
 from tests.servers import EXAMPLE, Gunicorn, wait_until
 
 SNAPSHOT_TTL_S = 1.1  # /status aggregates at most once a second
@@ -126,3 +128,12 @@ def test_gunicorn_conf_also_runs_the_stock_sync_worker():
         wait_until(lambda: sum(_requests_by_pid(server.metrics_dir).values()) >= 2, 10,
                    what="the requests counted in the shared metric files")
         assert "Using worker: sync" in server.output()
+
+
+def test_the_worker_class_loads_without_the_metrics():
+    """gunicorn's master loads the worker class before its on_starting hook empties the metrics directory: a
+    metrics module imported by then would write the master's counters (worker exits) to files that hook unlinks."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, omni_mev.workers; "
+                             "print(sorted(m for m in sys.modules if m == 'prometheus_client' or m == 'omni_mev.metrics'))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

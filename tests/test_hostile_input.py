@@ -99,6 +99,43 @@ def test_malformed_chunked_body_is_400(service, case):
     assert error["error"] == "bad_request"
 
 
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.mark.parametrize("case", ["bad chunk size", "chunk without its CRLF", "bad chunk extension"])
+def test_a_framing_error_is_answered_once_and_the_connection_closed(service, case):
+    """A kept-alive connection whose chunked body is malformed, followed by bytes that look like a request: one
+    JSON 400 with Connection: close, then the connection closes; the rest is never read as a request (the
+    request-smuggling pattern)."""
+    body = json.dumps({"features": EXAMPLE}).encode()
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    encoded = {"bad chunk size": b"zz\r\n" + body + b"\r\n0\r\n\r\n",
+               "chunk without its CRLF": b"%x\r\n%sXX0\r\n\r\n" % (len(body), body),
+               # Valid for the worker's framing scan, refused by gunicorn's parser when the application reads it.
+               "bad chunk extension": b"%x;a=\x01\r\n%s\r\n0\r\n\r\n" % (len(body), body)}[case]
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(head + encoded + SMUGGLED)
+        data = read_until_closed(sock)
+    assert data.count(b"HTTP/1.1 ") == 1, data
+    head_part, _, rest = data.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 400") and b"Connection: close" in head_part
+    error = json.loads(rest)
+    assert error["error"] == "bad_request" and "connection is closed" in error["message"].lower()
+
+
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch", V2_INFER])
 def test_chunked_body_over_the_limit_is_413_not_cut(service, path):
     valid = json.dumps({"features": EXAMPLE}).encode()

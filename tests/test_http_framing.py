@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from omni_mev.http_framing import BodyTooLarge, ChunkedBody, head_length
+from omni_mev.http_framing import BodyTooLarge, ChunkedBody, MalformedBody, head_length
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -38,5 +38,13 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_ends():
         scan.end(HEAD + b"5\r\nhello\r\n5\r\n")
 
 
-def test_a_malformed_size_line_is_complete_so_the_parser_refuses_it():
-    assert ChunkedBody(len(HEAD), 1024).end(HEAD + b"zz\r\nhello") == len(HEAD) + 4
+@pytest.mark.parametrize(("body", "says"), [
+    (b"zz\r\nhello", "not hexadecimal"),
+    (b"-5\r\nhello\r\n", "not hexadecimal"),
+    (b"\r\n", "not hexadecimal"),
+    (b"5\r\nhelloXX0\r\n\r\n", "not followed by CRLF"),
+    (b"5" * 5000, "over 4096 bytes"),
+])
+def test_broken_framing_is_refused_since_where_the_body_ends_cannot_be_known(body, says):
+    with pytest.raises(MalformedBody, match=says):
+        ChunkedBody(len(HEAD), 1 << 20).end(HEAD + body)

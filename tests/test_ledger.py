@@ -204,7 +204,7 @@ def test_status_never_claims_a_ledger_that_cannot_write(make_app):
     working.post("/predict", json={"features": EXAMPLE, "opportunity_id": "status-1"})
     working.application.extensions["omni_mev.predictor"].ledger.flush()
     assert working.get("/status").json["ledger"] == {"enabled": True, "writable": True, "problem": None,
-                                                      "pending": 0}
+                                                      "pending": 0, "oldest_pending_age_s": None}
     nowhere = make_app(AI_LEDGER_URL=f"postgresql+psycopg://omni@127.0.0.1:{free_port()}/postgres")
     ledger = nowhere.test_client().get("/status").json["ledger"]
     assert ledger["enabled"] is True and ledger["writable"] is False

@@ -82,3 +82,25 @@ def test_worker_killed_under_load_is_respawned():
     # Only requests the killed worker held can fail: at most one per client thread.
     assert len(stream.failures) <= 4
     assert stream.ok > 300
+
+
+def test_old_workers_serve_until_the_new_ones_have_loaded():
+    """A reload forks the new workers and stops the old ones at once. Held while loading (SIGSTOP), the new
+    workers serve nothing: the old ones go on accepting and answering until the new ones are ready, then leave."""
+    with Gunicorn(workers=2) as server:
+        old_workers = server.worker_pids()
+        server.signal(signal.SIGHUP)
+        new_workers = wait_until(lambda: server.worker_pids() - old_workers, 5, interval=0.005,
+                                 what="the new workers forked")
+        for pid in new_workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            # New connections, one request each, while only the old workers can answer.
+            for _ in range(20):
+                assert server.get("/health", timeout=5)[0] == 200
+            assert old_workers <= server.worker_pids()  # still there: handing over
+        finally:
+            for pid in new_workers:
+                os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: not (server.worker_pids() & old_workers), 30, what="the old workers gone")
+        assert server.get("/health")[0] == 200

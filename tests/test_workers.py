@@ -4,17 +4,21 @@ from __future__ import annotations
 import fcntl
 import http.client
 import json
+import random
 import re
 import select
+import signal
 import socket
 import struct
 import termios
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from omni_mev.workers import KEEPALIVE_REQUESTS
-from tests.servers import EXAMPLE, Gunicorn, wait_until
+from tests.servers import EXAMPLE, ROOT, Gunicorn, wait_until
 
 PREDICT = json.dumps({"features": EXAMPLE}).encode()
 
@@ -253,3 +257,90 @@ def test_scoring_does_not_wait_on_a_dispatch(vectors):
         assert response.status == 200 and int(response.getheader("Content-Length")) > 0
         assert body["results"][0]["execution"]["status"] in ("queued", "dispatched")
         dispatching.close()
+
+
+def test_the_workers_keep_alive_outlasts_nginxs_upstream_idle_timeout_as_shipped():
+    """nginx closes an idle upstream connection before the worker would: it never sends on one the worker is
+    closing. Read from the shipped files, so changing either keeps them ordered."""
+    site = (ROOT / "nginx" / "omni-mev.conf").read_text()
+    upstream = site[site.index("upstream omni_mev {"):site.index("}", site.index("upstream omni_mev {"))]
+    nginx_idle_s = float(re.search(r"keepalive_timeout (\d+)s;", upstream).group(1))
+    worker_idle_s = float(re.search(r"^keepalive = (\d+)$", (ROOT / "gunicorn.conf.py").read_text(), re.M).group(1))
+    assert nginx_idle_s < worker_idle_s
+    assert re.search(r"keepalive_requests (\d+);", upstream).group(1) == str(KEEPALIVE_REQUESTS)
+    assert 'proxy_set_header Connection "";' in site  # nginx asks the workers to keep connections open
+
+
+def paced(send: Callable[[int], int], clients: int, rounds: int, gap_s: tuple[float, float]) -> list[int]:
+    """`clients` threads, each sending `rounds` requests (send(i) -> status, 0 for a failure) with pauses drawn
+    from `gap_s`; every status."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        for i in range(rounds):
+            status = send(index)
+            with lock:
+                statuses.append(status)
+            time.sleep(random.uniform(*gap_s))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return statuses
+
+
+def test_requests_at_the_keep_alive_boundary_through_nginx_are_never_lost(tmp_path):
+    """Through the real nginx with upstream keep-alive, the idle timeouts ordered as shipped (nginx below the
+    worker; here 0.8 s and 1 s): 16 clients pausing 0.97-1.03 s between requests, right at the worker's close, and
+    a reload in the middle. Every request is answered."""
+    from tests.servers import Nginx
+
+    with Gunicorn({"GUNICORN_CMD_ARGS": "--keep-alive 1"}, workers=2) as server, \
+            Nginx(tmp_path, [server.port], overrides={"keepalive_timeout 4s;": "keepalive_timeout 800ms;"}) as proxy:
+        context = proxy.ssl_context()
+        connections = [http.client.HTTPSConnection("127.0.0.1", proxy.https_port, context=context, timeout=10)
+                       for _ in range(16)]
+
+        def send(index: int) -> int:
+            connection = connections[index]
+            try:
+                connection.request("POST", "/predict", PREDICT, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                return 0
+
+        reload = threading.Timer(2.0, lambda: server.signal(signal.SIGHUP))
+        reload.start()
+        statuses = paced(send, 16, 6, (0.97, 1.03))
+        reload.join()
+        assert statuses.count(200) == len(statuses) == 96, statuses
+
+
+def test_the_python_client_never_races_the_workers_idle_close():
+    """Straight to the worker: a client pausing right at its keep-alive (1 s here) sends on a connection the worker
+    may be closing; omni_mev.client retires connections before the server's Keep-Alive hint, so none is lost."""
+    from omni_mev.client import Client
+
+    with Gunicorn({"GUNICORN_CMD_ARGS": "--keep-alive 1"}, workers=2) as server:
+        reply = raw_exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"Keep-Alive" not in reply  # no hint on a connection that closes
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"Keep-Alive: timeout=1\r\n" in sock.recv(65536)
+        clients = [Client(server.url, timeout=5) for _ in range(16)]
+
+        def send(index: int) -> int:
+            try:
+                clients[index].predict(EXAMPLE)
+                return 200
+            except Exception:  # noqa: BLE001 - counted as lost
+                return 0
+
+        statuses = paced(send, 16, 6, (0.97, 1.03))
+        assert statuses.count(200) == len(statuses) == 96

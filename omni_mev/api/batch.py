@@ -89,5 +89,5 @@ def predict_batch(request: DirectRequest) -> dict[str, Any] | Later:
     if isinstance(items, list):
         check_batch_size(len(items), predictor.settings.max_batch_size)
     batch = load_or_raise(schema_for(request.body), body)["items"]
-    return answer_when_dispatched(predictor.predict_batch(batch, request.received_at),
+    return answer_when_dispatched(predictor.predict_batch(batch, request.received_at, request.arrived_at),
                                   lambda answered: encode(answered, predictor.threshold, predictor.settings.mode))

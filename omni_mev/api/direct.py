@@ -29,7 +29,8 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from omni_mev import metrics
 from omni_mev.api.errors import JSON, STATUS_LINES, api_error_body, render
 from omni_mev.auth import ApiKeys, keys_of
-from omni_mev.deferred import PARKS, DeferredBody, Rendered
+from omni_mev.deferred import DeferredBody, Rendered
+from omni_mev.environ_keys import ARRIVED_AT, CLOSE_CONNECTION, PARKS
 from omni_mev.errors import BadRequest, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 # X-Request-Start, set by nginx (nginx/omni-mev.conf) to when the request reached it.
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
+# In the WSGI environ, from omni-mev's worker: when the request's first byte reached this process (time.time()).
+ARRIVED_AT = "omni_mev.arrived_at"
+# In the WSGI environ, set here: the request's body was not well-framed, so nothing after it on the connection can
+# be trusted to start a request; the worker closes the connection after the answer.
+CLOSE_CONNECTION = "omni_mev.close_connection"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class DirectRequest:
     body: bytes
     params: Mapping[str, str]
     environ: Mapping[str, Any]
+
+    @property
+    def arrived_at(self) -> float:
+        """When the request reached this process: its first byte, where the worker says so; else now."""
+        return self.environ.get(ARRIVED_AT) or time.time()
 
     @property
     def received_at(self) -> float | None:
@@ -99,8 +110,9 @@ class Later:
     render: Callable[[], dict[str, Any] | Answer]
 
 
-def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
-    """The request body, refused with 413 beyond `limit` bytes (chunked or not) and 400 when malformed.
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request body, refused with 413 beyond `limit` bytes (chunked or not) and 400 when malformed; either way
+    the environ asks the worker to close the connection after the answer (CLOSE_CONNECTION).
 
     A declared length is checked before anything is read; a chunked body is
     read to one byte past the limit, so an oversized one is refused rather
@@ -113,19 +125,27 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
             try:
                 size = int(declared)
             except ValueError:
-                raise BadRequest(f"Content-Length {declared!r} is not a number.") from None
+                raise _badly_framed(environ, f"Content-Length {declared!r} is not a number.") from None
             if size > limit:
+                environ[CLOSE_CONNECTION] = True  # the body is left unread
                 raise PayloadTooLarge(f"The body has {size} bytes; at most {limit} are accepted (AI_MAX_BODY_BYTES).")
             data = stream.read(size)
             if len(data) < size:
-                raise BadRequest(f"The body ended after {len(data)} of its {size} bytes.")
+                raise _badly_framed(environ, f"The body ended after {len(data)} of its {size} bytes.")
             return data
         data = stream.read(limit + 1)
     except (ParseException, NoMoreData) as error:
-        raise BadRequest(f"The body is not well-formed HTTP ({type(error).__name__}: {error}).") from None
+        raise _badly_framed(environ, f"The body is not well-formed HTTP ({type(error).__name__}: {error}).") from None
     if len(data) > limit:
+        environ[CLOSE_CONNECTION] = True
         raise PayloadTooLarge(f"The body is over {limit} bytes, the most accepted (AI_MAX_BODY_BYTES).")
     return data
+
+
+def _badly_framed(environ: dict[str, Any], message: str) -> BadRequest:
+    """A body whose end cannot be trusted: refused, and the connection closed after the answer."""
+    environ[CLOSE_CONNECTION] = True
+    return BadRequest(f"{message} The connection is closed.")
 
 
 class Front:

@@ -56,5 +56,5 @@ def predict(request: DirectRequest) -> dict[str, Any] | Later:
     """Score one opportunity."""
     opportunity = load_opportunity(loads_object(request.body))
     predictor = predictor_of(request.app)
-    return answer_when_dispatched(predictor.predict(opportunity, request.received_at),
+    return answer_when_dispatched(predictor.predict(opportunity, request.received_at, request.arrived_at),
                                   lambda answered: encode(answered, predictor.threshold, predictor.settings.mode))

@@ -36,7 +36,8 @@ from omni_mev import metrics
 from omni_mev.errors import OmniMevError
 from omni_mev.features import N_FEATURES
 from omni_mev.ledger.dead_letters import DeadLetters
-from omni_mev.ledger.schema import create_engine, create_tables, insert_or_ignore, outcomes, predictions
+from omni_mev.database import create_engine, insert_or_ignore
+from omni_mev.ledger.schema import create_tables, outcomes, predictions
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.1
@@ -178,6 +179,11 @@ class Ledger(ABC):
         """Why the last attempt to reach the database failed; None while it works (or nothing was tried)."""
         return None
 
+    @property
+    def oldest_pending_at(self) -> float | None:
+        """When the oldest prediction not yet written was scored (time.time()); None when none waits."""
+        return None
+
 
 class NullLedger(Ledger):
     """AI_LEDGER_URL=off: predictions are not kept, and the endpoints that need them say so."""
@@ -217,6 +223,8 @@ class SqlLedger(Ledger):
         self._writer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._next_purge = 0.0
+        self._writing_since: float | None = None  # the oldest prediction of the batch being written
+        self._writing_count = 0
         self._outcome_requests: deque[tuple[list[Outcome], Future]] = deque()
         self._outcome_wake = threading.Event()
         self._outcome_writer: threading.Thread | None = None
@@ -248,11 +256,22 @@ class SqlLedger(Ledger):
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + self._writing_count
 
     @property
     def problem(self) -> str | None:
         return self._problem
+
+    @property
+    def oldest_pending_at(self) -> float | None:
+        # The batch being written first (it left the queue), else the queue's head; read without a lock: a
+        # stale answer is off by one flush at most.
+        in_flight = self._writing_since
+        queue = self._queue
+        head = queue[0].predicted_at if queue else None
+        if in_flight is None:
+            return head
+        return in_flight if head is None else min(in_flight, head)
 
     def _write_loop(self) -> None:
         while True:
@@ -279,9 +298,19 @@ class SqlLedger(Ledger):
     def _flush_queued(self) -> None:
         count = len(self._queue)
         if not count:
+            # Nothing waits: the writer is level with the workers now.
+            metrics.LEDGER_OLDEST_PENDING.set(time.time())
             return
+        oldest = self._queue[0].predicted_at
+        metrics.LEDGER_OLDEST_PENDING.set(oldest)
         self._ensure_tables()
-        batch = [self._queue.popleft() for _ in range(count)]
+        self._writing_since, self._writing_count = oldest, count
+        try:
+            self._write_batch([self._queue.popleft() for _ in range(count)])
+        finally:
+            self._writing_since, self._writing_count = None, 0
+
+    def _write_batch(self, batch: list[PredictionRow]) -> None:
         # Parts still to write, last first; a refused part is split in two until its refused rows are alone.
         parts = [batch]
         written = 0

@@ -1,24 +1,25 @@
-"""Append-only JSON-lines decision log, shared by every worker of a host.
+"""Append-only JSON-lines decision log, shared by every worker of a host: the audit trail of every decision acted on.
 
-Each record is one line written with one write() under an exclusive flock, so
-lines from different workers never interleave or tear. Live dispatch records
-are fsynced before the dispatch is reported; paper records (SIMULATION) are
-buffered and flushed in the background. The log is also this host's memory of
-which opportunity_ids were dispatched, and the dispatch outbox
-(omni_mev.trading.outbox): a `dispatch` line is an intent, an `outcome` line
-its one end, and a `resend` line a worker taking over the intent of one that
-died.
+Each record is one line written with one write() under an exclusive flock,
+so lines from different workers never interleave or tear. The log is written,
+never read, by the service: what a worker needs to know about dispatches
+(ids already used, intents still open) is in the outbox's table
+(omni_mev.trading.intent_store), so a log of any size costs a start or a
+reload nothing.
+
+Rotation: past `max_bytes` the worker holding the lock renames the file to
+`<name>.1` (shifting older ones up to `<name>.<backups>`) and starts a new
+one. A worker that finds the path pointing at another file than the one it
+has open (this rotation, or logrotate's rename with `create`) reopens it
+before it writes, so no line goes to a file that was rotated away.
 """
 from __future__ import annotations
 
 import atexit
 import fcntl
-import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ OUTCOME_EVENT = "outcome"
 PAPER_EVENT = "paper"
 REFUSED_EVENT = "refused"
 RESEND_EVENT = "resend"
-# Lines the catch-up reads (orjson writes no spaces); paper records, the bulk, are skipped unparsed.
-_TRACKED = (b'"event":"dispatch"', b'"event":"outcome"', b'"event":"resend"')
+RECONCILED_EVENT = "reconciled"
+STALE_EVENT = "stale"
 PAPER_FLUSH_S = 1.0
 PAPER_BUFFER_LIMIT = 512
 
@@ -42,71 +43,77 @@ def encode(record: dict[str, Any]) -> bytes:
 
 
 class DecisionLog:
-    """The log file, its cross-process lock, and the dispatched ids seen in it."""
+    """The log file, its cross-process lock, its rotation, and the buffer of records that move no money."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 0, backups: int = 10) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
         self._fd: int | None = None
         self._lock = threading.Lock()  # threads of this process; flock covers processes
-        self._dispatched: set[str] = set()
-        # Intents without an outcome yet, by id: their dispatch record, its owner updated by resend records.
-        self._open: dict[str, dict[str, Any]] = {}
-        self._read_offset = 0
         self._paper: list[bytes] = []
         self._paper_lock = threading.Lock()  # request thread vs flusher; never held during I/O
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def _descriptor(self) -> int:
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def _names(self, fd: int) -> bool:
+        """Whether the path still names the file open on `fd`."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _current(self) -> int:
+        """The descriptor of the file the path names now: reopened after a rotation by anyone."""
+        if self._fd is not None:
+            if self._names(self._fd):
+                return self._fd
+            os.close(self._fd)
+        self._fd = self._open()
         return self._fd
 
-    @contextmanager
-    def locked(self) -> Iterator["LockedLog"]:
-        """Exclusive access across the host's workers, with the dispatched ids up to date."""
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Records in one write(), now; OSError when the file cannot be written."""
+        if records:
+            self._write(b"".join(map(encode, records)))
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
-            fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # The lock is taken on the file the path names, then checked again: a rotation in between would
+            # otherwise leave this write on the renamed file.
+            while True:
+                fd = self._current()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._names(fd):
+                    break
+                fcntl.flock(fd, fcntl.LOCK_UN)
             try:
-                self._catch_up(fd)
-                yield LockedLog(self, fd)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # close a line a crash left unterminated
+                written = os.write(fd, data)
+                if written != len(data):  # a full disk: never leave half a line behind
+                    raise OSError(f"short write to {self.path}")
+                if self.max_bytes and size + written > self.max_bytes:
+                    self._rotate()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _catch_up(self, fd: int) -> None:
-        """Read what other workers appended since our last look."""
-        size = os.fstat(fd).st_size
-        if size < self._read_offset:  # rotated or truncated: start over
-            self._read_offset = 0
-            self._dispatched.clear()
-            self._open.clear()
-        if size == self._read_offset:
-            return
-        data = os.pread(fd, size - self._read_offset, self._read_offset)
-        complete = data.rfind(b"\n") + 1
-        for line in data[:complete].splitlines():
-            if not any(marker in line for marker in _TRACKED):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self._track(record)
-        self._read_offset += complete
-
-    def _track(self, record: dict[str, Any]) -> None:
-        """Keep the dispatched ids and the open intents up to date with one record."""
-        event, opportunity_id = record.get("event"), record.get("opportunity_id")
-        if event == DISPATCH_EVENT:
-            self._dispatched.add(opportunity_id)
-            self._open[opportunity_id] = record
-        elif event == OUTCOME_EVENT:
-            self._open.pop(opportunity_id, None)
-        elif event == RESEND_EVENT and opportunity_id in self._open:
-            self._open[opportunity_id] = {**self._open[opportunity_id], "owner": record.get("owner")}
+    def _rotate(self) -> None:
+        """Rename the file to .1 (older ones shift up, the oldest beyond `backups` goes), under the lock."""
+        for number in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{number}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+        if self.backups:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            os.unlink(self.path)
+        log.info("decision log %s rotated (over %d bytes)", self.path, self.max_bytes)
 
     def append_paper(self, record: dict[str, Any]) -> None:
         """Queue a record that moves no money (paper trades, refusals); a background thread writes them."""
@@ -133,49 +140,5 @@ class DecisionLog:
         """Write the queued paper records in one write() (no fsync: paper trades only)."""
         with self._paper_lock:
             batch, self._paper = self._paper, []
-        if not batch:
-            return
-        with self._lock:
-            fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                os.write(fd, b"".join(batch))
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-class LockedLog:
-    """The log while this process holds its lock."""
-
-    def __init__(self, owner: DecisionLog, fd: int) -> None:
-        self._owner = owner
-        self._fd = fd
-
-    def was_dispatched(self, opportunity_id: str) -> bool:
-        """Whether any worker of this host logged a dispatch of this id."""
-        return opportunity_id in self._owner._dispatched
-
-    def has_outcome(self, opportunity_id: str) -> bool:
-        """Whether this dispatched id already has its one outcome."""
-        return opportunity_id in self._owner._dispatched and opportunity_id not in self._owner._open
-
-    def open_intents(self) -> list[dict[str, Any]]:
-        """Dispatch records of this host without an outcome yet, oldest first."""
-        return list(self._owner._open.values())
-
-    def append_many(self, records: list[dict[str, Any]]) -> None:
-        """Records in one write() and one fsync, on disk before anyone is told (a batch's intents, a group of
-        outcomes)."""
-        if not records:
-            return
-        data = b"".join(map(encode, records))
-        size = os.fstat(self._fd).st_size
-        if size and os.pread(self._fd, 1, size - 1) != b"\n":
-            data = b"\n" + data  # close a line a crash left unterminated
-        written = os.write(self._fd, data)
-        if written != len(data):  # a full disk: never leave half a line behind
-            raise OSError(f"short write to {self._owner.path}")
-        os.fsync(self._fd)
-        self._owner._read_offset += len(data)
-        for record in records:
-            self._owner._track(record)
+        if batch:
+            self._write(b"".join(batch))

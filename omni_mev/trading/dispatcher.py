@@ -19,9 +19,11 @@ from omni_mev import metrics
 from omni_mev.cache import Cache
 from omni_mev.config import Settings
 from omni_mev.features import FEATURE_NAMES
-from omni_mev.trading.decision_log import DISPATCH_EVENT, PAPER_EVENT, REFUSED_EVENT, DecisionLog
+from omni_mev.trading.decision_log import PAPER_EVENT, REFUSED_EVENT, DecisionLog
 from omni_mev.trading.engine import EngineClient
-from omni_mev.trading.outbox import Execution, Outbox, PendingExecution
+from omni_mev.trading.intent_store import IntentStore
+from omni_mev.trading.migration import import_earlier_log
+from omni_mev.trading.outbox import Execution, Order, Outbox, PendingExecution, Refusal, skipped
 
 # What a positive decision's `execution` is: settled, or an order whose outcome is still to come.
 Executing = Execution | PendingExecution
@@ -31,17 +33,11 @@ CLAIM_PREFIX = "ai:dispatch"
 CONFIDENCE_DECIMALS = 6
 
 
-def skipped(reason: str) -> Execution:
-    """The `execution` field of a decision that was not acted on."""
-    return {"status": "skipped", "reason": reason}
-
-
 # Shared answers for the common cases (a batch may produce thousands).
 _OPTED_OUT = skipped("the request set dispatch: false")
 _NO_ID = skipped("no opportunity_id: nothing to dispatch against")
 _PAPER = skipped("SIMULATION mode: recorded as a paper trade")
 _DUPLICATE_HERE = skipped("duplicate opportunity_id: already dispatched from this host")
-_DUPLICATE_ELSEWHERE = skipped("duplicate opportunity_id: already dispatched by another instance")
 
 
 def implausible_reason(checks: tuple[str, ...]) -> str:
@@ -63,6 +59,9 @@ class Judged:
     # When the request reached the first server in front of the service (time.time()), where one said so: an
     # order's deadline counts from then, so a request replayed or queued on its way is never sent late.
     received_at: float | None = None
+    # When this process got the request (time.time()): the deadline counts from then at the latest, so local
+    # work (a lock, a reload, the disk) cannot push it back.
+    arrived_at: float | None = None
 
 
 class Dispatcher(ABC):
@@ -70,7 +69,8 @@ class Dispatcher(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.log = DecisionLog(settings.decision_log_path)
+        self.log = DecisionLog(settings.decision_log_path, settings.decision_log_max_bytes,
+                               settings.decision_log_backups)
 
     def after_decision(self, judged: Judged, decision: bool) -> Executing | None:
         """The `execution` field of the response, or None for a negative decision."""
@@ -126,6 +126,10 @@ class Dispatcher(ABC):
     def _act(self, approved: list[Judged], wait_s: float) -> list[Executing]:
         """Act on positive decisions that may be acted on (each has an opportunity_id)."""
 
+    def state(self) -> dict[str, Any] | None:
+        """What /status shows of the dispatch path; None without one."""
+        return None
+
 
 class PaperDispatcher(Dispatcher):
     """SIMULATION: what LIVE would have dispatched, recorded as paper trades; no engine client exists."""
@@ -139,67 +143,100 @@ class PaperDispatcher(Dispatcher):
 
 
 class LiveDispatcher(Dispatcher):
-    """LIVE: at most one dispatch per opportunity_id, logged durably before the engine hears of it, then sent
-    by the outbox, which records exactly one outcome for it."""
+    """LIVE: at most one dispatch per opportunity_id, claimed and committed in the outbox's table before the engine
+    hears of it, then sent by the outbox, which records exactly one outcome for it and reconciles it by key."""
 
     def __init__(self, settings: Settings, cache: Cache) -> None:
         super().__init__(settings)
         self.cache = cache
+        self.store = IntentStore(settings.outbox_url)
+        self.claims = claim_mode(self.store, cache)
         engine = EngineClient(settings.rust_engine_url, settings.dispatch_connect_timeout_s,
                               settings.dispatch_concurrency)
-        self.outbox = Outbox(self.log, engine, settings.dispatch_concurrency)
+        self.outbox = Outbox(self.store, self.log, engine, settings.dispatch_concurrency,
+                             settings.reconcile_after_s, settings.dispatch_dedupe_ttl_s,
+                             self._redis_claim if self.claims == "redis" else None,
+                             prepare=lambda: import_earlier_log(self.store, settings.decision_log_path,
+                                                                settings.dispatch_dedupe_ttl_s))
         self.outbox.start_recovery()
 
     def _act(self, approved: list[Judged], wait_s: float) -> list[Executing]:
         executions: list[Executing | None] = [None] * len(approved)
-        intents: list[dict[str, Any]] = []
+        orders: list[Order] = []
         positions: list[int] = []
         now = time.time()
-        try:
-            with self.log.locked() as decisions:
-                claimed_here: set[str] = set()
-                for index, judged in enumerate(approved):
-                    opportunity_id = judged.opportunity_id
-                    expires_at = min(now, judged.received_at or now) + self.settings.dispatch_max_age_s
-                    if expires_at <= now:  # neither claimed nor logged: no intent, nothing to finish
-                        executions[index] = self._stale(judged, now)
-                        continue
-                    if decisions.was_dispatched(opportunity_id) or opportunity_id in claimed_here:
-                        metrics.DISPATCHES.labels(status="duplicate").inc()
-                        executions[index] = _DUPLICATE_HERE
-                        continue
-                    claimed = self.cache.claim(f"{CLAIM_PREFIX}:{opportunity_id}",
-                                               self.settings.dispatch_dedupe_ttl_s)
-                    if claimed is False:
-                        metrics.DISPATCHES.labels(status="duplicate").inc()
-                        executions[index] = _DUPLICATE_ELSEWHERE
-                        continue
-                    claimed_here.add(opportunity_id)
-                    record = self._record(judged)
-                    record.update(event=DISPATCH_EVENT, cross_instance_claim="redis" if claimed else "unavailable",
-                                  expires_at=round(expires_at, 6),
-                                  owner=self.outbox.owner)
-                    intents.append(record)
-                    positions.append(index)
-                # On disk before the engine hears of them: from here on each intent ends in one outcome.
-                decisions.append_many(intents)
-        except OSError as error:  # no intent is on record: none may be sent
-            log.error("decision log %s cannot be written (%s): nothing dispatched", self.log.path, error)
-            unlogged = skipped(f"the decision log cannot be written ({error.strerror or error}): not dispatched")
-            return [execution or unlogged for execution in executions]
-        for index, execution in zip(positions, self.outbox.pending(self.outbox.send(intents), wait_s)):
+        in_this_batch: set[str] = set()
+        for index, judged in enumerate(approved):
+            opportunity_id = judged.opportunity_id
+            arrived_at = min(judged.arrived_at or now, now)
+            expires_at = min(arrived_at, judged.received_at or arrived_at) + self.settings.dispatch_max_age_s
+            if expires_at <= now:  # neither claimed nor logged: no intent, nothing to finish
+                executions[index] = self._stale(judged, arrived_at, expires_at, now)
+                continue
+            if opportunity_id in in_this_batch:
+                metrics.DISPATCHES.labels(status="duplicate").inc()
+                executions[index] = _DUPLICATE_HERE
+                continue
+            in_this_batch.add(opportunity_id)
+            record = self._record(judged)
+            record["claim"] = self.claims
+            orders.append(Order(record, expires_at, arrived_at))
+            positions.append(index)
+        self.outbox.submit(orders)
+        for index, execution in zip(positions, self.outbox.pending(orders, wait_s)):
             executions[index] = execution
         return executions  # type: ignore[return-value] - every item is set by now
 
-    def _stale(self, judged: Judged, now: float) -> Execution:
-        """An opportunity whose request reached the proxy longer than AI_DISPATCH_MAX_AGE_S ago (a replay after a
-        failed instance, a long queue): never sent."""
-        age = now - (judged.received_at or now)
+    def _redis_claim(self, ids: list[str]) -> dict[str, Refusal | None]:
+        """Redis's SET NX for an outbox that is this host's alone: None for the ids claimed, else why not."""
+        answers = self.cache.claim_many([f"{CLAIM_PREFIX}:{opportunity_id}" for opportunity_id in ids],
+                                        self.settings.dispatch_dedupe_ttl_s)
+        result: dict[str, Refusal | None] = {}
+        for opportunity_id, answer in zip(ids, answers):
+            if answer is True:
+                result[opportunity_id] = None
+            elif answer is False:
+                result[opportunity_id] = Refusal("duplicate", "duplicate opportunity_id: already dispatched by "
+                                                              "another instance")
+            elif self.settings.dispatch_claim_fail_open:
+                metrics.DISPATCHES.labels(status="sent_unclaimed").inc()
+                log.warning("sending %s without a cross-instance claim: Redis is unreachable and "
+                            "AI_DISPATCH_CLAIM_FAIL_OPEN=true", opportunity_id)
+                result[opportunity_id] = None
+            else:
+                result[opportunity_id] = Refusal("unclaimed", _UNCLAIMED)
+        return result
+
+    def _stale(self, judged: Judged, arrived_at: float, expires_at: float, now: float) -> Execution:
+        """An opportunity already past its deadline when it was judged: its request reached the proxy longer than
+        AI_DISPATCH_MAX_AGE_S ago (a replay after a failed instance, a long queue), or waited that long here.
+        Never sent."""
+        cause = "upstream" if arrived_at >= expires_at else "local"
+        metrics.DISPATCH_LATE.labels(cause=cause).inc()
         metrics.DISPATCHES.labels(status="expired").inc()
-        reason = (f"stale: the request reached the proxy {age:.3f} s ago, past AI_DISPATCH_MAX_AGE_S "
+        where = "the proxy" if cause == "upstream" else "this service"
+        age = now - (judged.received_at if cause == "upstream" and judged.received_at else arrived_at)
+        reason = (f"stale: the request reached {where} {age:.3f} s ago, past AI_DISPATCH_MAX_AGE_S "
                   f"({self.settings.dispatch_max_age_s:g} s); never sent")
         log.warning("not dispatching %s: %s", judged.opportunity_id, reason)
         return {"status": "expired", "reason": reason}
+
+    def state(self) -> dict[str, Any]:
+        """The outbox as /status shows it."""
+        return {"claims": self.claims, "database": self.store.engine.dialect.name, **self.outbox.state()}
+
+
+_UNCLAIMED = ("not dispatched: the cross-instance claim cannot be made (Redis, REDIS_HOST, is unreachable), so "
+              "another instance might send it too; AI_DISPATCH_CLAIM_FAIL_OPEN=true sends anyway (unsafe)")
+
+
+def claim_mode(store: IntentStore, cache: Cache) -> str:
+    """How an opportunity is claimed across instances: `database` when the outbox is a PostgreSQL shared by them
+    (the intent's insert is the claim; Redis plays no part), `redis` when the outbox is this host's and Redis is
+    configured, `host` otherwise (one host: its workers share the outbox)."""
+    if store.shared:
+        return "database"
+    return "redis" if cache.shared else "host"
 
 
 def build_dispatcher(settings: Settings, cache: Cache) -> Dispatcher:

@@ -30,12 +30,14 @@ def idempotency_key(opportunity_id: str) -> str:
 
 @dataclass(frozen=True)
 class EngineReply:
-    """What became of one order: dispatched | rejected | failed."""
+    """What became of one order: dispatched | rejected | failed; `known` is False when the order may have reached
+    the engine but no answer came back (a timeout, a connection closed after the order was written)."""
 
     status: str
     engine_status: int | None
     reason: str
     latency_ms: float
+    known: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"status": self.status, "reason": self.reason, "latency_ms": round(self.latency_ms, 3)}
@@ -57,10 +59,11 @@ class EngineClient:
         """Send one order and wait at most `read_timeout_s` for the answer; classify it without retrying."""
         started = time.perf_counter()
 
-        def reply(status: str, reason: str, code: int | None = None) -> EngineReply:
-            return EngineReply(status, code, reason, (time.perf_counter() - started) * 1000.0)
+        def reply(status: str, reason: str, code: int | None = None, known: bool = True) -> EngineReply:
+            return EngineReply(status, code, reason, (time.perf_counter() - started) * 1000.0, known)
 
-        unknown = f"no answer within {read_timeout_s:.3f} s, the order's deadline: outcome unknown, not resent"
+        unknown = (f"no answer within {read_timeout_s:.3f} s, the order's deadline: outcome unknown, not resent; "
+                   "the engine is asked by its Idempotency-Key afterwards")
         try:
             response = self._pool.request(
                 "POST", self.url, body=orjson.dumps(order),
@@ -69,17 +72,22 @@ class EngineClient:
                 timeout=urllib3.Timeout(connect=min(self.connect_timeout_s, read_timeout_s), read=read_timeout_s),
             )
         except (ReadTimeoutError, TimeoutError):
-            return reply("failed", unknown)
-        except (ConnectTimeoutError, NewConnectionError) as error:
+            return reply("failed", unknown, known=False)
+        except (ConnectTimeoutError, NewConnectionError) as error:  # no connection: nothing was written
             return reply("failed", f"engine unreachable: {type(error).__name__}; not sent")
         except MaxRetryError as error:  # urllib3 wraps the cause even with retries=False
+            if isinstance(error.reason, (ConnectTimeoutError, NewConnectionError)):
+                return reply("failed", f"engine unreachable: {type(error.reason).__name__}; not sent")
             if isinstance(error.reason, ReadTimeoutError):
-                return reply("failed", unknown)
-            return reply("failed", f"engine unreachable: {type(error.reason).__name__}")
+                return reply("failed", unknown, known=False)
+            return reply("failed", f"engine connection failed: {type(error.reason).__name__}: outcome unknown",
+                         known=False)
         except ProtocolError:
-            return reply("failed", "the engine closed the connection without an answer: outcome unknown, not resent")
+            return reply("failed", "the engine closed the connection without an answer: outcome unknown, not "
+                                   "resent; the engine is asked by its Idempotency-Key afterwards", known=False)
         except HTTPError as error:
-            return reply("failed", f"engine connection failed: {type(error).__name__}")
+            return reply("failed", f"engine connection failed: {type(error).__name__}: outcome unknown",
+                         known=False)
         if 200 <= response.status < 300:
             return reply("dispatched", "accepted by the execution engine", response.status)
         if 400 <= response.status < 500:

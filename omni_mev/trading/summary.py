@@ -1,4 +1,4 @@
-"""Summary of a decision log: `omni-mev decisions [--json] PATH`."""
+"""Summary of a decision log and of the dispatch outbox: `omni-mev decisions [--json] [PATH]`."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT
+from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, RECONCILED_EVENT
 
 
 def read(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -59,22 +59,46 @@ def _shadow(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             "mean_abs_difference": round(float(np.mean([abs(s - c) for c, s, _ in pairs])), 4)}
 
 
-def summarise(path: Path) -> dict[str, Any]:
-    """Counts, confidence distribution and volume, for paper and live records."""
+def summarise(path: Path, outbox: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, confidence distribution and volume, for paper and live records; live outcomes as the books end
+    them (a reconciliation's verdict over an unknown outcome); `outbox`: the outbox table's own counts."""
     records, bad = read(path)
     paper = [r for r in records if r["event"] == PAPER_EVENT]
     dispatched = [r for r in records if r["event"] == DISPATCH_EVENT]
     outcomes = {r["opportunity_id"]: r for r in records if r["event"] == OUTCOME_EVENT}
-    statuses = Counter(outcomes[r["opportunity_id"]]["status"] if r["opportunity_id"] in outcomes else "unknown"
-                       for r in dispatched)
-    return {
+    verdicts = {r["opportunity_id"]: r for r in records if r["event"] == RECONCILED_EVENT}
+
+    def final(opportunity_id: str) -> str:
+        if opportunity_id in verdicts:
+            return verdicts[opportunity_id]["status"]
+        return outcomes[opportunity_id]["status"] if opportunity_id in outcomes else "unknown"
+
+    statuses = Counter(final(r["opportunity_id"]) for r in dispatched)
+    awaiting = sorted(i for i, r in outcomes.items() if r.get("known") is False and i not in verdicts)
+    summary = {
         "path": str(path),
         "records": len(records),
         "unreadable_lines": bad,
         "paper": {**_trades(paper), "would_have_traded": True},
-        "live": {**_trades(dispatched), "outcomes": dict(statuses)},
+        "live": {**_trades(dispatched), "outcomes": dict(statuses),
+                 "reconciled": dict(Counter(r["verdict"] for r in verdicts.values())),
+                 "awaiting_reconciliation": awaiting},
         "shadow": _shadow(paper + dispatched),
     }
+    if outbox is not None:
+        summary["outbox"] = outbox
+    return summary
+
+
+def outbox_report(url: str) -> dict[str, Any] | None:
+    """The outbox table's counts and its unreconciled intents; None where no SQLite outbox was ever made."""
+    from omni_mev.database import sqlite_directory
+    from omni_mev.trading.intent_store import IntentStore
+
+    if sqlite_directory(url) is not None and not Path(url.split(":///", 1)[1]).is_file():
+        return None
+    store = IntentStore(url)
+    return {"database": store.engine.dialect.name, **store.counts(), "unreconciled_intents": store.unreconciled()}
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -92,7 +116,15 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"    confidence mean {conf['mean']:.3f}, p10 {conf['p10']:.3f}, p50 {conf['p50']:.3f}, "
                      f"p90 {conf['p90']:.3f}; histogram {conf['histogram']}")
         if name == "live":
-            lines.append(f"    outcomes {part['outcomes']}")
+            lines.append(f"    outcomes {part['outcomes']}; reconciled by key {part['reconciled']}; "
+                         f"awaiting reconciliation {len(part['awaiting_reconciliation'])}")
+    outbox = summary.get("outbox")
+    if outbox:
+        lines.append(f"  outbox ({outbox['database']}): outcomes {outbox['outcomes']}, reconciled {outbox['reconciled']}, "
+                     f"unreconciled {outbox['unreconciled']}")
+        for row in outbox["unreconciled_intents"][:20]:
+            lines.append(f"    unreconciled {row['opportunity_id']!r}: {row['status']}, asked {row['checks']} times "
+                         f"({row['reason']})")
     if summary["shadow"]:
         shadow = summary["shadow"]
         lines.append(f"  shadow: {shadow['compared']} compared, agreement {shadow['agreement_rate']:.1%}, "

@@ -447,7 +447,7 @@ def read_ledger(url: str, since: float = 0.0, until: float | None = None) -> Dat
     """Every prediction in the ledger (made in [since, until]) with an executed outcome: its window, label, PnL."""
     import sqlalchemy as sa
 
-    from omni_mev.ledger.schema import create_engine
+    from omni_mev.database import create_engine
     from omni_mev.ledger.store import read_records
 
     engine = create_engine(url)
