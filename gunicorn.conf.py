@@ -141,8 +141,10 @@ def on_starting(server):
     """Empty the metrics directory once per master start (not on reload)."""
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
-    server.log.info("omni-mev %s mode, threshold %.2f, API key auth %s, metrics data in %s",
-                    _settings.mode, _settings.threshold, _auth, _metrics_dir)
+    threshold = ("the served model's own (its card)" if _settings.threshold is None
+                 else f"{_settings.threshold:g} (AI_THRESHOLD)")
+    server.log.info("omni-mev %s mode, threshold %s, API key auth %s, metrics data in %s",
+                    _settings.mode, threshold, _auth, _metrics_dir)
 
 
 def when_ready(server):

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.run import EXAMPLE, Server, omni_mev, wrk
+from bench.run import EXAMPLE, SMOKE, Server, omni_mev, warm, wrk
 from tests.engine_stub import EngineStub
 
 # A vector the shipped model approves at THRESHOLD, plausible, so that every item is dispatched.
@@ -132,8 +132,8 @@ def predict_p99_with_engine(servers: list[Server], scratch: Path, engine_delay_s
         servers.append(server)
         try:
             body = json.dumps({"features": EXAMPLE})
-            wrk(server.url + "/predict", body, 8, 1, scratch)
-            with DispatchLoad(server.url, rate_per_s, duration_s + 2) as load:
+            warm(server.url + "/predict", body, scratch)
+            with DispatchLoad(server.url, rate_per_s, duration_s + (0.2 if SMOKE["on"] else 2)) as load:
                 result = wrk(server.url + "/predict", body, 8, duration_s, scratch)
         finally:
             server.stop()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.history import write_history
-from bench.run import EXAMPLE, ROOT, Server, machine, omni_mev, rss_mb, session, write_results, wrk
+from bench.run import EXAMPLE, ROOT, SMOKE, Server, machine, omni_mev, rss_mb, session, warm, write_results, wrk
 from bench.dispatch import APPROVED, THRESHOLD, _post
 from tests.engine_stub import EngineStub
 from tests.servers import PostgresServer, RedisServer
@@ -89,15 +89,19 @@ def reload_under_load(scratch: Path, servers: list[Server], duration_s: float) -
     server = omni_mev("reload under load").start()
     servers.append(server)
     try:
-        wrk(server.url + "/predict", body, 8, 1, scratch)
+        warm(server.url + "/predict", body, scratch)
         runs = {}
         for name, reload in (("steady", False), ("with a reload", True)):
+            before = set(server.worker_pids())
             timer = threading.Timer(duration_s / 3, lambda: server.process.send_signal(signal.SIGHUP))
             if reload:
                 timer.start()
             runs[name] = wrk(server.url + "/predict", body, 8, duration_s, scratch)
-            timer.cancel()
-            time.sleep(2)  # the reload's old workers gone before the next run
+            if reload:  # the reload's old workers gone before anything else runs
+                timer.join()
+                deadline = time.monotonic() + 30
+                while set(server.worker_pids()) & before and time.monotonic() < deadline:
+                    time.sleep(0.05)
     finally:
         server.stop()
     return runs
@@ -142,7 +146,7 @@ def claim_cost(scratch: Path, claims: int) -> dict[str, Any]:
 def measure(servers: list[Server], scratch: Path, smoke: bool, duration_s: float) -> dict[str, Any]:
     return {
         "history": [start_and_reload(scratch, servers, n) for n in (SMOKE_SIZES if smoke else SIZES)],
-        "reload_under_load": reload_under_load(scratch, servers, max(3.0, duration_s)),
+        "reload_under_load": reload_under_load(scratch, servers, 3.0 if smoke else duration_s),
         "claim_per_dispatch": claim_cost(scratch, 20 if smoke else 1000),
     }
 
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds of each wrk run")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
+    SMOKE["on"] = args.smoke
     with session("omni-mev-money-path-") as (scratch, servers):
         results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
                    **measure(servers, scratch, args.smoke, 3.0 if args.smoke else args.duration)}

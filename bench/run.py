@@ -190,6 +190,16 @@ def wrk(url: str, body: str | bytes, connections: int, duration_s: float, scratc
     }
 
 
+# Smoke runs (the test suite's) skip warm-ups: they check that the harness runs, not its figures.
+SMOKE = {"on": False}
+
+
+def warm(url: str, body: str | bytes, scratch: Path) -> None:
+    """One second of load before a measured run (first requests allocate, caches are cold); none in smoke runs."""
+    if not SMOKE["on"]:
+        wrk(url, body, 8, 1, scratch)
+
+
 def write_results(results: dict[str, Any], folder: str | Path, name: str, smoke: bool = False) -> Path:
     """results as bench/results/<name>-<date>[-smoke].json (the date from results["date"]); its path."""
     out = Path(folder)
@@ -286,7 +296,7 @@ def paired_runs(scratch: Path, rounds: int, duration_s: float, servers: list[Ser
         for name, server in started.items():
             with urllib.request.urlopen(server.url + "/health", timeout=5) as response:
                 versions[name] = json.loads(response.read())["model_version"]
-            wrk(server.url + "/predict", body, 8, 1, scratch)
+            warm(server.url + "/predict", body, scratch)
         pairs = list(started.items())
         for round_index in range(rounds):
             for name, server in pairs if round_index % 2 == 0 else pairs[::-1]:
@@ -317,7 +327,7 @@ def ledger_cost(scratch: Path, rounds: int, duration_s: float, servers: list[Ser
 def train_ensemble(scratch: Path, smoke: bool) -> Path:
     """The ensemble `omni-mev train --family ensemble` builds (deterministic: the same graph on any machine)."""
     output = scratch / "ensemble"
-    small = ["--opportunities", "20000", "--max-epochs", "2", "--batches-per-epoch", "20"] if smoke else []
+    small = ["--opportunities", "6000", "--max-epochs", "1", "--batches-per-epoch", "5"] if smoke else []
     subprocess.run([sys.executable, "-m", "omni_mev.cli", "train", "--family", "ensemble", "--output", str(output),
                     *small], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=1800)
     return output / "lstm_omni.onnx"
@@ -385,13 +395,14 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
     results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine(), "rounds": rounds, "duration_s": duration_s,
                                "wrk_threads": 1}
+    SMOKE["on"] = smoke
     with session("omni-mev-bench-") as (scratch, servers):
         omni, ref = omni_mev("omni-mev").start(), reference().start()
         servers += [omni, ref]
         results["ready_s"] = {"omni-mev": omni.ready_s, "reference": ref.ready_s}
         # Warm both (first requests allocate, JIT-free but cache-cold).
         for server in (omni, ref):
-            wrk(server.url + "/predict", predict_body, 8, 1, scratch)
+            warm(server.url + "/predict", predict_body, scratch)
         single: dict[str, list[dict[str, Any]]] = {"omni-mev": [], "reference": []}
         for round_index in range(rounds):
             order = (omni, ref) if round_index % 2 == 0 else (ref, omni)
@@ -426,9 +437,12 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
 
         batch = []
         v2 = "/v2/models/lstm_omni/infer"
-        for endpoint, path, make_body, sizes in (("/predict/batch", "/predict/batch", batch_body, (1, 64, 1024)),
-                                                 ("V2 infer", v2, v2_body, (1, 64, 1024, 4096)),
-                                                 ("V2 infer, binary", v2, v2_binary_body, (1024, 4096))):
+        # A smoke run takes one size per endpoint: every encoder runs, at a fraction of the time.
+        for endpoint, path, make_body, sizes in (("/predict/batch", "/predict/batch", batch_body,
+                                                  (1024,) if smoke else (1, 64, 1024)),
+                                                 ("V2 infer", v2, v2_body, (4096,) if smoke else (1, 64, 1024, 4096)),
+                                                 ("V2 infer, binary", v2, v2_binary_body,
+                                                  (4096,) if smoke else (1024, 4096))):
             for size in sizes:
                 made = make_body(size)
                 body, headers = made if isinstance(made, tuple) else (made, None)
@@ -451,7 +465,7 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
                                                     "AI_TORCH_WEIGHTS_PATH": str(ROOT / "models" / "lstm_omni.pt")})):
                 server = omni_mev(name, env).start()
                 servers.append(server)
-                wrk(server.url + "/predict", predict_body, 8, 1, scratch)
+                warm(server.url + "/predict", predict_body, scratch)
                 variants[name] = {**wrk(server.url + "/predict", predict_body, 8, duration_s, scratch),
                                   "rss_mb": [rss_mb(p) for p in server.worker_pids()], "ready_s": server.ready_s}
                 server.stop()

@@ -122,8 +122,9 @@ def _quality(args: argparse.Namespace) -> int:
         print("omni-mev quality: the ledger is off (AI_LEDGER_URL=off); give --url", file=sys.stderr)
         return 2
     threshold = settings.threshold if args.threshold is None else args.threshold
+    serving = args.version or _registry_champion(settings)
     try:
-        report = quality_report(build_ledger(url, 0.0), args.window, threshold, serving_version=args.version)
+        report = quality_report(build_ledger(url, 0.0), args.window, threshold, serving_version=serving)
     except LedgerUnavailable as error:
         print(f"omni-mev quality: {error.message}", file=sys.stderr)
         return 2
@@ -132,6 +133,18 @@ def _quality(args: argparse.Namespace) -> int:
         reliability_png(report, Path(args.png))
         print(f"reliability diagram: {args.png}", file=sys.stderr)
     return 0
+
+
+def _registry_champion(settings: Any) -> str | None:
+    """The champion a registry names now (right after a promotion, before it has answered anything), if any."""
+    if settings.model_registry is None:
+        return None
+    from omni_mev.registry.store import Registry, RegistryError
+
+    try:
+        return Registry.of(settings).alias("champion")
+    except (RegistryError, OSError):
+        return None
 
 
 def _stream(args: argparse.Namespace) -> int:
@@ -205,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="the card's metrics for a model on any data")
     evaluate.add_argument("--model", required=True, help="an ONNX model file")
     evaluate.add_argument("--data", required=True, help="a CSV or Parquet file, or the ledger's URL")
-    evaluate.add_argument("--threshold", type=float, default=0.78)
+    evaluate.add_argument("--threshold", type=float,
+                          help="the decision threshold to report at (default: the model's own, from its card; "
+                               "0.78 for a card without one)")
     evaluate.add_argument("--all", action="store_true",
                           help="score every row, also those observed in the model's training period (by default "
                                "they are left out, with a warning)")
@@ -219,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("quality", help="live quality of the confidence, from the outcome ledger")
     quality.add_argument("--window", default="24h", help="1h, 24h, 7d (or N m/h/d up to 90d)")
     quality.add_argument("--url", help="ledger database URL (default: AI_LEDGER_URL)")
-    quality.add_argument("--threshold", type=float, help="default: AI_THRESHOLD")
-    quality.add_argument("--version", help="the champion's model version (default: the version of the newest "
-                                           "prediction, the one serving now)")
+    quality.add_argument("--threshold", type=float, help="default: AI_THRESHOLD, else each prediction's own (the "
+                                                          "threshold it was decided at)")
+    quality.add_argument("--version", help="the champion's model version (default: the registry's champion with "
+                                           "AI_MODEL_REGISTRY, so right after a promotion the new one; else the "
+                                           "version of the newest prediction)")
     quality.add_argument("--png", help="write a reliability diagram here")
     quality.add_argument("--json", action="store_true", help="machine-readable output")
     quality.set_defaults(handler=_quality)

@@ -207,7 +207,11 @@ class Settings:
     torch_device: str = _setting(
         "AI_TORCH_DEVICE", _torch_device, "cpu", "device of the PyTorch fallback: cpu, cuda, cuda:N or auto"
     )
-    threshold: float = _setting("AI_THRESHOLD", _number(float, 0.0, 1.0), 0.78, "confidence needed for decision=true")
+    threshold: float | None = _setting(
+        "AI_THRESHOLD", _optional(_number(float, 0.0, 1.0)), None,
+        "confidence needed for decision=true; unset: the served model's own (its card's thresholds.decision: 0.78 "
+        "for the shipped model, and for a model whose card has none)",
+    )
     host: str = _setting("AI_ENGINE_HOST", _text, "127.0.0.1", "address gunicorn binds")
     port: int = _setting("AI_ENGINE_PORT", _port, 8001, "port gunicorn binds")
     workers: int = _setting("AI_ENGINE_WORKERS", _number(int, 1, 256), default_workers(), "gunicorn workers")

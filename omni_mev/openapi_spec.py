@@ -160,6 +160,7 @@ def _health_and_status(spec: APISpec) -> None:
                 "ai_engine": {"type": "string", "enum": ["online", "degraded"]}, "mode": MODE,
                 "model_type": {"type": ["string", "null"], "enum": ["onnx", "pytorch", None]},
                 "model_version": maybe_null, "model_device": maybe_null, "threshold": PROBABILITY,
+                "threshold_source": {"type": "string", "enum": ["AI_THRESHOLD", "model card", "default"]},
                 "redis_connected": BOOLEAN,
                 "total_requests": {"type": "integer", "minimum": 0}, "uptime_s": NUMBER,
                 "worker_pid": {"type": "integer"},
@@ -271,7 +272,8 @@ def _ledger(spec: APISpec) -> None:
                           "commit within 10 s (send again: the same outcome twice is one outcome)"),
         }}})
     figures = {"type": "object", "description": "predictions, labelled, label_coverage, auc, brier, log_loss, ece, "
-                                                "reliability, precision, recall, pnl, approved, rejected"}
+                                                "reliability, precision, recall, pnl, approved, rejected, and "
+                                                "`served` (from, until: when the version answered in the window)"}
     champion = {**figures, "description": "the version this instance serves, over the rows it scored: `version` "
                                           "and " + figures["description"]}
     per_version = {"type": "object", "additionalProperties": figures, "description": "figures per model version"}
@@ -286,7 +288,8 @@ def _ledger(spec: APISpec) -> None:
         ],
         "responses": {
             "200": {"description": "The report", **_json(_obj({
-                "window": STRING, "since": NUMBER, "until": NUMBER, "threshold": PROBABILITY,
+                "window": STRING, "since": NUMBER, "until": NUMBER,
+                "threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
                 "computed_at": NUMBER, "age_s": NUMBER, "computed_in_s": NUMBER,
                 "models": {"type": "object", "properties": {"champion": champion, "earlier": per_version,
                                                             "shadow": per_version},

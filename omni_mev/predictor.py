@@ -17,6 +17,7 @@ import numpy as np
 from omni_mev import metrics
 from omni_mev.cache import Cache
 from omni_mev.config import Settings
+from omni_mev.decision import threshold_in_force
 from omni_mev.features import FEATURE_NAMES
 from omni_mev.ledger.store import Ledger, NullLedger, PredictionRow
 from omni_mev.plausibility import Checks, Plausibility, card_support
@@ -152,7 +153,8 @@ class Predictor:
         self.settings = settings
         self.mode = settings.mode
         self.ledger = ledger or NullLedger()
-        self.threshold = settings.threshold
+        # The threshold in force: the setting, else the served model's card (a promotion brings its own).
+        self.threshold, self.threshold_source = threshold_in_force(settings.threshold, models.card)
         self.refuses_implausible = settings.refuses_implausible
         self.chain = models.chain
         self.shadow = models.shadow
@@ -221,7 +223,7 @@ class Predictor:
             self.ledger.record([self._row(opportunity.opportunity_id, "predict", scores, confidence, shadow, decision,
                                           implausible, window[0])])
         judged = Judged(opportunity.opportunity_id, opportunity.features, opportunity.dispatch, confidence,
-                        scores.model_version, shadow, implausible, received_at, arrived_at)
+                        scores.model_version, self.threshold, shadow, implausible, received_at, arrived_at)
         refusal = self._refuse(judged) if refused and not decision else None
         return Prediction(confidence, decision, scores.model_type, scores.model_version, scores.inference_ms,
                           opportunity.opportunity_id, self.dispatcher.after_decision(judged, decision),
@@ -239,8 +241,8 @@ class Predictor:
         for index in np.flatnonzero(decisions | refused).tolist():
             shadow = _item(scores.shadow, index)
             judged = Judged(batch.ids[index], batch.features[index].tolist(), batch.dispatch[index],
-                            float(scores.confidences[index]), scores.model_version, shadow, implausible[index],
-                            received_at, arrived_at)
+                            float(scores.confidences[index]), scores.model_version, self.threshold, shadow,
+                            implausible[index], received_at, arrived_at)
             if decisions[index]:
                 approved[index] = judged
             else:

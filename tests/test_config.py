@@ -8,12 +8,16 @@ import sys
 import pytest
 
 from omni_mev.config import ConfigError, load_settings
+from omni_mev.decision import threshold_in_force
+from omni_mev.runtime.loader import read_card
 from tests.conftest import ROOT
 
 
 def test_defaults():
     settings = load_settings(environ={})
-    assert settings.threshold == 0.78
+    # Unset: the served model's own threshold, which for the shipped model is the documented 0.78.
+    assert settings.threshold is None
+    assert threshold_in_force(settings.threshold, read_card(settings.model_path)) == (0.78, "model card")
     assert settings.port == 8001
     assert settings.prometheus_port == 9090
     assert settings.host == "127.0.0.1"

@@ -189,3 +189,23 @@ def test_confidence_is_a_probability(client):
                     float(rng.uniform(0.1, 100))]
         confidence = client.post("/predict", json={"features": features}).get_json()["confidence"]
         assert 0.0 <= confidence <= 1.0 and math.isfinite(confidence)
+
+
+def test_the_threshold_in_force_is_the_served_models_unless_set(make_app, model_copy):
+    """A model's card carries its decision threshold: served unless AI_THRESHOLD is set; /predict and /status say
+    which is in force, and where it comes from."""
+    import json
+
+    card_path = model_copy.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["thresholds"]["decision"] = 0.31
+    card_path.write_text(json.dumps(card))
+    own = make_app(AI_MODEL_PATH=str(model_copy)).test_client()
+    status = own.get("/status").json
+    assert (status["threshold"], status["threshold_source"]) == (0.31, "model card")
+    answer = own.post("/predict", json={"features": [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]}).json
+    assert answer["threshold"] == 0.31 and answer["decision"] is (answer["confidence"] >= 0.31)
+    overridden = make_app(AI_MODEL_PATH=str(model_copy), AI_THRESHOLD="0.9").test_client().get("/status").json
+    assert (overridden["threshold"], overridden["threshold_source"]) == (0.9, "AI_THRESHOLD")
+    shipped = make_app().test_client().get("/status").json
+    assert (shipped["threshold"], shipped["threshold_source"]) == (0.78, "model card")

@@ -187,3 +187,24 @@ def test_the_reporter_uses_at_most_its_share_of_a_core():
     for took in (1.0, 5.8, 60.0):  # a large one: the pause grows with the work
         pause = pause_after(took, 10.0)
         assert took / (took + pause) == pytest.approx(MAX_DUTY) and pause > 10.0
+
+
+def test_right_after_a_promotion_the_picture_labels_each_version_as_it_served(tmp_path):
+    """The registry names the new champion before it has answered anything: it is the champion, with no
+    prediction yet; the old one is `earlier`, labelled with the period it served; each prediction is judged at the
+    threshold it was decided at."""
+    from omni_mev.ledger.report import columns, reliability_png
+
+    n = 200
+    success = (np.arange(n) % 3 == 0).astype(float)
+    records = _records(np.linspace(0.05, 0.95, n).tolist(), success.tolist(), decision_threshold=0.6,
+                       versions=["old000000000"] * n)
+    report = present("1h", window_figures(records, None, 0.0, float(n)), None, serving_version="new000000000")
+    names = [name for name, _ in columns(report)]
+    assert names[0] == "champion new000000000 (no prediction yet)"
+    assert names[1].startswith("earlier old000000000 (served 01-01 00:00 to 01-01 00:03 UTC)")
+    assert report["threshold"] == 0.6  # the threshold the newest prediction was decided at
+    assert report["models"]["earlier"]["old000000000"]["approved"]["predictions"] == int((np.linspace(
+        0.05, 0.95, n) >= 0.6).sum())
+    reliability_png(report, tmp_path / "live.png")
+    assert (tmp_path / "live.png").read_bytes().startswith(b"\x89PNG")

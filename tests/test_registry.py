@@ -118,7 +118,7 @@ def test_settings_serve_the_champion_and_shadow_the_challenger(registry, tmp_pat
 
 
 def _ledger_with(tmp_path: Path, champion: np.ndarray, challenger: np.ndarray, y: np.ndarray,
-                 shadow_version: str = "challenger01") -> SqlLedger:
+                 shadow_version: str = "challenger01", pnl: np.ndarray | None = None) -> SqlLedger:
     ledger = SqlLedger(f"sqlite:///{tmp_path / 'gate.db'}")
     now = time.time()
     rows = [row(f"g-{i}", float(c), at=now - 100 + i * 1e-3)._replace(model_version="champion0001",
@@ -127,7 +127,8 @@ def _ledger_with(tmp_path: Path, champion: np.ndarray, challenger: np.ndarray, y
             for i, (c, s) in enumerate(zip(champion, challenger))]
     ledger.record(rows)
     ledger.flush()
-    ledger.add_outcomes([Outcome(f"g-{i}", True, bool(label), None, now) for i, label in enumerate(y)])
+    ledger.add_outcomes([Outcome(f"g-{i}", True, bool(label), None if pnl is None else float(pnl[i]), now)
+                         for i, label in enumerate(y)])
     return ledger
 
 
@@ -152,6 +153,23 @@ def test_gate_accepts_a_better_challenger_and_refuses_a_worse_one(tmp_path):
     assert [c["rule"] for c in early.checks if not c["passed"]] == ["outcomes"]
     # Only predictions where this champion served and this challenger was the shadow count.
     assert compare(records, "champion0001", "someone-else", GateRules(min_outcomes=1)).outcomes == 0
+
+
+def test_the_gate_compares_each_models_decisions_at_its_own_threshold(tmp_path):
+    """The same better ranking; the realised PnL of what each model would trade at its own threshold decides too:
+    a challenger whose threshold makes it trade at a loss is refused on that rule alone."""
+    good, noisy, y = _scores(3)
+    pnl = np.where(y == 1, 10.0, -20.0)
+    records = _ledger_with(tmp_path, champion=noisy, challenger=good, y=y, pnl=pnl).records(0)
+    sensible = compare(records, "champion0001", "challenger01", GateRules(min_outcomes=100),
+                       thresholds={"champion": 0.6, "challenger": 0.6})
+    decisions = sensible.figures["challenger"]["decisions"]
+    assert sensible.passed and decisions["threshold"] == 0.6 and decisions["approved"] > 0
+    assert decisions["realised_pnl_usd"] > sensible.figures["champion"]["decisions"]["realised_pnl_usd"]
+    reckless = compare(records, "champion0001", "challenger01", GateRules(min_outcomes=100),
+                       thresholds={"champion": 0.6, "challenger": 0.0})  # trades everything, failures included
+    assert [c["rule"] for c in reckless.checks if not c["passed"]] == ["decisions"]
+    assert "realised PnL" in reckless.render()
 
 
 def test_gate_refuses_a_challenger_that_is_worse_on_any_rule(tmp_path):

@@ -26,6 +26,9 @@ def test_health_503_without_any_model(make_app, tmp_path):
 
 
 def test_status_fields_and_request_count(client):
+    from omni_mev import metrics
+
+    metrics.snapshot.reset()  # the counts are cached for a second: an earlier test's requests may be in flight
     before = client.get("/status").get_json()
     assert {"ai_engine", "mode", "model_type", "model_version", "redis_connected", "total_requests",
             "uptime_s"} <= before.keys()

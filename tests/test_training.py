@@ -50,9 +50,13 @@ def test_tiny_training_writes_all_artifacts(tiny_run):
     assert card["training"]["stopped_by"] in ("max_epochs", "patience")
     for metrics in card["test_metrics"].values():
         assert 0.0 <= metrics["auc_roc"] <= 1.0 and 0.0 <= metrics["ece"] <= 1.0
-        assert set(metrics["at"]) == {"recommended", "default"}
+        assert set(metrics["at"]) == {"recommended", "default", "decision"}
     assert card["onnx_parity_max_abs_diff"] <= 1e-5
     assert 0.0 <= card["thresholds"]["recommended"] <= 1.0
+    # The simulator reports realised PnL: the decision threshold maximises it on validation, on enough rows.
+    thresholds = card["thresholds"]
+    assert 0.0 < thresholds["decision"] < 1.0 and thresholds["decision_rule"].startswith("maximises the realised PnL")
+    assert thresholds["decision_evidence"]["approved"] >= 30
     assert card["training"]["split"]["train"] > card["training"]["split"]["test"]
     for name, (low, high) in card["support"].items():  # the plausibility support: past the training extremes
         assert low <= card["training_range"][name][0] and high >= card["training_range"][name][1]
@@ -115,9 +119,7 @@ def test_own_data_from_check_to_evaluation(tmp_path):
     assert table.returncode == 0 and f"serves **{card['family']}**" in table.stdout
     assert "Oracle" not in table.stdout and "| Ensemble: LSTM + trees, blended |" in table.stdout
     served = OnnxModel(tmp_path / "lstm_omni.onnx")
-    served.load()  # the service can serve what training wrote
-    again = _cli("train", "--data", str(EXAMPLE_DATA), "--output", str(tmp_path / "again"), *SMALL)
-    assert json.loads(again.stdout.splitlines()[-1])["version"] == summary["version"]
+    served.load()  # the service can serve what training wrote (test_training_is_deterministic trains twice)
 
 
 def test_evaluate_refuses_data_from_the_training_period_alone():
@@ -210,3 +212,16 @@ def test_shipped_card_describes_shipped_model():
     model.load()
     confidence = float(model.predict(np.array([[EXAMPLE_FEATURES]], np.float32))[0])
     assert 0.0 < confidence < 1.0
+
+
+def test_evaluate_reports_an_undefined_precision_as_null_with_a_reason(tmp_path):
+    """Nothing reaches the threshold: precision is undefined, not 0.0; by default the model's own threshold is
+    used, and the picture names AUC, ECE, n and the threshold."""
+    shipped = str(ROOT / "models" / "lstm_omni.onnx")
+    result = _cli("evaluate", "--model", shipped, "--data", str(EXAMPLE_DATA), "--all", "--threshold", "0.9999")
+    report = json.loads(result.stdout)
+    given = report["at"]["given"]
+    assert given["precision"] is None and given["f1"] is None and given["trade_share"] == 0.0
+    assert "no opportunity reached the threshold 0.9999" in given["undefined"]["precision"]
+    own = json.loads(_cli("evaluate", "--model", shipped, "--data", str(EXAMPLE_DATA), "--all").stdout)
+    assert (own["threshold"], own["threshold_source"]) == (0.78, "model card")

@@ -36,6 +36,8 @@ def engine_status():
         "model_version": status.version,
         "model_device": status.device,
         "threshold": predictor.threshold,
+        # Where the threshold in force comes from: AI_THRESHOLD, the served model's card, or the default.
+        "threshold_source": predictor.threshold_source,
         "redis_connected": cache_of(current_app).ping(),
         "total_requests": metrics.snapshot.get()["total_requests"],
         "uptime_s": round(time.time() - STARTED_AT, 3),

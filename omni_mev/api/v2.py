@@ -149,7 +149,7 @@ def metadata_of(predictor: Predictor, name: str, version: str | None = None) -> 
         "inputs": [_tensor(INPUT_NAME, "FP32", [-1, -1, N_FEATURES])],
         "outputs": [_tensor(output, datatype, [-1, 1]) for output, datatype in OUTPUT_DATATYPES.items()],
         "parameters": {"feature_order": ",".join(FEATURE_NAMES), "max_sequence": MAX_SEQUENCE,
-                       "threshold": predictor.settings.threshold},
+                       "threshold": predictor.threshold},
     }
 
 

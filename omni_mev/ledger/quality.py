@@ -63,8 +63,12 @@ def _subset(labelled: np.ndarray, y: np.ndarray, p: np.ndarray, mask: np.ndarray
     }
 
 
-def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: float) -> dict[str, Any]:
-    """The figures of one model's confidences on the ledger's records."""
+Threshold = float | np.ndarray
+
+
+def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: Threshold) -> dict[str, Any]:
+    """The figures of one model's confidences on the ledger's records; `threshold` one for every record, or each
+    record's own (the threshold its prediction was decided at)."""
     scored = np.isfinite(confidences)
     labelled = scored & np.isfinite(records.success)
     y = np.nan_to_num(records.success).astype(np.int8)
@@ -82,7 +86,7 @@ def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: fl
     }
     if count:
         yl, pl = y[labelled], p[labelled]
-        precision, recall = precision_recall(yl, pl, threshold)
+        precision, recall = precision_recall(yl, pl, threshold if np.isscalar(threshold) else threshold[labelled])
         report.update(
             auc=_rounded(auc_roc(yl, pl)), brier=_rounded(brier(yl, pl)), log_loss=_rounded(log_loss(yl, pl)),
             ece=_rounded(expected_calibration_error(yl, pl)), precision=_rounded(precision), recall=_rounded(recall),
@@ -109,9 +113,13 @@ def _versions(names: list[str | None], mask: np.ndarray) -> list[str]:
     return sorted({name for name, kept in zip(names, mask) if kept and name is not None})
 
 
-def window_figures(records: LedgerRecords, threshold: float, since: float, until: float) -> dict[str, Any]:
+def window_figures(records: LedgerRecords, threshold: float | None, since: float, until: float) -> dict[str, Any]:
     """Every version's figures over the records predicted in [since, until]: as the model that answered
-    (`served`) and as the shadow (`shadow`), each version on the rows it scored, never pooled."""
+    (`served`) and as the shadow (`shadow`), each version on the rows it scored, never pooled. With no
+    `threshold`, each prediction is judged at the threshold it was decided at (a model's own, which a promotion
+    changes), the shadow's at the served model's."""
+    if threshold is None:
+        threshold = records.threshold
     in_window = (records.predicted_at >= since) & (records.predicted_at <= until)
     served_names = np.array(records.model_version, dtype=object)
     shadow_names = np.array(records.shadow_version, dtype=object)
@@ -119,21 +127,29 @@ def window_figures(records: LedgerRecords, threshold: float, since: float, until
     for version in _versions(records.model_version, in_window):
         mask = in_window & (served_names == version)
         served[version] = model_quality(records, np.where(mask, records.confidence, np.nan), threshold)
+        # When this version answered, within the window: a promotion ends one version's period, so versions are
+        # never pooled across it.
+        times = records.predicted_at[mask]
+        served[version]["served"] = {"from": round(float(times.min()), 3), "until": round(float(times.max()), 3)}
     shadow: dict[str, Any] = {}
     for version in _versions(records.shadow_version, in_window & np.isfinite(records.shadow_confidence)):
         mask = in_window & (shadow_names == version)
         shadow[version] = model_quality(records, np.where(mask, records.shadow_confidence, np.nan), threshold)
     newest = np.flatnonzero(in_window)
     return {"since": round(since, 3), "until": round(until, 3), "served": served, "shadow": shadow,
-            "newest_version": records.model_version[newest[-1]] if len(newest) else None}
+            "newest_version": records.model_version[newest[-1]] if len(newest) else None,
+            "newest_threshold": float(records.threshold[newest[-1]]) if len(newest) else None}
 
 
-def present(window: str, figures: dict[str, Any], threshold: float, models: tuple[str, ...] = MODELS,
+def present(window: str, figures: dict[str, Any], threshold: float | None, models: tuple[str, ...] = MODELS,
             serving_version: str | None = None) -> dict[str, Any]:
     """The /quality answer from a window's figures: the champion is the version serving now (by default the
     version of the newest prediction), over the rows it scored; other versions that answered in the window are
-    `earlier`; the shadow is reported per challenger version."""
+    `earlier`; the shadow is reported per challenger version. `threshold`: the one the figures used, or None
+    when each prediction was judged at its own (then the newest prediction's is shown)."""
     champion = serving_version or figures["newest_version"]
+    if threshold is None:
+        threshold = figures.get("newest_threshold")
     served = figures["served"]
     report: dict[str, Any] = {"window": window, "since": figures["since"], "until": figures["until"],
                               "threshold": threshold, "models": {}}
@@ -148,11 +164,11 @@ def present(window: str, figures: dict[str, Any], threshold: float, models: tupl
     return report
 
 
-def _no_rows(threshold: float) -> dict[str, Any]:
-    return model_quality(_EMPTY, np.empty(0), threshold)
+def _no_rows(threshold: float | None) -> dict[str, Any]:
+    return model_quality(_EMPTY, np.empty(0), 0.5 if threshold is None else threshold)
 
 
-def quality_report(ledger: Ledger, window: str, threshold: float, models: tuple[str, ...] = MODELS,
+def quality_report(ledger: Ledger, window: str, threshold: float | None, models: tuple[str, ...] = MODELS,
                    now: float | None = None, serving_version: str | None = None) -> dict[str, Any]:
     """Quality over any window, read from the ledger now (the CLI and retraining; /quality reads the reporter's)."""
     seconds = window_seconds(window)

@@ -1,6 +1,7 @@
 """The live quality report for people: a table, and a reliability diagram."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,26 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
+def _period(figures: dict[str, Any]) -> str:
+    """When a version answered, as its label says it: each served version is its own period."""
+    served = figures.get("served")
+    if not served:
+        return ""
+    start, end = (time.strftime("%m-%d %H:%M", time.gmtime(served[key])) for key in ("from", "until"))
+    return f" (served {start} to {end} UTC)"
+
+
 def columns(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, figures) per model version: the champion, the versions that served earlier, each shadow."""
+    """(name, figures) per model version: the champion (the version serving now), the versions that served
+    earlier, each with the period it answered, and each shadow."""
     models = report["models"]
     found = []
     if "champion" in models:
-        found.append((f"champion {models['champion']['version'] or '-'}", models["champion"]))
-    for role in ("earlier", "shadow"):
-        found += [(f"{role} {version}", figures) for version, figures in models.get(role, {}).items()]
+        champion = models["champion"]
+        found.append((f"champion {champion['version'] or '-'}" + (_period(champion) if champion.get("predictions")
+                                                                 else " (no prediction yet)"), champion))
+    found += [(f"earlier {version}{_period(figures)}", figures) for version, figures in models.get("earlier", {}).items()]
+    found += [(f"shadow {version}", figures) for version, figures in models.get("shadow", {}).items()]
     return found
 
 

@@ -30,7 +30,7 @@ REPORT_FILE = "quality.json"
 MAX_DUTY = 0.05
 
 
-def compute(ledger: Ledger, threshold: float, now: float) -> dict[str, Any]:
+def compute(ledger: Ledger, threshold: float | None, now: float) -> dict[str, Any]:
     """Every window's figures, per model version, from one read of the longest window."""
     longest = max(WINDOWS.values())
     records = ledger.records(now - longest, now)
@@ -46,7 +46,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def report_once(ledger: Ledger, threshold: float, path: Path) -> dict[str, Any]:
+def report_once(ledger: Ledger, threshold: float | None, path: Path) -> dict[str, Any]:
     """Compute and write one report; a ledger that cannot be read gives a report that says so."""
     now = time.time()
     started = time.monotonic()
@@ -93,7 +93,7 @@ def pause_after(took_s: float, refresh_s: float) -> float:
     return max(refresh_s, took_s * (1.0 - MAX_DUTY) / MAX_DUTY)
 
 
-def serve(ledger: Ledger, threshold: float, directory: Path, refresh_s: float, parent: int) -> None:
+def serve(ledger: Ledger, threshold: float | None, directory: Path, refresh_s: float, parent: int) -> None:
     """Report, then pause (pause_after), for as long as `parent` (the master) lives."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_FILE

@@ -131,7 +131,7 @@ def _render_listing(listing: dict[str, Any]) -> str:
 
 def _promote(args: argparse.Namespace) -> int:
     from omni_mev.ledger.store import LedgerUnavailable, SqlLedger
-    from omni_mev.registry.gate import GateRules, compare_live
+    from omni_mev.registry.gate import GateRules, compare_live, own_thresholds
 
     try:
         settings = _settings(args)
@@ -147,7 +147,8 @@ def _promote(args: argparse.Namespace) -> int:
             raise RegistryError("the ledger is off (AI_LEDGER_URL=off): no live outcomes to compare on")
         ledger = SqlLedger(settings.ledger_url)
         try:
-            comparison = compare_live(ledger, champion, challenger, rules)
+            comparison = compare_live(ledger, champion, challenger, rules,
+                                      thresholds=own_thresholds(registry, champion, challenger))
         finally:
             ledger.engine.dispose()
     except (ConfigError, RegistryError, LedgerUnavailable) as error:

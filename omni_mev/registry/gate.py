@@ -92,11 +92,28 @@ def shadowed_by(records: LedgerRecords, version: str) -> np.ndarray:
         records.shadow_confidence)
 
 
-def compare(records: LedgerRecords, champion: str, challenger: str, rules: GateRules) -> Comparison:
-    """The gate on ledger records: both models on the predictions where both scored and an outcome says how it went."""
+def decisions_where(records: LedgerRecords, mask: np.ndarray, confidences: np.ndarray, threshold: float
+                    ) -> dict[str, Any]:
+    """What a model would have traded at its own threshold on the labelled records `mask` selects: how many, how
+    many succeeded, and their realised PnL where reported."""
+    labelled = mask & np.isfinite(records.success) & np.isfinite(confidences)
+    approved = labelled & (np.nan_to_num(confidences) >= threshold)
+    realised = records.realised_pnl_usd[approved]
+    return {"threshold": threshold, "approved": int(approved.sum()),
+            "approved_successes": int(np.nansum(records.success[approved])),
+            "pnl_reported": int(np.isfinite(realised).sum()), "realised_pnl_usd": round(float(np.nansum(realised)), 2)}
+
+
+def compare(records: LedgerRecords, champion: str, challenger: str, rules: GateRules,
+            thresholds: dict[str, float] | None = None) -> Comparison:
+    """The gate on ledger records: both models on the predictions where both scored and an outcome says how it went;
+    with `thresholds` (each model's own decision threshold, from its card), their decisions too."""
     both = served_by(records, champion) & shadowed_by(records, challenger)
     figures = {role: figures_where(records, both, confidences)
                for role, confidences in (("champion", records.confidence), ("challenger", records.shadow_confidence))}
+    if thresholds is not None:
+        for role, confidences in (("champion", records.confidence), ("challenger", records.shadow_confidence)):
+            figures[role]["decisions"] = decisions_where(records, both, confidences, thresholds[role])
     outcomes = figures["champion"]["labelled"]
     comparison = Comparison(champion, challenger, rules, outcomes, figures)
     a, b = figures["champion"], figures["challenger"]
@@ -112,14 +129,40 @@ def compare(records: LedgerRecords, champion: str, challenger: str, rules: GateR
             "rule": name, "passed": measured and b[name] <= a[name] + allowed,
             "detail": (f"challenger {b[name]:.4f} vs champion {a[name]:.4f}: may be worse by at most {allowed:g}"
                        if measured else "not measurable")})
+    if thresholds is not None:
+        comparison.checks.append(_decisions_check(a["decisions"], b["decisions"]))
     return comparison
 
 
+def _decisions_check(champion: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+    """The challenger's trades at its own threshold must make at least the realised PnL of the champion's at its
+    own, on the same opportunities; without reported PnL the decisions are shown, not judged."""
+    detail = (f"at their own thresholds the champion ({champion['threshold']:g}) approves {champion['approved']} "
+              f"({champion['approved_successes']} succeeded), the challenger ({challenger['threshold']:g}) "
+              f"{challenger['approved']} ({challenger['approved_successes']} succeeded)")
+    if not (champion["pnl_reported"] or challenger["pnl_reported"]):
+        return {"rule": "decisions", "passed": True, "detail": f"{detail}; no realised_pnl_usd reported, so PnL is "
+                                                               "not compared"}
+    passed = challenger["realised_pnl_usd"] >= champion["realised_pnl_usd"]
+    return {"rule": "decisions", "passed": passed,
+            "detail": f"{detail}; realised PnL ${challenger['realised_pnl_usd']:,.2f} vs "
+                      f"${champion['realised_pnl_usd']:,.2f}: may not be lower"}
+
+
+def own_thresholds(registry: Any, champion: str, challenger: str) -> dict[str, float]:
+    """Each model's decision threshold, from its card in the registry (0.78 where a card has none)."""
+    from omni_mev.decision import threshold_in_force
+
+    return {role: threshold_in_force(None, registry.get(version).card)[0]
+            for role, version in (("champion", champion), ("challenger", challenger))}
+
+
 def compare_live(ledger: Ledger, champion: str, challenger: str, rules: GateRules,
-                 now: float | None = None) -> Comparison:
+                 now: float | None = None, thresholds: dict[str, float] | None = None) -> Comparison:
     """The gate over the ledger's last `rules.window` of predictions."""
     until = time.time() if now is None else now
-    return compare(ledger.records(until - parse_window(rules.window), until), champion, challenger, rules)
+    return compare(ledger.records(until - parse_window(rules.window), until), champion, challenger, rules,
+                   thresholds)
 
 
 def live_figures(records: LedgerRecords, version: str) -> dict[str, dict[str, Any]]:

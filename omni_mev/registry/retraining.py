@@ -31,7 +31,7 @@ from omni_mev.config import Settings
 from omni_mev.ledger.quality import quality_report
 from omni_mev.ledger.store import SqlLedger
 from omni_mev.registry.election import sole_retrainer
-from omni_mev.registry.gate import GateRules, compare_live
+from omni_mev.registry.gate import GateRules, compare_live, own_thresholds
 from omni_mev.registry.store import WEIGHTS_FILE, Registry
 from omni_mev.windows import parse_window
 
@@ -157,7 +157,8 @@ def _step(settings: Settings, registry: Registry, ledger: SqlLedger, *, force: b
         if champion is None:
             return _failed(registry, f"the registry {registry.root} has no champion", [])
         if challenger is not None and not force:
-            comparison = compare_live(ledger, champion, challenger, rules, now=now)
+            comparison = compare_live(ledger, champion, challenger, rules, now=now,
+                                      thresholds=own_thresholds(registry, champion, challenger))
             if comparison.outcomes < rules.min_outcomes:
                 return RetrainResult("waiting", f"challenger {challenger}: {comparison.outcomes} of "
                                                 f"{rules.min_outcomes} labelled outcomes so far",

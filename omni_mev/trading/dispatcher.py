@@ -54,6 +54,7 @@ class Judged:
     dispatch: bool
     confidence: float
     model_version: str
+    threshold: float  # the one the decision was taken at
     shadow_confidence: float | None = None
     implausible: tuple[str, ...] = ()
     # When the request reached the first server in front of the service (time.time()), where one said so: an
@@ -113,7 +114,7 @@ class Dispatcher(ABC):
             "mode": self.settings.mode,
             "opportunity_id": judged.opportunity_id,
             "confidence": round(judged.confidence, CONFIDENCE_DECIMALS),
-            "threshold": self.settings.threshold,
+            "threshold": judged.threshold,
             "model_version": judged.model_version,
             "features": dict(zip(FEATURE_NAMES, judged.features)),
             "pid": os.getpid(),

@@ -24,12 +24,14 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import gzip
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -192,6 +194,30 @@ def _timestamp(raw: Any) -> float | None:
     return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
+def _not_a_time(raw: Any) -> str:
+    """Why observed_at is not a time the data can use, and the fix."""
+    if isinstance(raw, dt.datetime) and raw.tzinfo is None:
+        return (f"{raw.isoformat()!r} has no time zone: a Parquet timestamp stored without one; store the column "
+                "with its zone (for example UTC), or as RFC 3339 text with an offset")
+    if isinstance(raw, str):
+        try:
+            parsed = dt.datetime.fromisoformat(raw.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None:
+            return (f"{raw.strip()!r} has no UTC offset, so its moment is unknown; add one, for example "
+                    f"{parsed.isoformat()}Z or {parsed.isoformat()}+00:00")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return "missing (an RFC 3339 time with an offset, for example 2026-01-01T00:00:00Z)"
+    return f"{str(raw).strip()[:40]!r} is not an RFC 3339 time with an offset (for example 2026-01-01T00:00:00Z)"
+
+
+def _not_a_label(raw: Any) -> str:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return "missing (true/false, 1/0 or yes/no)"
+    return f"{str(raw).strip()[:40]!r} is not true/false (or 1/0, yes/no)"
+
+
 def _boolean(raw: Any) -> bool | None:
     if isinstance(raw, bool):
         return raw
@@ -201,10 +227,23 @@ def _boolean(raw: Any) -> bool | None:
     return True if text in _TRUE else False if text in _FALSE else None
 
 
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
+
+
+def not_a_number(raw: Any) -> str:
+    """Why a value that should be a number is not, with the fix when it is a decimal comma."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return "missing"
+    if isinstance(raw, str) and _DECIMAL_COMMA.match(raw):
+        return (f"{raw.strip()!r} is not a number: decimal commas are not read (1,012 could be a thousand and "
+                f"twelve); write it with a decimal point, {raw.strip().replace(',', '.')!r}")
+    return f"{str(raw).strip()[:40]!r} is not a number"
+
+
 def _check_feature(name: str, value: float | None, raw: Any = None) -> str | None:
     bounds = FEATURE_BOUNDS[name]
     if value is None or math.isnan(value):
-        return "missing or not a number"
+        return not_a_number(raw)
     if not math.isfinite(value):
         return f"{str(raw).strip()!r} is out of range: not a finite number (allowed {bounds.minimum:g}..{bounds.upper:.6g})"
     if not bounds.minimum <= value <= bounds.upper:
@@ -265,15 +304,14 @@ class _CheckedRows:
             else:
                 self.seen.add(text)
             self.ids.append(text)
-        times = _parsed_column("observed_at", columns["observed_at"], _timestamp, "an RFC 3339 time with an offset",
-                               np.float64, report)
-        labels = _parsed_column("success", columns["success"], _boolean, "true/false (or 1/0, yes/no)", np.int8,
-                                report)
+        times, timed = _parsed_column("observed_at", columns["observed_at"], _timestamp, _not_a_time, np.float64,
+                                      report)
+        labels, _ = _parsed_column("success", columns["success"], _boolean, _not_a_label, np.int8, report)
         pnl = np.full(n, np.nan)
         for i, raw in enumerate(columns.get("realised_pnl_usd", ())):
             value = _float(raw)
             if value is None and raw not in (None, "") and not (isinstance(raw, float) and math.isnan(raw)):
-                report(i, "realised_pnl_usd", f"{raw!r} is not a number")
+                report(i, "realised_pnl_usd", not_a_number(raw))
             elif value is not None and math.isfinite(value):
                 pnl[i] = value
         prev = np.full(n, -1, np.int64)
@@ -283,6 +321,8 @@ class _CheckedRows:
             if stream is not None:
                 prev[i] = self.last_of_stream.get(stream, -1)
                 self.last_of_stream[stream] = base + i
+            if not timed[i]:  # its time is reported already; the order is judged on the times that parse
+                continue
             earlier = self.last_time.get(stream)
             if earlier is not None and times[i] < earlier[1]:
                 what = f"stream {raw!r}" if stream is not None else "the file (no stream column)"
@@ -358,33 +398,108 @@ def _feature_column(name: str, raw_values: list[Any], report: Callable[[int, str
     return values
 
 
-def _parsed_column(column: str, raw_values: list[Any], parse: Callable[[Any], Any], expected: str, dtype: type,
-                   report: Callable[[int, str, str], None]) -> np.ndarray:
+def _parsed_column(column: str, raw_values: list[Any], parse: Callable[[Any], Any], why_not: Callable[[Any], str],
+                   dtype: type, report: Callable[[int, str, str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """The parsed values (0 where a value does not parse, each reported with why_not) and which parsed."""
     values = np.zeros(len(raw_values), dtype=dtype)
+    parsed = np.zeros(len(raw_values), dtype=bool)
     for i, raw in enumerate(raw_values):
         value = parse(raw)
         if value is None:
-            report(i, column, f"{raw!r} is not {expected}")
+            report(i, column, why_not(raw))
         else:
             values[i] = value
-    return values
+            parsed[i] = True
+    return values, parsed
 
 
-def _utf8_lines(path: Path) -> Iterator[str]:
-    """The file's lines as text: UTF-8, a byte-order mark dropped; DataError naming the line of a byte that is not."""
+# What a file that is not CSV text starts with, and the fix; gzip is read as it is.
+_NOT_TEXT = (
+    (b"PK\x03\x04", "a ZIP archive; unzip it and give the CSV file inside"),
+    (b"BZh", "bzip2-compressed; decompress it (bunzip2), or compress it with gzip, which is read as it is"),
+    (b"\xfd7zXZ\x00", "xz-compressed; decompress it (unxz), or compress it with gzip, which is read as it is"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed; decompress it (unzstd), or compress it with gzip, which is read as it is"),
+)
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+READ_BYTES = 1 << 20
+# A line longer than this is refused rather than held in memory: no CSV row of this format comes near it.
+MAX_LINE_BYTES = 16 << 20
+
+
+def _magic(path: Path) -> bytes:
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
+        return handle.read(8)
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes: gzip decompressed as they are read; other archives and compressions named, not read."""
+    head = _magic(path)
+    if head.startswith(GZIP_MAGIC):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    for magic, what in _NOT_TEXT:
+        if head.startswith(magic):
+            raise DataError(str(path), [f"the file is {what}"])
+    return open(path, "rb")
+
+
+def _raw_lines(stream: BinaryIO, source: str) -> Iterator[bytes]:
+    """Lines ended by LF, CRLF or a CR alone (spreadsheets on old Macs write those), without their ending."""
+    pending = b""
+    number = 0
+    while True:
+        try:
+            data = stream.read(READ_BYTES)
+        except (OSError, EOFError, zlib.error) as error:  # a damaged or cut gzip stream
+            raise DataError(source, [f"line {number + 1}: the compressed file is damaged or cut off "
+                                     f"({type(error).__name__}: {error}); compress it again"]) from None
+        pending += data
+        start = 0
+        for match in _LINE_BREAK.finditer(pending):
+            if match.group() == b"\r" and match.end() == len(pending) and data:
+                break  # a CR at the end of what was read: an LF may follow in the next read
+            number += 1
+            yield pending[start:match.start()]
+            start = match.end()
+        pending = pending[start:]
+        if len(pending) > MAX_LINE_BYTES:
+            raise DataError(source, [f"line {number + 1}: over {MAX_LINE_BYTES >> 20} MB without a line break; is it "
+                                     "a CSV file?"])
+        if not data:
+            if pending:
+                yield pending
+            return
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text, each ended by a line feed: UTF-8, a byte-order mark dropped; DataError naming the
+    line of a byte that is not UTF-8."""
+    with _open_bytes(path) as stream:
+        for number, line in enumerate(_raw_lines(stream, str(path)), 1):
             if number == 1:
                 if line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in line:
                     raise DataError(str(path), ["line 1: the file is UTF-16 (or another encoding with NUL bytes); "
                                                 "save it as UTF-8"])
                 line = line.removeprefix(codecs.BOM_UTF8)
             try:
-                yield line.decode("utf-8")
+                yield line.decode("utf-8") + "\n"
             except UnicodeDecodeError as error:
                 raise DataError(str(path), [f"line {number}: byte 0x{line[error.start]:02x} (the line's byte "
                                             f"{error.start + 1}) is not UTF-8; save the file as UTF-8 (from Latin-1 "
                                             "or Windows-1252, for example with iconv -f latin1 -t utf-8)"]) from None
+
+
+def _csv_problem(error: csv.Error, line: int) -> str:
+    """A csv module error as a problem naming its line and the fix."""
+    message = str(error)
+    if "field larger than field limit" in message:
+        return (f"line {line}: a field runs over {csv.field_size_limit():,} characters, most likely from a quote "
+                '(") opened and never closed, which makes the rest of the file one field; close the quote, or '
+                "remove it")
+    if "NUL" in message:
+        return f"line {line}: a NUL byte: the file is not text (save it as UTF-8 CSV)"
+    return f"line {line}: not well-formed CSV ({message}); check its quotes"
 
 
 def _delimiter(header: str) -> str:
@@ -393,13 +508,22 @@ def _delimiter(header: str) -> str:
 
 
 def read_csv(path: Path) -> Dataset:
-    """A CSV file, read CHUNK_ROWS rows at a time (memory bounded by the rows, not the file's size)."""
-    lines = _utf8_lines(path)
+    """A CSV file (gzip-compressed or not), read CHUNK_ROWS rows at a time (memory bounded by the rows, not the
+    file's size)."""
+    lines = _text_lines(path)
     header = next(lines, None)
     if header is None or not header.strip():
         raise DataError(str(path), ["the file is empty (no header row)"])
-    delimiter = _delimiter(header)
-    names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    try:
+        delimiter = _delimiter(header)
+        names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    except csv.Error as error:
+        raise DataError(str(path), [_csv_problem(error, 1)]) from None
+    repeated = sorted({name for name in names if names.count(name) > 1 and name})
+    if repeated:
+        raise DataError(str(path), [f"line 1: the column {name!r} appears {names.count(name)} times (columns "
+                                    f"{', '.join(str(i + 1) for i, n in enumerate(names) if n == name)}); rename or "
+                                    "remove all but one" for name in repeated])
     others = [shown for candidate, shown in zip(DELIMITERS, ("commas", "semicolons", "tabs", "bars"))
               if candidate != delimiter and candidate in header]
     hint = (f"hint: the header is split by {'commas' if delimiter == ',' else repr(delimiter)} but also holds "
@@ -408,7 +532,14 @@ def read_csv(path: Path) -> Dataset:
     columns: dict[str, list[Any]] = {name: [] for name in names}
     broken: dict[int, str] = {}
     index = -1
-    for row in csv.reader(lines, delimiter=delimiter):
+    reader = csv.reader(lines, delimiter=delimiter)
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as error:
+            raise DataError(str(path), [_csv_problem(error, reader.line_num + 1)]) from None
+        if row is None:
+            break
         if not row:
             continue  # a blank line
         index += 1
@@ -436,10 +567,20 @@ def read_parquet(path: Path) -> Dataset:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(str(path), ["reading Parquet needs pyarrow (pip install 'omni-mev[train]')"]) from None
-    parquet = pq.ParquetFile(path)
-    checked = _CheckedRows(str(path), parquet.schema_arrow.names)
-    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
-        checked.add(batch.to_pydict(), {})
+    import pyarrow as pa
+
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DataError(str(path), [f"the column {name!r} appears {names.count(name)} times; rename or remove all "
+                                        "but one" for name in repeated])
+        checked = _CheckedRows(str(path), names)
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            checked.add(batch.to_pydict(), {})
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(str(path), [f"not a readable Parquet file ({type(error).__name__}: {error})"]) from None
     return checked.dataset()
 
 
@@ -477,10 +618,12 @@ def load(source: str) -> Dataset:
         return read_ledger(source)
     path = Path(source)
     if not path.is_file():
-        raise DataError(source, ["no such file"])
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        return read_parquet(path)
-    return read_csv(path)
+        raise DataError(source, ["no such file" if not path.exists() else "not a file"])
+    try:
+        parquet = path.suffix.lower() in {".parquet", ".pq"} or _magic(path).startswith(PARQUET_MAGIC)
+        return read_parquet(path) if parquet else read_csv(path)
+    except OSError as error:
+        raise DataError(source, [f"cannot be read: {error.strerror or error}"]) from None
 
 
 def from_simulation(stream: Any, start_epoch: float = 1.7e9) -> Dataset:

@@ -10,17 +10,28 @@ from omni_mev.evaluation import auc_roc, brier, expected_calibration_error, prec
 
 
 def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, pnl: np.ndarray | None = None) -> dict:
-    """Precision, recall and F1 of `p >= threshold`, and the PnL of trading those."""
+    """Precision, recall and F1 of `p >= threshold`, and the PnL of trading those. A figure that is undefined
+    (precision when nothing reaches the threshold, recall without a success) is None, and `undefined` says why."""
     take = p >= threshold
-    precision, recall = (value or 0.0 for value in precision_recall(y, p, threshold))
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    row = {
+    precision, recall = precision_recall(y, p, threshold)
+    f1 = (2 * precision * recall / (precision + recall) if precision + recall else 0.0) \
+        if precision is not None and recall is not None else None
+    row: dict[str, Any] = {
         "threshold": round(float(threshold), 4),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
+        "precision": None if precision is None else float(precision),
+        "recall": None if recall is None else float(recall),
+        "f1": None if f1 is None else float(f1),
         "trade_share": float(take.mean()),
     }
+    undefined = {}
+    if precision is None:
+        top = float(p.max()) if len(p) else None
+        undefined["precision"] = (f"no opportunity reached the threshold {threshold:g} (the highest confidence was "
+                                  f"{top:.4f}): nothing would be traded" if top is not None else "no opportunities")
+    if recall is None:
+        undefined["recall"] = "no success among the opportunities"
+    if undefined:
+        row["undefined"] = undefined
     if pnl is not None:
         row["pnl_usd_per_opportunity"] = float(pnl[take].sum() / len(y))
     return row
@@ -87,18 +98,22 @@ def held_out_rows(card: dict[str, Any], dataset: Any) -> tuple[np.ndarray, str |
     return after, warning + f"Scored the {len(after):,} later rows only (--all scores every row)."
 
 
-def evaluate_model(model_path: Path, dataset: Any, threshold: float, every_row: bool = False,
+def evaluate_model(model_path: Path, dataset: Any, threshold: float | None = None, every_row: bool = False,
                    png: Path | None = None) -> dict:
-    """The card's metrics of an ONNX model on a dataset, each opportunity scored with all its history.
+    """The card's metrics of an ONNX model on a dataset, each opportunity scored with all its history; at
+    `threshold`, or the model's own decision threshold (its card's).
 
     Unless every_row, only the rows observed after the model's training period are scored (held_out_rows;
     NothingHeldOut when none are); the report's `warning` says when rows were left out.
     """
+    from omni_mev.decision import threshold_in_force
     from omni_mev.evaluation import log_loss
     from omni_mev.runtime.loader import read_card
     from omni_mev.runtime.onnx_runtime import OnnxModel
 
-    rows, warning = (np.arange(len(dataset)), None) if every_row else held_out_rows(read_card(model_path), dataset)
+    card = read_card(model_path)
+    threshold, threshold_source = threshold_in_force(threshold, card)
+    rows, warning = (np.arange(len(dataset)), None) if every_row else held_out_rows(card, dataset)
     model = OnnxModel(model_path)
     model.load()
     # Every row keeps its whole history (earlier rows included) even when only later rows are scored.
@@ -109,7 +124,9 @@ def evaluate_model(model_path: Path, dataset: Any, threshold: float, every_row: 
     metrics["log_loss"] = log_loss(labels, p)
     report = {"model": str(model_path), "model_version": model.version, "data": dataset.source,
               "opportunities": int(len(rows)), "rows_in_data": len(dataset),
-              "success_rate": float(labels.mean()), **metrics}
+              "success_rate": float(labels.mean()), "threshold": threshold,
+              "threshold_source": "--threshold" if threshold_source == "AI_THRESHOLD" else threshold_source,
+              **metrics}
     if warning:
         report["warning"] = warning
     if dataset.oracle is not None:
@@ -118,10 +135,13 @@ def evaluate_model(model_path: Path, dataset: Any, threshold: float, every_row: 
         from omni_mev.evaluation import reliability_curve
         from omni_mev.reliability_plot import reliability_png
 
-        curves = {f"model {model.version}": reliability_curve(labels, p)}
+        curves = {f"model {model.version}: AUC {metrics['auc_roc']:.3f}, ECE {metrics['ece']:.3f}":
+                  reliability_curve(labels, p)}
         if dataset.oracle is not None:
-            curves["the true probability"] = reliability_curve(labels, dataset.oracle[rows])
+            curves[f"the true probability: AUC {report['oracle_auc']:.3f}"] = reliability_curve(
+                labels, dataset.oracle[rows])
         reliability_png(curves, png, f"Reliability on {Path(dataset.source).name}"
-                                     f"{'' if every_row else ' (rows after the training period)'}", threshold)
+                                     f"{'' if every_row else ' (rows after the training period)'}: n = {len(rows):,}, "
+                                     f"threshold {threshold:g} ({threshold_source})", threshold)
         report["reliability_png"] = str(png)
     return report

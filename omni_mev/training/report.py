@@ -53,8 +53,13 @@ def markdown(card: dict[str, Any]) -> str:
         cells = [label, f"{m['auc_roc']:.4f}", f"{m['brier']:.4f}", f"{m['ece']:.4f}"]
         for name, _ in points:
             at = m["at"][name]
-            cells += [f"{at['precision']:.3f}", f"{at['recall']:.3f}", f"{at['f1']:.3f}"]
+            cells += [_figure(at["precision"]), _figure(at["recall"]), _figure(at["f1"])]
             if with_pnl:
                 cells.append(f"{at['pnl_usd_per_opportunity']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: float | None) -> str:
+    """A card figure to three places; an undefined one (nothing traded at that threshold) as a dash."""
+    return "—" if value is None else f"{value:.3f}"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omni_mev.decision import DEFAULT_THRESHOLD
 from omni_mev.devices import describe, resolve_torch_device
 from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
@@ -28,10 +29,10 @@ from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_
 from omni_mev.training.ensemble import parity as graph_parity
 from omni_mev.training.export import OPSET, PARITY_SHAPES, export_onnx, random_raw_features, sha256_of
 from omni_mev.training.simulate import simulate
+from omni_mev.training.thresholds import RULES as DECISION_RULES
+from omni_mev.training.thresholds import choose as choose_threshold
 
 log = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 0.78
 MODEL_NAME = "lstm_omni"
 
 
@@ -353,10 +354,15 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
     progress(f"validation log loss: {validation_losses}; serving {family}")
 
     thresholds: dict[str, float] = {"default": DEFAULT_THRESHOLD}
+    validation_confidence = members.confidences(family, validation)
     if validation.has_pnl:
         reported = np.isfinite(validation.pnl)
         thresholds["recommended"] = evaluate.pnl_optimal_threshold(
-            members.confidences(family, validation)[reported], validation.pnl[reported])
+            validation_confidence[reported], validation.pnl[reported])
+    decision = choose_threshold(validation_confidence, validation.label,
+                                validation.pnl if validation.has_pnl else None)
+    thresholds["decision"] = decision["decision"]
+    progress(f"decision threshold {decision['decision']:g} ({decision['rule']} rule: {decision['evidence']})")
 
     has_history = bool((test.history_length > 0).any())
     confidences = {
@@ -402,7 +408,8 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
                      "validation_log_loss": validation_losses, **fitting, "calibration": calibration},
         "thresholds": {**{k: round(v, 4) for k, v in thresholds.items()}, "recommended_rule": (
             "maximises realised PnL on the validation period" if "recommended" in thresholds
-            else "none: the data has no realised_pnl_usd; keep a threshold of your own")},
+            else "none: the data has no realised_pnl_usd; see decision"),
+            "decision_rule": DECISION_RULES[decision["rule"]], "decision_evidence": decision["evidence"]},
         "test_metrics": results,
         "oracle": "present: the simulator's true probability" if test.oracle is not None else
                   "absent: real outcomes have no known true probability",
