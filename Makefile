@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check clean
+.PHONY: install serve test test-fast bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,9 +63,14 @@ system-deps:
 		fi; \
 	fi
 
-## test: the whole test suite (unit tests, real gunicorn, redis-server, nginx)
+## test: the whole test suite, as CI runs it: every tier (unit, service, system, model, bench smoke)
 test: $(VENV)/.test system-deps $(NODE_MODULES)
 	$(BIN)/python -m pytest
+
+## test-fast: the unit tier (in-process: functions, files, the app through Flask's test client, ruff and mypy);
+## installs no system package
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -m unit -q
 
 ## bench-capacity: what a fleet's shared parts take (~2 minutes): ledger rows and outcomes per second into one
 ## PostgreSQL, dispatch claims per second into one Redis (bench/results/capacity-<date>.json; docs/scaling.md)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     rounds, seconds = (1, 1.0) if args.smoke else (args.rounds, args.duration)
-    results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": args.smoke,
+    results = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "smoke": args.smoke,
                "machine": machine(), "rounds": rounds, "duration_s": seconds, "flush_rows": FLUSH_ROWS,
                **measure(rounds, seconds)}
     for name, unit in (("ledger_rows_per_s", "prediction rows/s"), ("outcomes_per_s", "outcomes/s"),

@@ -34,7 +34,7 @@ def run(rows: int) -> dict[str, Any]:
     from omni_mev.training.data import from_simulation, write_csv
     from omni_mev.training.simulate import simulate
 
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "machine": machine(), "rows": rows}
     with tempfile.TemporaryDirectory(prefix="omni-mev-data-") as scratch:
         path = Path(scratch) / "outcomes.csv"

@@ -30,7 +30,8 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = cuda_devices()
     devices = ["cpu", *(["cuda:0"] if gpus else [])]
-    result: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               "quick": args.quick, "machine": machine(gpus),
                               "devices": [describe(d) for d in devices]}
     print(json.dumps(result["machine"]), flush=True)

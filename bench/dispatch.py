@@ -110,7 +110,7 @@ class DispatchLoad:
                 self.sent += 1
                 self.statuses[outcome] += 1
 
-    def __enter__(self) -> "DispatchLoad":
+    def __enter__(self) -> DispatchLoad:
         for thread in self.threads:
             thread.start()
         return self

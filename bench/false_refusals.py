@@ -62,7 +62,7 @@ def flagged(parts: list[Dataset], support: Support, history_held_to_support: boo
 
 
 def run(small_rows: int, shipped_rows: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "machine": machine(), "small_data": {}, "shipped_model": {}}
     for seed in (11, 12, 13):
         splits = split_by_time(from_simulation(simulate(small_rows, seed=seed)), TrainConfig())

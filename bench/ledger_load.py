@@ -246,7 +246,7 @@ def insert_cost(scratch: Path, batches: int) -> dict[str, Any]:
 
 def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     rounds, duration_s = (1, 1.0) if smoke else (5, 10.0)
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine()}
     with session("omni-mev-bench-ledger-") as (scratch, servers):
         if "cost" in parts:

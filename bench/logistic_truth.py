@@ -50,7 +50,7 @@ def generate(n: int, seed: int) -> tuple[dict[str, list[Any]], np.ndarray]:
     p = 1.0 / (1.0 + np.exp(-z))
     success = rng.uniform(size=n) < p
     pnl = np.where(success, x["profit_usd"], -rng.uniform(0.5, 3.0, n))
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     times = np.cumsum(rng.exponential(2.0, n))
     columns = {name: [f"{v:.7g}" for v in x[name].astype(np.float32)] for name in FEATURES}
     columns["opportunity_id"] = [f"truth-{seed}-{i}" for i in range(n)]

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     SMOKE["on"] = args.smoke
     with session("omni-mev-money-path-") as (scratch, servers):
-        results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+        results = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
                    **measure(servers, scratch, args.smoke, 3.0 if args.smoke else args.duration)}
     path = write_results(results, args.results, "money-path", args.smoke)
     print(f"wrote {path}")

@@ -162,7 +162,7 @@ def run(sizes: Sizes, seed: int = 20261127) -> dict[str, Any]:
         with Client(server.url, timeout=120.0) as client:
             champion = loop.registry.alias("champion")
             phases.append(loop.phase(client, "before", sizes.before, SimulatorParams(), seed))
-            shift_at = dt.datetime.now(dt.timezone.utc)
+            shift_at = dt.datetime.now(dt.UTC)
             phases.append(loop.phase(client, "after, stale champion", sizes.train, shifted_params(), seed + 1))
             trained = loop.command("retrain", "--now", "--since", shift_at.isoformat(), *sizes.train_flags)
             if trained["action"] != "trained":
@@ -173,7 +173,7 @@ def run(sizes: Sizes, seed: int = 20261127) -> dict[str, Any]:
             gate = loop.command("retrain")
             if gate["action"] == "promoted":
                 loop.wait_for(client, "model_version", trained["version"])
-            recovered_after_s = (dt.datetime.now(dt.timezone.utc) - shift_at).total_seconds()
+            recovered_after_s = (dt.datetime.now(dt.UTC) - shift_at).total_seconds()
             phases.append(loop.phase(client, "after, promoted", sizes.after, shifted_params(), seed + 3))
         last = loop.timeline[-1]
         stale = OnnxModel(loop.registry.get(champion).onnx)
@@ -185,7 +185,7 @@ def run(sizes: Sizes, seed: int = 20261127) -> dict[str, Any]:
         se = _auc_difference_se(y, served, stale_confidences)
         promoted = phases[-1]
         result = {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": seed,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "seed": seed,
             "sizes": asdict(sizes), "shift": {k: v for k, v in asdict(shifted_params()).items()
                                               if v != asdict(SimulatorParams())[k]},
             "champion": champion, "challenger": trained["version"], "retrain": trained, "gate": gate,

@@ -1,6 +1,7 @@
 """Markdown tables and a PNG chart from a benchmark result (bench/run.py writes both)."""
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,62 @@ def write_report(results: dict[str, Any], docs: Path, source: Path) -> None:
         label = source.name
     page.write_text(f"{head}{START}\n{tables(results, label)}{END}{tail}")
     chart(results, docs / "benchmarks.png")
+
+
+README_START = "<!-- performance: written by bench.report from the newest bench/results/<date>.json; do not edit -->"
+README_END = "<!-- /performance -->"
+
+
+def newest_results(folder: Path) -> Path:
+    """The newest full run of `make bench`: bench/results/<date>.json (not the smoke runs, not the others)."""
+    runs = sorted(path for path in folder.glob("20[0-9][0-9]-[0-9][0-9]-[0-9][0-9].json"))
+    if not runs:
+        raise FileNotFoundError(f"no bench/results/<date>.json in {folder}")
+    return runs[-1]
+
+
+def readme_performance(results: dict[str, Any], source: str) -> str:
+    """The README's Performance figures, from one run's results."""
+    ratio = results["ratio"]["8"]
+    single = {name: _median([r for r in results["single"][name] if r["connections"] == 8], "requests_per_s")
+              for name in ("omni-mev", "reference")}
+    batch = {(row["endpoint"], row["batch_size"]): row["predictions_per_s"] for row in results["batch"]}
+    lines = [f"`make bench` ({source}, {results['date'][:10]}, {results['rounds']} alternating rounds of "
+             f"{results['duration_s']:g} s): omni-mev (gunicorn, 2 workers, as deployed) serves **`/predict` at "
+             f"{ratio['median_throughput']:.2f}x the requests/s of the FastAPI/uvicorn reference at 8 connections** "
+             f"(medians {single['omni-mev']:,.0f} vs {single['reference']:,.0f} req/s; p99 ratio "
+             f"{ratio['median_p99']:.2f})"]
+    if ("/predict/batch", 1024) in batch:
+        lines.append(f"; batches reach {batch[('/predict/batch', 1024)]:,.0f} predictions/s at 1,024 rows through "
+                     "`/predict/batch`")
+    if ("V2 infer", 1024) in batch:
+        lines.append(f" and {batch[('V2 infer', 1024)]:,.0f} through the V2 tensor endpoint")
+    ledger = results.get("ledger")
+    if ledger:
+        lines.append(f"; the outcome ledger costs {1 - ledger['median_ratio']:.1%} of `/predict` throughput")
+    rss = max(results["rss_mb"]["omni-mev"])
+    lines.append(f"; a worker holds {rss:.0f} MB and the service answers `/health` {results['ready_s']['omni-mev']:.2f} "
+                 "s after start.")
+    return "".join(lines)
+
+
+def write_readme_performance(results: dict[str, Any], readme: Path, source: str) -> None:
+    """Replace the generated Performance figures of the README."""
+    text = readme.read_text()
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    readme.write_text(f"{head}{README_START}\n{readme_performance(results, source)}\n{README_END}{tail}")
+
+
+
+def main() -> int:
+    """`python -m bench.report`: the README's Performance figures from the newest bench/results/<date>.json."""
+    root = Path(__file__).resolve().parent.parent
+    newest = newest_results(root / "bench" / "results")
+    write_readme_performance(json.loads(newest.read_text()), root / "README.md", f"bench/results/{newest.name}")
+    print(f"README.md: Performance figures from {newest.relative_to(root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -80,7 +80,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "Server":
+    def start(self, timeout: float = 60.0) -> Server:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
         started = time.monotonic()
@@ -174,7 +174,7 @@ def wrk(url: str, body: str | bytes, connections: int, duration_s: float, scratc
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "5s", "-s", str(script),
          url], capture_output=True, text=True, timeout=duration_s + 60)
-    line = next((l for l in result.stdout.splitlines() if l.startswith("@@")), None)
+    line = next((text for text in result.stdout.splitlines() if text.startswith("@@")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {result.stdout}\n{result.stderr}")
     figures = json.loads(line[2:])
@@ -240,10 +240,10 @@ def reference(workers: int = 2) -> Server:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    memory = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                  if l.startswith("MemTotal"))
+    cpu = next((text.split(":", 1)[1].strip() for text in Path("/proc/cpuinfo").read_text().splitlines()
+                if text.startswith("model name")), platform.processor())
+    memory = next(int(text.split()[1]) for text in Path("/proc/meminfo").read_text().splitlines()
+                  if text.startswith("MemTotal"))
 
     def version(package: str) -> str:
         try:
@@ -392,7 +392,7 @@ def ledger_size(scratch: Path, records: int) -> dict[str, Any]:
 def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> dict[str, Any]:
     """All measurements, as one JSON-able dict."""
     predict_body = json.dumps({"features": EXAMPLE})
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "smoke": smoke, "machine": machine(), "rounds": rounds, "duration_s": duration_s,
                                "wrk_threads": 1}
     SMOKE["on"] = smoke
@@ -479,7 +479,7 @@ def run(smoke: bool, rounds: int, duration_s: float, connections: list[int]) -> 
         results["ledger"] = ledger_cost(scratch, rounds, duration_s, servers)
         results["ensemble"] = family_cost(scratch, rounds, duration_s, servers, smoke)
         results["ledger_size"] = ledger_size(scratch, 20_000 if smoke else 1_000_000)
-        from bench import streams  # noqa: PLC0415 - it imports this module
+        from bench import streams  # here: it imports this module
 
         results["streams"] = streams.measure(servers, rounds, duration_s, 50 if smoke else streams.IDLE_CONNECTIONS)
     return results
@@ -500,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="1,8,64")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder for <date>.json")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="folder for benchmarks.md/png ('' to skip)")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"),
+                        help="README whose Performance figures a full run rewrites ('' to skip)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk; make bench does it)", file=sys.stderr)
@@ -518,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.report import write_report
 
         write_report(results, Path(args.docs), path)
+    # The README quotes full runs only: a smoke run's figures say nothing about speed.
+    if args.readme and not args.smoke:
+        from bench.report import write_readme_performance
+
+        source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        write_readme_performance(results, Path(args.readme), str(source))
     return 0
 
 

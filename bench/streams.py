@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, duration, idle = (1, 1.0, 50) if args.smoke else (args.rounds, args.duration, IDLE_CONNECTIONS)
     with session("omni-mev-streams-") as (_, servers):
-        results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": args.smoke,
+        results = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "smoke": args.smoke,
                    "machine": machine(), "rounds": rounds, "duration_s": duration,
                    **measure(servers, rounds, duration, idle)}
     for connections, row in results["summary"].items():

@@ -56,7 +56,7 @@ def _columns(x: dict[str, np.ndarray], stream: np.ndarray, seconds: np.ndarray, 
     success = rng.uniform(size=len(p)) < p
     gas_usd = x["gas_millions"] * 2.5
     pnl = np.where(success, x["profit_usd"], -gas_usd)
-    start = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
     columns = {feature: [f"{v:.7g}" for v in x[feature][order].astype(np.float32)] for feature in FEATURES}
     columns["opportunity_id"] = [f"{name}-{seed}-{i}" for i in range(len(p))]
     columns["observed_at"] = [(start + dt.timedelta(seconds=float(t))).isoformat(timespec="milliseconds")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "machine": machine(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="omni-mev-truth-") as scratch:
         for name in GENERATORS:

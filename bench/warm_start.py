@@ -53,7 +53,7 @@ def run(train_rows: int, test_rows: int, seed: int) -> dict[str, Any]:
     window = from_simulation(simulate(train_rows, seed=seed, params=shifted_params()))
     later = from_simulation(simulate(test_rows, seed=seed + 1, params=shifted_params()))
     truth_auc = auc_roc(later.label, later.oracle)
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "machine": machine(), "train_rows": train_rows, "test_rows": test_rows, "seed": seed,
                                "truth_auc": round(truth_auc, 4), "options": {}}
     served = score(ROOT / "models" / "lstm_omni.onnx", later)

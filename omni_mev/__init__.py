@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-    from omni_mev.api.routes import Route
+    from omni_mev.api.table import Route
 
 from omni_mev.version import __version__
 

@@ -123,7 +123,7 @@ class RedisCache(Cache):
 
         self._errors = (redis.RedisError, OSError)
         self._client = redis.Redis(
-            host=settings.redis_host,
+            host=settings.redis_host or "localhost",
             port=settings.redis_port,
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
@@ -185,10 +185,12 @@ class RedisCache(Cache):
                 pending, self._pending = self._pending, None
             if pending is None:
                 continue
-            confidence, timestamp = pending
-            written = self._call(lambda client: self._write_if_newer(
-                keys=[LAST_CONFIDENCE_KEY, LAST_TIMESTAMP_KEY], args=[repr(confidence), repr(timestamp)],
-                client=client))
+            values = [repr(value) for value in pending]
+
+            def write(client: Any, values: list[str] = values) -> Any:
+                return self._write_if_newer(keys=[LAST_CONFIDENCE_KEY, LAST_TIMESTAMP_KEY], args=values, client=client)
+
+            written = self._call(write)
             if written is _FAILED:
                 # Keep the value for when the breaker closes, unless a newer one came.
                 with self._pending_lock:

@@ -248,7 +248,7 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -307,7 +307,7 @@ class StreamClient:
     def close(self) -> None:
         self.websocket.close()
 
-    def __enter__(self) -> "StreamClient":
+    def __enter__(self) -> StreamClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

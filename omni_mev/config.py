@@ -265,7 +265,8 @@ class Settings:
         "still unfinished",
     )
     dispatch_dedupe_ttl_s: int = _setting(
-        "AI_DISPATCH_DEDUPE_TTL_S", _number(int, 60, 30 * 86_400), 86_400, "how long an opportunity_id stays claimed in Redis"
+        "AI_DISPATCH_DEDUPE_TTL_S", _number(int, 60, 30 * 86_400), 86_400,
+        "how long an opportunity_id stays claimed (in the outbox, and in Redis)"
     )
     decision_log_path: Path = _setting(
         "AI_DECISION_LOG", _path, PROJECT_ROOT / "logs" / "decisions.jsonl",

@@ -64,4 +64,8 @@ def insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING in the engine's dialect (SQLite and PostgreSQL spell it alike)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[engine.dialect.name](table).on_conflict_do_nothing()
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise ValueError(f"{engine.dialect.name} is not supported; allowed: {', '.join(SUPPORTED_DIALECTS)}")

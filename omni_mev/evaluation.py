@@ -74,8 +74,9 @@ def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> lis
     return rows
 
 
-def precision_recall(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
-    """Precision and recall of `p >= threshold` (None where undefined)."""
+def precision_recall(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray
+                     ) -> tuple[float | None, float | None]:
+    """Precision and recall of `p >= threshold`, one threshold or each row's own (None where undefined)."""
     take = p >= threshold
     tp = int((take & (y == 1)).sum())
     precision = tp / int(take.sum()) if take.any() else None

@@ -42,6 +42,7 @@ class OneSendResponse(wsgi.Response):
     """A response whose headers leave with the first body chunk (unless chunked)."""
 
     _pending: bytes | None = None
+    headers_sent: bool
 
     def send_headers(self) -> None:
         if self.headers_sent:
@@ -102,7 +103,7 @@ class PeerTrustCachingRequest(Request):
 def install(write_error: Callable[[Any, int, str, str], None]) -> None:
     """In this worker process only: gunicorn builds OneSendResponse responses, answers its own errors with
     `write_error`, and formats the Date header once a second."""
-    wsgi.Response = OneSendResponse  # type: ignore[misc]
+    wsgi.Response = OneSendResponse
     util.write_error = write_error
     util.http_date = cached_http_date
 

@@ -7,6 +7,7 @@ each position of the list form of `features` its own bounds (`prefixItems`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from apispec import APISpec
@@ -14,7 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
 from omni_mev import schemas
-from omni_mev.api.routes import ROUTES, Route
+from omni_mev.api.table import Route
 from omni_mev.config import DEFAULT_MAX_BATCH_SIZE
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.ledger.quality import WINDOWS
@@ -220,6 +221,7 @@ def _scoring(spec: APISpec) -> None:
 def _outcome(plugin: MarshmallowPlugin) -> dict[str, Any]:
     """OutcomeSchema's fields, and its one rule across fields as two forms: an executed trade carries `success`;
     one that was not executed has no label (success, if given, is false)."""
+    assert plugin.converter is not None  # set when the plugin is registered with the spec
     fields_ = plugin.converter.schema2jsonschema(schemas.OutcomeSchema)["properties"]
     required = ["opportunity_id"]
     flag = {key: value for key, value in fields_["executed"].items() if key != "default"}
@@ -249,8 +251,8 @@ def _ledger(spec: APISpec) -> None:
     spec.path(path="/outcomes", operations={"post": {
         "summary": "What happened to judged opportunities: one outcome (object) or up to AI_MAX_BATCH_SIZE (array); "
                    "the same outcome twice is one outcome",
-        "requestBody": {"required": True, **_json({"oneOf": [outcome, {"type": "array", "items": outcome,
-                                                                       "minItems": 1, "maxItems": DEFAULT_MAX_BATCH_SIZE}]})},
+        "requestBody": {"required": True, **_json({"oneOf": [
+            outcome, {"type": "array", "items": outcome, "minItems": 1, "maxItems": DEFAULT_MAX_BATCH_SIZE}]})},
         "responses": {
             "200": {"description": "One: already stored the same. Many: processed; `unknown` lists ids the ledger "
                                    "does not have yet (retry after `retry_after_s`)", **_json({"oneOf": [result, many]})},
@@ -345,11 +347,12 @@ def _open_inference(spec: APISpec, model_version: str | None) -> None:
                 "503": _error("No model loaded in this worker", "V2Error"), **extra}}})
 
 
-def build(model_version: str | None = None, keys_required: bool = True) -> dict[str, Any]:
+def build(routes: Iterable[Route], model_version: str | None = None, keys_required: bool = True) -> dict[str, Any]:
     """The whole document as a dict, for a worker serving this model version (None: none loaded).
 
-    keys_required: API keys are configured. Without them the document declares no security at all (no
-    scheme, no requirement, no 401): a client or a fuzzer reads what the service does.
+    routes: the route table (which routes are open to probes). keys_required: API keys are configured. Without
+    them the document declares no security at all (no scheme, no requirement, no 401): a client or a fuzzer
+    reads what the service does.
     """
     plugin = MarshmallowPlugin()
     access = ("Every operation but the health checks needs an API key." if keys_required
@@ -362,6 +365,7 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
         info={"description": f"Calibrated success probability of DEX arbitrage opportunities. {access}"},
         **({"security": [{"bearer": []}, {"apiKey": []}]} if keys_required else {}),
     )
+    assert plugin.converter is not None  # set by APISpec(plugins=[plugin])
     plugin.converter.add_attribute_function(_attribute_function)
     _components(spec, plugin)
     if keys_required:
@@ -372,7 +376,7 @@ def build(model_version: str | None = None, keys_required: bool = True) -> dict[
     _ledger(spec)
     _health_and_status(spec)
     document = spec.to_dict()
-    return _open_to_probes(document) if keys_required else _without_security(document)
+    return _open_to_probes(document, routes) if keys_required else _without_security(document)
 
 
 def openapi_path(route: Route) -> str:
@@ -380,9 +384,9 @@ def openapi_path(route: Route) -> str:
     return route.path.replace("<name>", MODEL_NAME).replace("<version>", "{version}")
 
 
-def _open_to_probes(document: dict[str, Any]) -> dict[str, Any]:
+def _open_to_probes(document: dict[str, Any], routes: Iterable[Route]) -> dict[str, Any]:
     """The routes the route table opens to probes need no credentials, and are never answered 401."""
-    for route in ROUTES:
+    for route in routes:
         if not route.auth:
             for method in route.methods:
                 operation = document["paths"][openapi_path(route)][method.lower()]

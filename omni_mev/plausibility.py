@@ -104,19 +104,17 @@ class Plausibility:
     def of_batch(self, current: np.ndarray, past: np.ndarray | None = None) -> list[Checks]:
         """Failed checks of each opportunity: current [n, 8], past [n, steps, 8] (or None), float64."""
         n = len(current)
-        history = past.reshape(-1, past.shape[2]) if past is not None and past.shape[1] else None
-        disordered = copies = None
-        if history is not None:
+        streams = None  # (inconsistent steps, disordered, copies) per opportunity, with a history
+        if past is not None and past.shape[1]:
             disordered, copies = _stream_failures(current, past)
-        if self._all_plausible(current) and (history is None or (not _inconsistent(history).any()
-                                                                 and not disordered.any() and not copies.any())):
+            streams = (_inconsistent(past.reshape(-1, past.shape[2])).reshape(n, -1).any(axis=1), disordered, copies)
+        if self._all_plausible(current) and (streams is None or not any(found.any() for found in streams)):
             return [()] * n  # the common case, in a few array operations
         failed = np.zeros((n, len(CHECKS)), bool)
         failed[:, :_VECTOR_CHECKS] = self._matrix(current)
-        if history is not None:
-            failed[:, _VECTOR_CHECKS] = _inconsistent(history).reshape(n, -1).any(axis=1)
-            failed[:, _VECTOR_CHECKS + 1] = disordered
-            failed[:, _VECTOR_CHECKS + 2] = copies
+        if streams is not None:
+            for offset, found in enumerate(streams):
+                failed[:, _VECTOR_CHECKS + offset] = found
         return [tuple(CHECKS[j] for j in np.flatnonzero(row)) for row in failed]
 
     def _all_plausible(self, x: np.ndarray) -> bool:

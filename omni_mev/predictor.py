@@ -104,7 +104,7 @@ class Prediction:
         """The dispatch whose outcome is still to come, if any."""
         return [self.execution] if isinstance(self.execution, PendingExecution) else []
 
-    def settled(self) -> "Prediction":
+    def settled(self) -> Prediction:
         """This answer with the dispatch's outcome as it stands now (or `queued`)."""
         if not isinstance(self.execution, PendingExecution):
             return self
@@ -129,7 +129,7 @@ class BatchPrediction:
         """The dispatches whose outcomes are still to come."""
         return [e for e in self.executions.values() if isinstance(e, PendingExecution)]
 
-    def settled(self) -> "BatchPrediction":
+    def settled(self) -> BatchPrediction:
         """These answers with the dispatches' outcomes as they stand now (or `queued`)."""
         return replace(self, executions={index: e.settled() if isinstance(e, PendingExecution) else e
                                          for index, e in self.executions.items()})
@@ -314,10 +314,10 @@ class Predictor:
         if not self.cache.caching or serving is None:
             return self.score(window)
         self._count_drift(window[:, -1, :])
-        hit = self.cache.get_prediction(serving.version, window)
+        version = serving.version or "unknown"
+        hit = self.cache.get_prediction(version, window)
         if hit is not None:
-            return self._recorded(Scores(np.array([hit], np.float32), serving.kind, serving.version, 0.0,
-                                         cached=True))
+            return self._recorded(Scores(np.array([hit], np.float32), serving.kind, version, 0.0, cached=True))
         scores = self._recorded(self._run(window))
         if scores.model_version == serving.version:
             self.cache.put_prediction(scores.model_version, window, float(scores.confidences[0]))
@@ -351,13 +351,15 @@ class Predictor:
             elif scores.shadow is None:
                 shadow = None  # the shadow failed on a group: no comparison for this batch
             elapsed += scores.inference_ms
+        assert scores is not None  # a batch has at least one item
         return Scores(confidences, scores.model_type, scores.model_version, elapsed, shadow), implausible
 
     def _shadow(self, windows: np.ndarray, served: np.ndarray) -> np.ndarray | None:
         """Score with the shadow model and compare; its failures never reach the client."""
+        assert self.shadow is not None  # called only with a shadow model
         try:
             shadow = self.shadow.predict(windows)
-        except Exception:  # noqa: BLE001 - the shadow must not affect the response
+        except Exception:
             log.exception("shadow model failed")
             metrics.SHADOW_ERRORS.inc()
             return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -52,7 +52,7 @@ def _storable_id(value: str) -> None:
         raise ValidationError("Must not contain the NUL character (U+0000): PostgreSQL cannot store it.")
 
 
-ID_RULES = [validate.Length(min=1, max=ID_MAX_LENGTH), _storable_id]
+ID_RULES: list[Callable[[Any], Any]] = [validate.Length(min=1, max=ID_MAX_LENGTH), _storable_id]
 ID_PATTERN = "^[^\\u0000]*$"  # the same rule for the OpenAPI document
 
 
@@ -77,7 +77,7 @@ class FeatureVector(fields.Field):
         return parse_vector(value, self.error_messages)
 
 
-def parse_vector(value: Any, messages: Mapping[str, str] = FeatureVector.default_error_messages) -> FeatureValues:
+def parse_vector(value: Any, messages: Mapping[str, Any] = FeatureVector.default_error_messages) -> FeatureValues:
     """Validate one vector; raise ValidationError naming each bad feature."""
     if value.__class__ is list:
         if len(value) != N_FEATURES:
@@ -229,7 +229,10 @@ def _valid_opportunity(body: dict[str, Any]) -> Opportunity | None:
 def load_opportunity(body: dict[str, Any]) -> Opportunity:
     """A /predict body as an Opportunity; ValidationFailed (422) naming every bad field otherwise."""
     opportunity = _valid_opportunity(body)
-    return opportunity if opportunity is not None else load_or_raise(_item_schema, body)
+    if opportunity is not None:
+        return opportunity
+    loaded: Opportunity = load_or_raise(_item_schema, body)  # type: ignore[assignment]  # the schema's post_load
+    return loaded
 
 
 class BatchItems(fields.Field):
@@ -319,7 +322,7 @@ class BatchRequestSchema(Schema):
 
     def __init__(self, *args: Any, body_has_booleans: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["items"].may_hold_booleans = body_has_booleans
+        self.fields["items"].may_hold_booleans = body_has_booleans  # type: ignore[attr-defined]  # BatchItems
 
 
 # The answers. They are the OpenAPI document's source (omni_mev/openapi_spec.py), the fuzz test checks every answer

@@ -9,6 +9,14 @@ _UNIT_S = {"m": 60.0, "h": 3_600.0, "d": 86_400.0}
 ALLOWED = "N followed by m, h or d (1h, 24h, 7d), up to 90d"
 
 
+def window_length(text: str) -> float:
+    """The seconds of a window already validated (a setting); ValueError for one that is not a window."""
+    seconds = parse_window(text)
+    if seconds is None:
+        raise ValueError(f"{text!r} is not a window")
+    return seconds
+
+
 def parse_window(text: str) -> float | None:
     """The window in seconds, or None when `text` is not one."""
     found = _WINDOW.match(text.strip())

@@ -242,7 +242,7 @@ class KeepAliveWorker(Worker):
             self._answer_parked()
         if self.alive or accepting:
             for listener in listeners:
-                self._accept(listener)
+                self._accept(listener)  # type: ignore[arg-type]  # the listening sockets registered in run()
         self._enforce_deadlines()
         if self._served_since_idle and (not events or time.monotonic() >= self._next_idle_run):
             self._run_idle_tasks()
@@ -253,7 +253,7 @@ class KeepAliveWorker(Worker):
         for task in self._idle_tasks:
             try:
                 task()
-            except Exception:  # noqa: BLE001 - a task's failure must not take the worker down
+            except Exception:
                 self.log.exception("idle task %r failed", task)
 
     def _notify_if_due(self) -> None:
@@ -457,6 +457,7 @@ class KeepAliveWorker(Worker):
                 raise BadRequest(f"The request head is over {self.head_limit} bytes.") from None
         end = pending.end
         if end is None:
+            assert pending.chunked is not None  # a head without a length has a chunked body
             try:
                 end = pending.chunked.end(buffer)
             except BodyTooLarge:
@@ -565,7 +566,7 @@ class KeepAliveWorker(Worker):
     def _after_request(self, request: Any, environ: dict[str, Any], response: Any) -> None:
         try:
             self.cfg.post_request(self, request, environ, response)
-        except Exception:  # noqa: BLE001 - a hook must not take the worker down
+        except Exception:
             self.log.exception("Exception in post_request hook")
 
     # Requests whose answer waits on a dispatch
@@ -593,7 +594,7 @@ class KeepAliveWorker(Worker):
                 keep = self._respond(parked.request, parked.response, parked.environ, parked.body, parked.started)
             except OSError:
                 keep = False
-            except Exception:  # noqa: BLE001 - the status line may be out: the connection cannot be reused
+            except Exception:
                 self.log.exception("Error writing a deferred response")
                 keep = False
             self.selector.register(connection.sock, selectors.EVENT_READ, connection)

@@ -14,6 +14,7 @@ from omni_mev import create_app
 from omni_mev.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
 MODELS = ROOT / "models"
 _SETTING_VARIABLES = [f.metadata["env"] for f in fields(Settings)]
 # The threshold of the trading tests: `vectors` holds opportunities scored clearly on either side of it.
@@ -72,3 +73,47 @@ def vectors() -> dict[bool, list[list[float]]]:
     confidence = model.predict(features[:, None, :])
     return {True: features[confidence > THRESHOLD + 0.1][:30].tolist(),
             False: features[confidence < THRESHOLD - 0.1][:30].tolist()}
+
+
+# Test tiers: each test is marked with the heaviest thing it (or a fixture it uses) starts, read from their source;
+# a test may carry its own tier mark instead. `make test-fast` runs the unit tier (no system package needed).
+TIERS = ("unit", "service", "system", "model", "bench")
+_STARTS = (
+    ("bench", ("bench.run", "bench.money_path", "bench.ledger_load", "bench.streams", "smoke_results")),
+    ("system", ("PostgresServer(", '"postgres"', "Nginx(", "Prometheus(", "HostNetwork", "fleet", "systemd-analyze",
+                "promtool", "_promtool(", "rustc", "node")),
+    ("model", ("train(", '"train"', "run_loop(", "regime_shift", "truth_generators", "logistic_truth", "tiny_run",
+               "fit_network", "export_onnx", "bench.devices")),
+    ("service", ("Gunicorn(", "RedisServer(", "StreamServer(", "EngineStub(", "service", "subprocess.run(",
+                 "_cli(", "_check(", "Popen(")),
+)
+
+
+def _sources(item: pytest.Item) -> str:
+    """The test's source and that of every fixture it uses, through the fixtures they use."""
+    import inspect
+
+    seen, texts = set(), []
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in (info.name2fixturedefs.values() if info is not None else ()):
+        functions += [definition.func for definition in definitions]
+    for function in functions:
+        if function is None or function in seen:
+            continue
+        seen.add(function)
+        try:
+            if Path(inspect.getsourcefile(function) or "").is_relative_to(TESTS):  # not pytest's own fixtures
+                texts.append(inspect.getsource(function))
+        except (OSError, TypeError):
+            continue
+    return "\n".join(texts)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        source = _sources(item)
+        tier = next((name for name, needles in _STARTS if any(needle in source for needle in needles)), "unit")
+        item.add_marker(getattr(pytest.mark, tier))

@@ -63,7 +63,7 @@ class EngineStub:
                     stub.connections += 1
                 super().setup()
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 key = self.headers.get("Idempotency-Key")
                 with stub.lock:
@@ -110,7 +110,7 @@ class EngineStub:
         with self.lock:
             return list(self.executed)
 
-    def __enter__(self) -> "EngineStub":
+    def __enter__(self) -> EngineStub:
         self.thread.start()
         return self
 

@@ -54,7 +54,7 @@ class HostNetwork:
         self.addresses = [f"{self.prefix}.{10 + i}" for i in range(1, count + 1)]
         self._links = [f"omv{tag}{i}" for i in range(1, count + 1)]
 
-    def __enter__(self) -> "HostNetwork":
+    def __enter__(self) -> HostNetwork:
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)

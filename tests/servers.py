@@ -72,7 +72,7 @@ class Process:
         self.log = tempfile.NamedTemporaryFile(prefix="omni-mev-test-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self
@@ -100,7 +100,7 @@ class Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
-    def __enter__(self) -> "Process":
+    def __enter__(self) -> Process:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -140,7 +140,7 @@ class Gunicorn(Process):
                          env={**base, **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "Gunicorn":
+    def start(self, wait: bool = True) -> Gunicorn:
         super().start()
         if wait:
             self.wait_ready()
@@ -214,7 +214,7 @@ class RedisServer(Process):
         super().__init__([binary, "--port", str(self.port), "--bind", *bind, "--save", "",
                           "--appendonly", "no", "--protected-mode", "no" if address else "yes"])
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         super().start()
         wait_until(self.ping, 10, what="redis-server PONG")
         return self
@@ -318,7 +318,7 @@ class Nginx(Process):
         return subprocess.run([NGINX, "-t", "-p", str(self.directory), "-e", str(self.directory / "error.log"),
                                "-c", str(self.conf)], capture_output=True, text=True)
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         super().start()
         wait_until(lambda: socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close() or True, 10,
                    what="nginx listening")
@@ -363,7 +363,7 @@ class PostgresServer(Process):
         # The URL the namespaces' hosts use.
         self.shared_url = f"postgresql+psycopg://omni@{address}:{self.port}/postgres"
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         super().start()
         wait_until(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 30,
                    what="postgres listening")
@@ -450,7 +450,7 @@ class Stream:
                 else:
                     self.failures.append((status, body))
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         for thread in self.threads:
             thread.start()
         wait_until(lambda: self.ok > 20, 20, what="stream flowing")
@@ -493,7 +493,7 @@ class StreamServer(Process):
         self.url = f"ws://127.0.0.1:{self.port}/stream"
         self.http_url = f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "StreamServer":
+    def start(self) -> StreamServer:
         super().start()
 
         def up() -> bool:

@@ -30,3 +30,51 @@ def test_a_broken_layer_is_reported(tmp_path):
                       "source_modules =\n    omni_mev.predictor\nforbidden_modules =\n    omni_mev.ledger\n")
     result = lint(config)
     assert result.returncode == 1 and "omni_mev.predictor -> omni_mev.ledger" in result.stdout, result.stdout[-3000:]
+
+
+def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import one another in a circle (Tarjan), each with more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in edges[module]:
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(edges):
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_import_runs_in_a_circle():
+    """Counting every import: at module level, inside functions, and those only for type checking."""
+    import grimp
+
+    graph = grimp.build_graph("omni_mev", include_external_packages=False)
+    edges = {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+    assert strongly_connected(edges) == []
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -111,3 +111,28 @@ def test_money_path_smoke_run(tmp_path):
     assert set(results["claim_per_dispatch"]) == {"host (SQLite)", "redis (SQLite + Redis SET NX)",
                                                   "database (PostgreSQL, fsync on)"}
     assert all(0 < cost["median_us"] <= cost["p99_us"] for cost in results["claim_per_dispatch"].values())
+
+
+@pytest.mark.unit
+def test_readme_performance_figures_are_those_of_the_newest_full_run():
+    from bench.report import README_END, README_START, newest_results, readme_performance
+
+    newest = newest_results(ROOT / "bench" / "results")
+    readme = (ROOT / "README.md").read_text()
+    quoted = readme.partition(README_START)[2].partition(README_END)[0].strip()
+    expected = readme_performance(json.loads(newest.read_text()), f"bench/results/{newest.name}")
+    assert quoted == expected, "README's Performance figures differ from the newest run: python -m bench.report"
+
+
+@pytest.mark.unit
+def test_a_full_run_rewrites_only_the_readme_block(tmp_path):
+    from bench.report import README_END, README_START, newest_results, write_readme_performance
+
+    results = json.loads(newest_results(ROOT / "bench" / "results").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_START}\nold figures\n{README_END}\nafter\n")
+    results["ratio"]["8"]["median_throughput"] = 2.5
+    write_readme_performance(results, readme, "bench/results/x.json")
+    text = readme.read_text()
+    assert text.startswith(f"before\n{README_START}\n") and text.endswith(f"\n{README_END}\nafter\n")
+    assert "at 2.50x the requests/s" in text and "old figures" not in text

@@ -24,7 +24,7 @@ def service():
 @pytest.fixture(scope="module")
 def expected(service):
     """What the examples must print, computed with the package's client."""
-    from examples.python.predict import BATCH, EXAMPLE  # noqa: PLC0415 - the examples' own inputs
+    from examples.python.predict import BATCH, EXAMPLE  # the examples' own inputs
 
     with Client(service.url, api_key=KEY) as client:
         one = client.predict(EXAMPLE)

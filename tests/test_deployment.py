@@ -41,7 +41,7 @@ def test_https_predictions(nginx):
 
 
 def test_plain_http_redirects_but_health_answers(nginx):
-    request = "GET /predict HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n".encode()
+    request = b"GET /predict HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", nginx.http_port), timeout=5) as sock:
         sock.sendall(request)
         reply = sock.recv(4096).decode()

@@ -103,7 +103,8 @@ def test_the_same_opportunity_sent_to_every_host_at_once_is_dispatched_once(flee
         start = threading.Barrier(len(fleet.hosts))
         answers: list[dict] = []
 
-        def send(host: HostService) -> None:
+        def send(host: HostService, start: threading.Barrier = start, opportunity_id: str = opportunity_id,
+                 answers: list[dict] = answers) -> None:
             start.wait(10)
             status, body, _ = host.post("/predict", {"features": _approved(vectors), "opportunity_id": opportunity_id})
             assert status == 200, body
@@ -172,7 +173,7 @@ class Load:
                 else:
                     self.failures.append((status, body))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         self.advance(20)

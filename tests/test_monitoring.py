@@ -140,7 +140,7 @@ class Prometheus(Process):
                           f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"])
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Prometheus":
+    def start(self) -> Prometheus:
         super().start()
         wait_until(lambda: http("GET", self.url + "/-/ready")[0] == 200, 30, what="prometheus ready")
         return self

@@ -47,7 +47,12 @@ def outcomes(path: Path) -> dict[str, list[str]]:
 
 
 def intents(path: Path) -> list[str]:
-    return [r["opportunity_id"] for r in decision_records(path) if r["event"] == "dispatch"]
+    """Each intent's id once: its `dispatch` line, or (its worker killed between its commit and that line) the
+    `resend` line, with the order, of the worker that took it over."""
+    records = decision_records(path)
+    logged = [r["opportunity_id"] for r in records if r["event"] == "dispatch"]
+    taken_over = {r["opportunity_id"] for r in records if r["event"] == "resend" and "features" in r}
+    return logged + sorted(taken_over - set(logged))
 
 
 def all_ended(path: Path) -> bool:

@@ -122,7 +122,9 @@ def _ids(n: int) -> list[str]:
 
 
 def _log(server: Gunicorn) -> list[dict]:
-    return [json.loads(line) for line in server.decision_log.read_text().splitlines()] if server.decision_log.exists() else []
+    if not server.decision_log.exists():
+        return []
+    return [json.loads(line) for line in server.decision_log.read_text().splitlines()]
 
 
 def test_live_never_dispatches_an_impossible_opportunity():

@@ -114,7 +114,7 @@ def test_every_bad_field_reported_at_once(client):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_rejected(client, literal):
-    raw = '{"features": [%s, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]}' % literal
+    raw = f'{{"features": [{literal}, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]}}'
     body = _error(client.post("/predict", data=raw, content_type="application/json"), 400)
     assert "JSON" in body["message"]
 

@@ -29,7 +29,6 @@ SHIPPED = version_of((MODELS / "lstm_omni.onnx").read_bytes())
 
 def uninformative_model(directory: Path) -> str:
     """A valid model that reads only the time of day: no better than chance at judging a trade."""
-    import onnx
     from onnx import TensorProto, helper
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -278,7 +278,7 @@ def paced(send: Callable[[int], int], clients: int, rounds: int, gap_s: tuple[fl
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        for i in range(rounds):
+        for _ in range(rounds):
             status = send(index)
             with lock:
                 statuses.append(status)

@@ -23,7 +23,8 @@ class OrjsonProvider(JSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(dumps(obj), mimetype=self.mimetype)
+        # Flask's stubs type response_class as werkzeug's sans-IO Response, whose first argument is not the body.
+        return self._app.response_class(dumps(obj), mimetype=self.mimetype)  # type: ignore[return-value,arg-type]
 
 
 class Application(Flask):

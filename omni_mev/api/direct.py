@@ -37,16 +37,11 @@ from omni_mev.jsonio import dumps
 if TYPE_CHECKING:
     from flask import Flask
 
-    from omni_mev.api.routes import Route, RouteTable
+    from omni_mev.api.table import Route, RouteTable
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 # X-Request-Start, set by nginx (nginx/omni-mev.conf) to when the request reached it.
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
-# In the WSGI environ, from omni-mev's worker: when the request's first byte reached this process (time.time()).
-ARRIVED_AT = "omni_mev.arrived_at"
-# In the WSGI environ, set here: the request's body was not well-framed, so nothing after it on the connection can
-# be trusted to start a request; the worker closes the connection after the answer.
-CLOSE_CONNECTION = "omni_mev.close_connection"
 
 
 @dataclass(frozen=True)

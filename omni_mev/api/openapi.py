@@ -8,17 +8,19 @@ from flask import current_app
 
 from omni_mev import auth
 from omni_mev.api import predictor_of
+from omni_mev.api.table import Route, table_of
 
 
 
 @lru_cache(maxsize=4)
-def document(model_version: str | None, keys_required: bool) -> dict[str, Any]:
+def document(routes: tuple[Route, ...], model_version: str | None, keys_required: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document; apispec is imported only when someone asks for it."""
     from omni_mev.openapi_spec import build
 
-    return build(model_version, keys_required)
+    return build(routes, model_version, keys_required)
 
 
-def openapi_json():
+def openapi_json() -> dict[str, Any]:
     """The OpenAPI 3.1 document of this service (security declared only when API keys are configured)."""
-    return document(predictor_of(current_app).status().version, current_app.extensions[auth.EXTENSION].enabled)
+    return document(table_of(current_app).routes, predictor_of(current_app).status().version,
+                    current_app.extensions[auth.EXTENSION].enabled)

@@ -19,7 +19,7 @@ from omni_mev.api.batch import check_batch_size
 from omni_mev.api.direct import Answer, DirectRequest, Later
 from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
-                                   LedgerUnavailable, OutcomeResult)
+                                   LedgerUnavailable, Outcome, OutcomeResult)
 from omni_mev.schemas import OutcomeSchema, load_or_raise
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _answer(stored: Future, one: bool) -> Answer:
             results = stored.result()
         except OmniMevError as failure:
             error = failure
-        except Exception:  # noqa: BLE001 - a bug answers 500 JSON, never a traceback
+        except Exception:
             log.exception("unhandled error storing outcomes")
             return Answer(500, INTERNAL_ERROR)
         else:
@@ -112,9 +112,9 @@ def post_outcomes(request: DirectRequest) -> Later:
         check_batch_size(len(body), predictor.settings.max_batch_size)
         if not body:
             raise BadRequest("The array is empty; send at least one outcome.")
-        posted = load_or_raise(_many, body)
+        posted: list[Outcome] = load_or_raise(_many, body)  # type: ignore[assignment]  # the schema's post_load
     elif isinstance(body, dict):
-        posted = [load_or_raise(_one, body)]
+        posted = [load_or_raise(_one, body)]  # type: ignore[list-item]
     else:
         raise BadRequest("The body must be one outcome (an object) or a list of them (an array).")
     stored = predictor.ledger.submit_outcomes(posted)

@@ -21,7 +21,7 @@ def health():
     """200 when this worker has a model; 503 with the reason otherwise. No I/O."""
     status = predictor_of(current_app).status()
     if not status.ready:
-        raise ModelUnavailable(status.problem)
+        raise ModelUnavailable(status.problem or "no model is loaded")
     return {"status": "ok", "model_type": status.kind, "model_version": status.version}
 
 

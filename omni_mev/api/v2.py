@@ -106,7 +106,7 @@ def _model(status: ModelStatus, name: str, version: str | None = None) -> ModelS
 def _ready(status: ModelStatus) -> Response:
     """200 when ready; 400 with the reason otherwise (4xx means false in the protocol)."""
     if not status.ready:
-        raise V2Error(status.problem)
+        raise V2Error(status.problem or "no model is loaded")
     return _empty_ok()
 
 
@@ -296,8 +296,8 @@ def _infer(request: DirectRequest, name: str, version: str | None) -> dict[str, 
                       + "; ".join(f"{k}: {' '.join(v)}" for k, v in flat.items())) from None
     v2_binary.attach_binary_inputs(payload["inputs"], binary)
     result = run_inference(predictor, name, version, payload, may_hold_booleans(header))
-    answer = {"model_name": MODEL_NAME, "model_version": result.model_version, "id": result.id,
-              "parameters": result.parameters, "outputs": []}
+    answer: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": result.model_version, "id": result.id,
+                              "parameters": result.parameters, "outputs": []}
     in_binary = v2_binary.binary_outputs(payload.get("parameters"), payload.get("outputs"), result.outputs)
     blobs = []
     for output in result.outputs:

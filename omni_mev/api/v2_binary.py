@@ -24,8 +24,8 @@ ENVIRON_KEY = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
 BINARY_SIZE = "binary_data_size"
 CONTENT_TYPE = "application/octet-stream"
 # Fixed-width datatypes as numpy reads them from the wire (little-endian).
-WIRE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("u1"), "INT32": np.dtype("<i4"),
-               "INT64": np.dtype("<i8")}
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("u1"),
+                                         "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
 _LENGTH = struct.Struct("<I")
 
 
@@ -88,7 +88,8 @@ def decode(tensor: Mapping[str, Any], raw: bytes) -> np.ndarray | list[bytes]:
 
 
 def _decode_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     for _ in range(count):
         if offset + _LENGTH.size > len(raw):
             raise BinaryTensorError(f"Input '{name}' ends inside the length of element {len(elements)}.")

@@ -69,7 +69,7 @@ class QualityCollector(Collector):
                                      labels=LABELS)
         expected = GaugeMetricFamily("ai_quality_pnl_expected_usd",
                                      "What the confidence expected of the same trades, USD", labels=LABELS)
-        if up:
+        if up and report is not None:
             for labels, figures in _series(report):
                 for name, family in families.items():
                     if figures.get(name) is not None:

@@ -8,6 +8,7 @@ their label coverage, next to the pooled figures.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,8 @@ def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: Th
     }
     if count:
         yl, pl = y[labelled], p[labelled]
-        precision, recall = precision_recall(yl, pl, threshold if np.isscalar(threshold) else threshold[labelled])
+        limit = threshold[labelled] if isinstance(threshold, np.ndarray) else threshold
+        precision, recall = precision_recall(yl, pl, limit)
         report.update(
             auc=_rounded(auc_roc(yl, pl)), brier=_rounded(brier(yl, pl)), log_loss=_rounded(log_loss(yl, pl)),
             ece=_rounded(expected_calibration_error(yl, pl)), precision=_rounded(precision), recall=_rounded(recall),
@@ -109,7 +111,7 @@ def model_quality(records: LedgerRecords, confidences: np.ndarray, threshold: Th
     return report
 
 
-def _versions(names: list[str | None], mask: np.ndarray) -> list[str]:
+def _versions(names: Sequence[str | None], mask: np.ndarray) -> list[str]:
     return sorted({name for name, kept in zip(names, mask) if kept and name is not None})
 
 
@@ -118,15 +120,14 @@ def window_figures(records: LedgerRecords, threshold: float | None, since: float
     (`served`) and as the shadow (`shadow`), each version on the rows it scored, never pooled. With no
     `threshold`, each prediction is judged at the threshold it was decided at (a model's own, which a promotion
     changes), the shadow's at the served model's."""
-    if threshold is None:
-        threshold = records.threshold
+    judged_at: Threshold = records.threshold if threshold is None else threshold
     in_window = (records.predicted_at >= since) & (records.predicted_at <= until)
     served_names = np.array(records.model_version, dtype=object)
     shadow_names = np.array(records.shadow_version, dtype=object)
     served: dict[str, Any] = {}
     for version in _versions(records.model_version, in_window):
         mask = in_window & (served_names == version)
-        served[version] = model_quality(records, np.where(mask, records.confidence, np.nan), threshold)
+        served[version] = model_quality(records, np.where(mask, records.confidence, np.nan), judged_at)
         # When this version answered, within the window: a promotion ends one version's period, so versions are
         # never pooled across it.
         times = records.predicted_at[mask]
@@ -134,7 +135,7 @@ def window_figures(records: LedgerRecords, threshold: float | None, since: float
     shadow: dict[str, Any] = {}
     for version in _versions(records.shadow_version, in_window & np.isfinite(records.shadow_confidence)):
         mask = in_window & (shadow_names == version)
-        shadow[version] = model_quality(records, np.where(mask, records.shadow_confidence, np.nan), threshold)
+        shadow[version] = model_quality(records, np.where(mask, records.shadow_confidence, np.nan), judged_at)
     newest = np.flatnonzero(in_window)
     return {"since": round(since, 3), "until": round(until, 3), "served": served, "shadow": shadow,
             "newest_version": records.model_version[newest[-1]] if len(newest) else None,

@@ -4,8 +4,9 @@
 gunicorn.conf.py starts the reporter (`python -m omni_mev.ledger.reporter`) when the master is ready and stops
 it on exit; it also stops by itself when the master is gone. AI_QUALITY_REFRESH_S after its last report was
 written (or later: it uses at most MAX_DUTY of a core, see pause_after) it reads the longest window of the ledger
-once, computes every window of quality.WINDOWS for every model version, and replaces the file atomically. A report therefore costs the ledger's database one read per
-cadence, whatever the number of clients polling /quality, and a reader never sees a half-written file.
+once, computes every window of quality.WINDOWS for every model version, and replaces the file atomically. A report
+therefore costs the ledger's database one read per cadence, whatever the number of clients polling /quality, and a
+reader never sees a half-written file.
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ class ReporterProcess:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="quality-reporter", daemon=True)
 
-    def start(self) -> "ReporterProcess":
+    def start(self) -> ReporterProcess:
         self._spawn()  # now, in the caller's thread (the first one before any worker is forked)
         self._thread.start()
         return self
@@ -152,12 +153,14 @@ class ReporterProcess:
         self._stopping.set()
         if not self._running():
             return
-        os.kill(self.pid, signal.SIGTERM)
+        pid = self.pid
+        assert pid is not None  # _running() says it was spawned
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while self._running() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self._running():
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
 
 
 def main() -> int:

@@ -166,7 +166,7 @@ class Ledger(ABC):
     def records(self, since: float, until: float | None = None) -> LedgerRecords:
         """The latest prediction of each opportunity predicted in [since, until], joined to its outcome."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - a hook: a ledger that queues nothing has nothing to write
         """Write what is queued now."""
 
     @property
@@ -442,7 +442,7 @@ class SqlLedger(Ledger):
         if not fresh:
             return set(), {}
         received = time.time()
-        rows = [{"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
+        rows: list[dict[str, Any]] = [{"opportunity_id": o.opportunity_id, "executed": o.executed, "success": o.success,
                  "realised_pnl_usd": o.realised_pnl_usd, "observed_at": o.observed_at, "received_at": received}
                 for o in fresh]
         statement = self._insert_outcome
@@ -538,21 +538,21 @@ def read_records(engine: sa.Engine, since: float, until: float | None = None) ->
              .where(predictions.c.id.in_(latest))
              .order_by(predictions.c.predicted_at))
     with engine.connect() as connection:
-        return _records(connection.execute(query).all())
+        return _records(list(connection.execute(query).all()))
 
 
 def _bulk_insert(engine: sa.Engine) -> tuple[str, Any]:
     """The INSERT of a prediction row in the engine's dialect, and how to turn rows into its parameters."""
     compiled = predictions.insert().inline().compile(dialect=engine.dialect, column_keys=list(PredictionRow._fields))
     if compiled.positional:
-        order = [PredictionRow._fields.index(name) for name in compiled.positiontup]
+        order = [PredictionRow._fields.index(name) for name in compiled.positiontup or ()]
         if order == list(range(len(order))):
             return str(compiled), list  # the rows' tuples as they are
         return str(compiled), lambda rows: [tuple(row[i] for i in order) for row in rows]
     return str(compiled), lambda rows: [row._asdict() for row in rows]
 
 
-def _cause(error: sa.exc.SQLAlchemyError) -> str:
+def _cause(error: Exception) -> str:
     """The driver's error class behind SQLAlchemy's (OperationalError, DataError...): no message, no URL."""
     return type(getattr(error, "orig", None) or error).__name__
 

@@ -82,6 +82,13 @@ def derive(x: torch.Tensor) -> torch.Tensor:
 class OpportunityLSTM(nn.Module):
     """Raw features [batch, seq, 8] -> calibrated success probability [batch, 1]."""
 
+    # Buffers (register_buffer below), declared for the type checker.
+    channel_mean: torch.Tensor
+    channel_std: torch.Tensor
+    mixing: torch.Tensor
+    calibration_scale: torch.Tensor
+    calibration_bias: torch.Tensor
+
     def __init__(self, hidden_size: int = HIDDEN_SIZE) -> None:
         super().__init__()
         self.hidden_size = hidden_size

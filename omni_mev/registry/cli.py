@@ -85,7 +85,7 @@ def _listing(registry: Registry, args: argparse.Namespace) -> dict[str, Any]:
 def _records(args: argparse.Namespace) -> Any:
     """The ledger's recent records for the live figures, or None when there is no ledger to read."""
     from omni_mev.ledger.store import LedgerUnavailable, SqlLedger
-    from omni_mev.windows import parse_window
+    from omni_mev.windows import window_length
 
     try:
         url = _settings(args).ledger_url
@@ -95,7 +95,7 @@ def _records(args: argparse.Namespace) -> Any:
         return None
     ledger = SqlLedger(url)
     try:
-        return ledger.records(time.time() - parse_window(args.window))
+        return ledger.records(time.time() - window_length(args.window))
     except LedgerUnavailable:
         return None
     finally:
@@ -139,6 +139,8 @@ def _promote(args: argparse.Namespace) -> int:
         champion, challenger = registry.alias("champion"), registry.alias("challenger")
         if challenger is None:
             raise RegistryError("there is no challenger to promote")
+        if champion is None:
+            raise RegistryError("there is no champion to compare the challenger with")
         rules = GateRules.from_settings(settings, window=args.window, min_outcomes=args.min_outcomes,
                                         min_auc_gain=args.min_auc_gain,
                                         max_brier_increase=args.max_brier_increase,
@@ -190,7 +192,7 @@ def _retrain(args: argparse.Namespace) -> int:
                                                  ("patience", args.patience), ("seed", args.seed)) if value is not None}
     result = retrain_step(settings, registry, force=args.now, since=since, config_overrides=overrides,
                           progress=lambda line: print(line, flush=True))
-    summary = {"action": result.action, "detail": result.detail, "version": result.version,
+    summary: dict[str, Any] = {"action": result.action, "detail": result.detail, "version": result.version,
                "triggers": result.triggers}
     if result.comparison is not None:
         summary["gate"] = {"outcomes": result.comparison["outcomes"], "passed": result.comparison["passed"],

@@ -16,7 +16,7 @@ import numpy as np
 from omni_mev.config import Settings
 from omni_mev.ledger.quality import model_quality
 from omni_mev.ledger.store import Ledger, LedgerRecords
-from omni_mev.windows import parse_window
+from omni_mev.windows import window_length
 
 FIGURES = ("auc", "brier", "ece", "log_loss")
 
@@ -161,7 +161,7 @@ def compare_live(ledger: Ledger, champion: str, challenger: str, rules: GateRule
                  now: float | None = None, thresholds: dict[str, float] | None = None) -> Comparison:
     """The gate over the ledger's last `rules.window` of predictions."""
     until = time.time() if now is None else now
-    return compare(ledger.records(until - parse_window(rules.window), until), champion, challenger, rules,
+    return compare(ledger.records(until - window_length(rules.window), until), champion, challenger, rules,
                    thresholds)
 
 

@@ -33,7 +33,7 @@ from omni_mev.ledger.store import SqlLedger
 from omni_mev.registry.election import sole_retrainer
 from omni_mev.registry.gate import GateRules, compare_live, own_thresholds
 from omni_mev.registry.store import WEIGHTS_FILE, Registry
-from omni_mev.windows import parse_window
+from omni_mev.windows import window_length
 
 log = logging.getLogger(__name__)
 ACTOR = "omni-mev retrain"
@@ -67,7 +67,7 @@ def triggers(settings: Settings, registry: Registry, ledger: SqlLedger, now: flo
     """Why a challenger should be trained now (empty: not due)."""
     reasons = []
     if settings.retrain_every is not None:
-        every = parse_window(settings.retrain_every)
+        every = window_length(settings.retrain_every)
         trained = [_timestamp(e["at"]) for e in registry.history() if e.get("event") in ("retrain", "set_champion")]
         if not trained:
             reasons.append("schedule: no challenger has been trained yet")
@@ -102,7 +102,7 @@ def train_challenger(settings: Settings, registry: Registry, since: float, now: 
     from omni_mev.training.train import TrainConfig, train
 
     try:
-        dataset = read_ledger(settings.ledger_url, since, now)
+        dataset = read_ledger(settings.ledger_url or "", since, now)
     except DataError as error:
         raise RetrainFailed(f"{error} (since {_iso(since)}; AI_RETRAIN_MIN_OUTCOMES={settings.retrain_min_outcomes} "
                             "labelled outcomes needed)") from None
@@ -120,13 +120,13 @@ def train_challenger(settings: Settings, registry: Registry, since: float, now: 
     registry.assign("challenger", version.version, user=ACTOR, note="trained on recent outcomes")
     registry.record({"event": "retrain", "version": version.version, "user": ACTOR, "triggers": reasons,
                      "rows": len(dataset), "since": _iso(since), "family": card["family"],
-                     "warm_start": champion.version if warm_start else None})
+                     "warm_start": champion.version if champion is not None and warm_start else None})
     return RetrainResult("trained", f"challenger {version.version} trained on {len(dataset)} outcomes",
                          version.version, triggers=reasons)
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def retrain_step(settings: Settings, registry: Registry, *, force: bool = False, since: float | None = None,
@@ -175,11 +175,11 @@ def _step(settings: Settings, registry: Registry, ledger: SqlLedger, *, force: b
         reasons = ["forced: omni-mev retrain --now"] if force else triggers(settings, registry, ledger, now)
         if not reasons:
             return RetrainResult("not_due", "no trigger fired")
-        start = since if since is not None else now - parse_window(settings.retrain_window)
+        start = since if since is not None else now - window_length(settings.retrain_window)
         return train_challenger(settings, registry, start, now, reasons, config_overrides or {}, progress)
     except RetrainFailed as error:  # expected (too few outcomes, bad data): the reason, no traceback
         return _failed(registry, str(error), reasons)
-    except Exception as error:  # noqa: BLE001 - any failure leaves the champion serving, and says why
+    except Exception as error:
         log.exception("retraining failed")
         return _failed(registry, f"{type(error).__name__}: {error}", reasons)
     finally:

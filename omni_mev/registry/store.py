@@ -74,7 +74,7 @@ def current_user() -> str:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class DirectoryCatalog:
@@ -213,7 +213,7 @@ class Registry:
         self.catalog: Catalog = DatabaseCatalog(database_url) if database_url else DirectoryCatalog(root)
 
     @classmethod
-    def of(cls, settings: Settings) -> "Registry":
+    def of(cls, settings: Settings) -> Registry:
         """The registry the settings name (AI_MODEL_REGISTRY, with AI_MODEL_REGISTRY_DB where set)."""
         if settings.model_registry is None:
             raise RegistryError("no registry: set AI_MODEL_REGISTRY")

@@ -54,7 +54,7 @@ class FallbackChain:
         if runtime is None:
             log.error("no model can serve: %s", self.unavailable_reason)
             return None
-        if self._active > 0:
+        if self._active:  # not the first: the ones before it failed
             self._notify("load", self.runtimes[0], runtime)
         log.info("model serving: %s %s from %s", runtime.kind, runtime.version, runtime.path)
         return runtime
@@ -92,7 +92,7 @@ class FallbackChain:
             runtime = self.runtimes[index]
             try:
                 confidences = runtime.predict(features)
-            except Exception as error:  # noqa: BLE001 - any runtime failure hands over
+            except Exception as error:
                 self.errors[runtime.role] = f"failed on a request: {error}"
                 log.exception("model %s (%s) failed on a request", runtime.role, runtime.kind)
             else:

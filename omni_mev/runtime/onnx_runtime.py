@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class OnnxModel(ModelRuntime):
         super().__init__(path, role)
         self.providers = tuple(providers)
         self._device = self.providers[0]
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession once loaded
         self._feeds_name = ""
         self._output_names: list[str] = []
 

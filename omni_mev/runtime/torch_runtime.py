@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,8 @@ class TorchModel(ModelRuntime):
         super().__init__(path, role)
         self.requested_device = device
         self._device = "cpu" if device == "auto" else device
-        self._model = None
-        self._torch = None
+        self._model: Any = None  # the loaded network; torch is imported only when this fallback loads
+        self._torch: Any = None
 
     @property
     def ready(self) -> bool:

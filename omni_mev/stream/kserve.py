@@ -113,7 +113,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(infer_response=self._infer(request, STREAM_ENDPOINT))
             except OmniMevError as error:
                 yield pb.ModelStreamInferResponse(error_message=error.message)
-            except Exception:  # noqa: BLE001 - a bug answers this request, the stream goes on
+            except Exception:
                 log.exception("unhandled error in ModelStreamInfer")
                 yield pb.ModelStreamInferResponse(error_message="The service failed to answer; it is logged.")
 

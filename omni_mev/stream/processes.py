@@ -81,7 +81,7 @@ def _supervise(count: int, metrics_dir: str) -> int:
         nonlocal stopping
         stopping = True
         for child, _ in children.values():
-            if child.is_alive():
+            if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
@@ -92,7 +92,7 @@ def _supervise(count: int, metrics_dir: str) -> int:
     exit_code = 0
     while children:
         for sentinel in multiprocessing.connection.wait(list(children)):
-            child, ready = children.pop(sentinel)
+            child, ready = children.pop(sentinel)  # type: ignore[arg-type]  # wait() returns the sentinels given
             child.join()
             _forget_gauges(child.pid, metrics_dir)
             if stopping:

@@ -48,6 +48,9 @@ class Serving:
         if self.service.settings.model_registry is None:
             return None
         loop = asyncio.get_running_loop()
-        watcher = AliasWatcher(Registry.of(self.service.settings), on_change=lambda: asyncio.run_coroutine_threadsafe(self.reload(), loop))
+        def on_change() -> None:  # from the watcher's thread: the reload runs on the event loop
+            asyncio.run_coroutine_threadsafe(self.reload(), loop)
+
+        watcher = AliasWatcher(Registry.of(self.service.settings), on_change=on_change)
         watcher.start()
         return watcher

@@ -37,7 +37,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from omni_mev import metrics
-from omni_mev.api.direct import Later
+from omni_mev.api.direct import Answer, Later
 from omni_mev.auth import ApiKeys
 from omni_mev.errors import OmniMevError, error_code
 from omni_mev.jsonio import dumps
@@ -160,11 +160,10 @@ class StreamServer:
         status = 200
         try:
             message = scoring.parse(raw)
+            assert isinstance(raw, str)  # parse() refuses binary frames
             ident = scoring.message_id(message)
-            body = scoring.score(self.predictor, message, raw)
-            if isinstance(body, Later):
-                body = await _settled(body)
-            answer = scoring.with_id(body, ident)
+            scored = scoring.score(self.predictor, message, raw)
+            answer = scoring.with_id(await _settled(scored) if isinstance(scored, Later) else scored, ident)
         except Exception as error:  # noqa: BLE001 - every error answers its message; a bug is logged
             status = error.status if isinstance(error, OmniMevError) else 500
             answer = scoring.error_answer(error, ident)
@@ -189,7 +188,7 @@ class StreamServer:
         await self.server.wait_closed()
 
 
-async def _settled(later: Later) -> dict[str, Any]:
+async def _settled(later: Later) -> dict[str, Any] | Answer:
     """A dispatching answer once its dispatches end (or at their deadline): the event loop keeps serving."""
     timeout = max(0.0, later.deadline - time.monotonic())
     await asyncio.wait([asyncio.wrap_future(future) for future in later.futures], timeout=timeout)

@@ -13,7 +13,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from omni_mev import metrics
 from omni_mev.cache import Cache
@@ -87,7 +87,7 @@ class Dispatcher(ABC):
         if actable:
             for index, execution in zip(actable, self._act([approved[i] for i in actable], wait_s)):
                 executions[index] = execution
-        return executions  # type: ignore[return-value] - every item is set by now
+        return cast(list[Executing], executions)  # every item is set by now
 
     def _blocked(self, judged: Judged) -> Execution | None:
         """Why a positive decision is not acted on, or None when it may be."""
@@ -152,6 +152,7 @@ class LiveDispatcher(Dispatcher):
         self.cache = cache
         self.store = IntentStore(settings.outbox_url)
         self.claims = claim_mode(self.store, cache)
+        assert settings.rust_engine_url is not None  # LIVE needs it (config._check)
         engine = EngineClient(settings.rust_engine_url, settings.dispatch_connect_timeout_s,
                               settings.dispatch_concurrency)
         self.outbox = Outbox(self.store, self.log, engine, settings.dispatch_concurrency,
@@ -169,6 +170,7 @@ class LiveDispatcher(Dispatcher):
         in_this_batch: set[str] = set()
         for index, judged in enumerate(approved):
             opportunity_id = judged.opportunity_id
+            assert opportunity_id is not None  # _blocked let only those with an id through
             arrived_at = min(judged.arrived_at or now, now)
             expires_at = min(arrived_at, judged.received_at or arrived_at) + self.settings.dispatch_max_age_s
             if expires_at <= now:  # neither claimed nor logged: no intent, nothing to finish
@@ -186,7 +188,7 @@ class LiveDispatcher(Dispatcher):
         self.outbox.submit(orders)
         for index, execution in zip(positions, self.outbox.pending(orders, wait_s)):
             executions[index] = execution
-        return executions  # type: ignore[return-value] - every item is set by now
+        return cast(list[Executing], executions)  # every item is set by now
 
     def _redis_claim(self, ids: list[str]) -> dict[str, Refusal | None]:
         """Redis's SET NX for an outbox that is this host's alone: None for the ids claimed, else why not."""

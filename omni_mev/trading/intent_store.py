@@ -348,10 +348,10 @@ class IntentStore:
     def counts(self) -> dict[str, Any]:
         """Intents by outcome and by reconciliation verdict; open and unreconciled counts."""
         with self._transaction(write=False) as connection:
-            by_status = dict(connection.execute(
+            by_status: dict[str, int] = dict(connection.execute(
                 sa.select(sa.func.coalesce(intents.c.status, "open"), sa.func.count())
                 .group_by(sa.func.coalesce(intents.c.status, "open"))).all())
-            by_verdict = dict(connection.execute(
+            by_verdict: dict[str, int] = dict(connection.execute(
                 sa.select(intents.c.reconciled, sa.func.count()).where(intents.c.reconciled.is_not(None))
                 .group_by(intents.c.reconciled)).all())
             awaiting = connection.execute(sa.select(sa.func.count()).where(_UNSETTLED, intents.c.checks == 0)

@@ -124,7 +124,7 @@ class PendingExecution:
     """An order's `execution` as a request will report it: its outcome if known by `deadline` (time.monotonic),
     `queued` otherwise. The request waits for it without holding the worker (omni_mev.deferred)."""
 
-    future: Future
+    future: Future[Execution]
     deadline: float
     wait_s: float
 
@@ -141,11 +141,11 @@ class Order:
     record: dict[str, Any]
     expires_at: float
     arrived_at: float
-    future: Future = field(default_factory=Future)
+    future: Future[Execution] = field(default_factory=Future)
 
     @property
     def opportunity_id(self) -> str:
-        return self.record["opportunity_id"]
+        return str(self.record["opportunity_id"])
 
     def body(self) -> dict[str, Any]:
         """What the engine gets."""
@@ -170,7 +170,7 @@ class _Finishing:
 
     ending: Ending
     execution: Execution
-    future: Future | None
+    future: Future[Execution] | None
 
 
 def _late(order: Order) -> str:
@@ -236,7 +236,7 @@ class Outbox:
                 orders = [self._incoming.popleft() for _ in range(len(self._incoming))]
                 try:
                     self._claim(orders)
-                except Exception as error:  # noqa: BLE001 - every order must still get an execution
+                except Exception as error:
                     log.exception("claiming %d orders failed unexpectedly", len(orders))
                     for order in orders:
                         _resolve(order.future, skipped(f"not dispatched: the service failed to claim it "
@@ -345,7 +345,7 @@ class Outbox:
                 return
             reply: EngineReply = self.engine.execute(order.body(), remaining)
             self._finish(order.opportunity_id, order.future, reply.to_dict(), known=reply.known)
-        except Exception as error:  # noqa: BLE001 - the intent must still end in one outcome
+        except Exception as error:
             log.exception("dispatch of %r failed unexpectedly", order.opportunity_id)
             self._finish(order.opportunity_id, order.future, {
                 "status": "failed", "reason": f"dispatch failed in the service: {type(error).__name__}"},
@@ -353,7 +353,7 @@ class Outbox:
 
     # Outcomes, committed in groups
 
-    def _finish(self, opportunity_id: str, future: Future | None, execution: Execution, known: bool) -> None:
+    def _finish(self, opportunity_id: str, future: Future[Execution] | None, execution: Execution, known: bool) -> None:
         """Record the intent's one outcome (or learn the one already recorded), then resolve its future."""
         status = execution["status"]
         metrics.DISPATCHES.labels(status=status).inc()
@@ -430,7 +430,7 @@ class Outbox:
                     log.warning("outbox %s: recovery postponed while the database fails: %s", self.store.name,
                                 error)
                     postponed = str(error)
-            except Exception:  # noqa: BLE001 - try again next time
+            except Exception:
                 log.exception("recovery of dispatch intents failed")
             self._stopping.wait(interval_s)
 
@@ -464,8 +464,10 @@ class Outbox:
                                                                       self.owner)]
         if not taken:
             return 0
-        self._audit([{"event": RESEND_EVENT, "ts": now, "opportunity_id": intent.opportunity_id,
-                      "owner": self.owner, "pid": os.getpid()} for intent in taken])
+        # With the order itself: a worker killed between its commit and its log line left no `dispatch` line, and
+        # this is then the intent's first word in the audit trail.
+        self._audit([{**intent.order, "event": RESEND_EVENT, "ts": now, "owner": self.owner, "pid": os.getpid()}
+                     for intent in taken])
         fresh = [intent for intent in taken if intent.expires_at > now]
         for intent in taken:
             if intent.expires_at <= now:
@@ -561,7 +563,7 @@ def reconciliation_verdict(reply: EngineReply) -> str | None:
     return None
 
 
-def _resolve(future: Future, execution: Execution) -> None:
+def _resolve(future: Future[Execution], execution: Execution) -> None:
     if not future.done():
         try:
             future.set_result(execution)

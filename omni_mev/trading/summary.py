@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, RECONCILED_EVENT
+from omni_mev.trading.decision_log import (DISPATCH_EVENT, OUTCOME_EVENT, PAPER_EVENT, RECONCILED_EVENT,
+                                           RESEND_EVENT)
 
 
 def read(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -65,13 +66,20 @@ def summarise(path: Path, outbox: dict[str, Any] | None = None) -> dict[str, Any
     records, bad = read(path)
     paper = [r for r in records if r["event"] == PAPER_EVENT]
     dispatched = [r for r in records if r["event"] == DISPATCH_EVENT]
+    # An intent whose worker died between its commit and its log line has no `dispatch` line; the worker that took it
+    # over wrote its order with the `resend` line.
+    logged = {r["opportunity_id"] for r in dispatched}
+    for record in records:
+        if record["event"] == RESEND_EVENT and "features" in record and record["opportunity_id"] not in logged:
+            logged.add(record["opportunity_id"])
+            dispatched.append(record)
     outcomes = {r["opportunity_id"]: r for r in records if r["event"] == OUTCOME_EVENT}
     verdicts = {r["opportunity_id"]: r for r in records if r["event"] == RECONCILED_EVENT}
 
     def final(opportunity_id: str) -> str:
         if opportunity_id in verdicts:
-            return verdicts[opportunity_id]["status"]
-        return outcomes[opportunity_id]["status"] if opportunity_id in outcomes else "unknown"
+            return str(verdicts[opportunity_id]["status"])
+        return str(outcomes[opportunity_id]["status"]) if opportunity_id in outcomes else "unknown"
 
     statuses = Counter(final(r["opportunity_id"]) for r in dispatched)
     awaiting = sorted(i for i, r in outcomes.items() if r.get("known") is False and i not in verdicts)

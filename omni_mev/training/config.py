@@ -5,7 +5,8 @@ The training budget follows the data unless a flag sets it (sized_to):
 
 | rows in the training split (n) | batch size | batches per epoch | hidden units |
 |---|---|---|---|
-| any | the power of two at or below n / 64, in 64..1024 | n / batch size (one pass), in 10..500 | 8 below 50,000; 16 below 200,000; 32 from there |
+| any | the power of two at or below n / 64, in 64..1024 | n / batch size (one pass), in 10..500 | 8 below 50,000; |
+| | | | 16 below 200,000; 32 from there |
 
 Epochs are at most 40, and early stopping (patience 6 epochs on the
 validation loss, the best weights restored) usually ends training sooner. A
@@ -75,8 +76,8 @@ class TrainConfig:
             "hidden_size": next((units for below, units in HIDDEN_BY_ROWS if train_rows < below), LARGEST_HIDDEN),
             "learning_rate": LEARNING_RATE * (WARM_START_RATE_SHARE if self.init_weights else 1.0),
         }
-        chosen = {name: getattr(self, name) if getattr(self, name) is not None else value
-                  for name, value in drawn.items()}
+        chosen: dict[str, Any] = {name: getattr(self, name) if getattr(self, name) is not None else value
+                                  for name, value in drawn.items()}
         return replace(self, **chosen), {
             "train_rows": train_rows,
             "from_the_data": sorted(name for name in drawn if getattr(self, name) is None),

@@ -169,7 +169,7 @@ class Dataset:
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def _float(raw: Any) -> float | None:
@@ -385,7 +385,7 @@ def _feature_column(name: str, raw_values: list[Any], report: Callable[[int, str
         suspects = np.flatnonzero(~fine)
     else:
         values = np.zeros(len(raw_values))
-        suspects = range(len(raw_values))
+        suspects = np.arange(len(raw_values))
     for i in suspects:
         raw = raw_values[i]
         value = _float(raw)
@@ -401,7 +401,7 @@ def _feature_column(name: str, raw_values: list[Any], report: Callable[[int, str
 def _parsed_column(column: str, raw_values: list[Any], parse: Callable[[Any], Any], why_not: Callable[[Any], str],
                    dtype: type, report: Callable[[int, str, str], None]) -> tuple[np.ndarray, np.ndarray]:
     """The parsed values (0 where a value does not parse, each reported with why_not) and which parsed."""
-    values = np.zeros(len(raw_values), dtype=dtype)
+    values: np.ndarray = np.zeros(len(raw_values), dtype=dtype)
     parsed = np.zeros(len(raw_values), dtype=bool)
     for i, raw in enumerate(raw_values):
         value = parse(raw)
@@ -546,7 +546,7 @@ def read_csv(path: Path) -> Dataset:
         if len(row) != len(names):
             broken[index] = (f"short row: {len(row)} of the header's {len(names)} fields" if len(row) < len(names)
                              else f"long row: {len(row)} fields, the header has {len(names)}")
-            row = (row + [None] * len(names))[:len(names)]
+            row = (row + [""] * len(names))[:len(names)]
         for name, value in zip(names, row):
             columns[name].append(value)
         if index + 1 == CHUNK_ROWS:
@@ -649,4 +649,4 @@ def write_csv(dataset: Dataset, path: Path, stream_name: str = "simulated") -> N
 
 def iso_time(timestamp: float) -> str:
     """RFC 3339 in UTC, to the millisecond."""
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")

@@ -84,8 +84,9 @@ def _trees_graph(trees: Any) -> Any:
 
     if getattr(trees, "n_trees_per_iteration_", 1) != 1 or trees.is_categorical_ is not None:
         raise ValueError("only binary classifiers on numerical features are exported")
-    node = {key: [] for key in ("treeids", "nodeids", "featureids", "values", "modes", "true", "false")}
-    target = {key: [] for key in ("treeids", "nodeids", "weights")}
+    node: dict[str, list[Any]] = {key: [] for key in ("treeids", "nodeids", "featureids", "values", "modes", "true",
+                                                      "false")}
+    target: dict[str, list[Any]] = {key: [] for key in ("treeids", "nodeids", "weights")}
     for tree_id, (predictor,) in enumerate(trees._predictors):
         for node_id, row in enumerate(predictor.nodes):
             node["treeids"].append(tree_id)

@@ -70,6 +70,8 @@ def _export_in_this_process(model: OpportunityLSTM, path: Path) -> None:
             opset_version=OPSET,
             verbose=False,
         )
+    if program is None:  # dynamo=True always returns one
+        raise RuntimeError("torch.onnx.export returned no program")
     # Weights inline: the service ships one self-contained file.
     program.save(str(path), external_data=False)
 

@@ -105,7 +105,7 @@ class OpportunityStream:
     def __len__(self) -> int:
         return len(self.label)
 
-    def slice(self, start: int, stop: int) -> "OpportunityStream":
+    def slice(self, start: int, stop: int) -> OpportunityStream:
         """Opportunities start..stop-1 of the stream, in time order."""
         arrays = {name: getattr(self, name)[start:stop] for name in _PER_OPPORTUNITY}
         return OpportunityStream(**arrays, seed=self.seed, params=self.params)

@@ -35,8 +35,7 @@ def choose(p: np.ndarray, y: np.ndarray, pnl: np.ndarray | None = None) -> dict[
     ranked, labels = p[order], y[order].astype(np.float64)
     counts = np.arange(1, len(p) + 1)
     base = float(y.mean()) if len(y) else 0.0
-    reported = pnl is not None and np.isfinite(pnl).sum() >= MIN_APPROVED
-    if reported:
+    if pnl is not None and np.isfinite(pnl).sum() >= MIN_APPROVED:
         gains = np.cumsum(np.nan_to_num(pnl[order]))
         eligible = np.flatnonzero(counts >= MIN_APPROVED)
         best = int(eligible[np.argmax(gains[eligible])]) if len(eligible) else -1

@@ -19,7 +19,7 @@ from omni_mev.decision import DEFAULT_THRESHOLD
 from omni_mev.devices import describe, resolve_torch_device
 from omni_mev.evaluation import log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
-from omni_mev.model.lstm import OpportunityLSTM, load_state
+from omni_mev.model.lstm import HIDDEN_SIZE, OpportunityLSTM, load_state
 from omni_mev.plausibility import support_bounds
 from omni_mev.reliability_plot import reliability_png
 from omni_mev.training import evaluate
@@ -77,7 +77,7 @@ def _scored(fn, data: Dataset, length: int | None, batch: int = 8192, device: st
         for index, windows in groups:
             for start in range(0, len(index), batch):
                 part = index[start:start + batch]
-                x = windows[start:start + batch] if windows is not None else data.windows(part, length)
+                x = windows[start:start + batch] if windows is not None else data.windows(part, length or 1)
                 scores = fn(torch.from_numpy(np.ascontiguousarray(x)).to(device))
                 out[part] = scores.squeeze(-1).double().cpu().numpy()
     return out
@@ -107,6 +107,9 @@ def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, con
     noise only. The model is back on the CPU when this returns.
     """
     rng = np.random.default_rng(config.seed)
+    # sized_to() has drawn these from the data when no flag set them.
+    assert config.learning_rate is not None and config.max_epochs is not None
+    assert config.batches_per_epoch is not None
     model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
@@ -115,7 +118,8 @@ def fit_network(model: OpportunityLSTM, train: Dataset, validation: Dataset, con
     history = train.history_length
     longest = int(min(MAX_SEQUENCE, history.max() + 1))
     y_val = validation.label
-    best_loss, best_state, best_epoch, stale = np.inf, None, 0, 0
+    best_loss, best_epoch, stale = np.inf, 0, 0
+    best_state: dict[str, torch.Tensor] = model.state_dict()
     epochs = []
     stopped_by = "max_epochs"
     started = time.monotonic()
@@ -237,6 +241,7 @@ class Members:
             return _sigmoid(self.lstm_logit(data))
         if family == "trees":
             return _sigmoid(self.trees_logit(data))
+        assert self.blend is not None  # fitted before any family is chosen
         return self.blend.apply(self.lstm_logit(data), self.trees_logit(data))
 
 
@@ -265,7 +270,7 @@ def choose_family(members: Members, validation: Dataset, requested: str) -> tupl
     standard_error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     ensemble_wins = bool(gain.mean() > ENSEMBLE_MARGIN_SE * standard_error)
     family = requested if requested != "auto" else "ensemble" if ensemble_wins else single
-    report = {name: round(float(value.mean()), 6) for name, value in losses.items()}
+    report: dict[str, Any] = {name: round(float(value.mean()), 6) for name, value in losses.items()}
     report["ensemble_gain_over_" + single] = {"mean": round(float(gain.mean()), 6),
                                               "standard_error": round(standard_error, 6),
                                               "significant": ensemble_wins}
@@ -284,6 +289,7 @@ def export(members: Members, family: str, output_dir: Path, validation: Dataset)
         if family == "trees":
             export_trees(members.trees, onnx_path)
         elif family == "ensemble":
+            assert members.blend is not None
             export_ensemble(lstm_path, members.trees, members.blend, onnx_path)
     rng = np.random.default_rng(0)
     shapes = [random_raw_features(rng, batch, seq) for batch, seq in PARITY_SHAPES]
@@ -296,6 +302,7 @@ def export(members: Members, family: str, output_dir: Path, validation: Dataset)
             return _sigmoid(z_lstm)
         if family == "trees":
             return trees_probability(members.trees, windows)
+        assert members.blend is not None
         return members.blend.apply(z_lstm, trees_logit(members.trees, windows))
 
     return onnx_path, graph_parity(onnx_path, native, shapes)
@@ -343,7 +350,7 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
         model = load_state(config.init_weights)
         model.train()
     else:
-        model = OpportunityLSTM(hidden_size=config.hidden_size)
+        model = OpportunityLSTM(hidden_size=config.hidden_size or HIDDEN_SIZE)
         model.fit_normalisation(torch.from_numpy(_normalisation_windows(train_split, config.seed)))
     progress(f"training the network on {describe(device)}")
     fitting = fit_network(model, train_split, validation, config, progress, device=device)
