@@ -37,7 +37,7 @@ def create_engine(url: str, synced: bool = True) -> sa.Engine:
     try:
         prepare_location(url)
     except OSError as error:  # the engine then reports the database as unreachable, and the log says why
-        log.error("ledger: cannot create the directory of %s: %s", url, error)
+        log.error("cannot create the directory of the database %s: %s", url, error)
     if url.startswith("sqlite"):
         options["connect_args"] = {"timeout": 5.0}
     else:

@@ -23,7 +23,8 @@ from omni_mev.trading.decision_log import PAPER_EVENT, REFUSED_EVENT, DecisionLo
 from omni_mev.trading.engine import EngineClient
 from omni_mev.trading.intent_store import IntentStore
 from omni_mev.trading.migration import import_earlier_log
-from omni_mev.trading.outbox import Execution, Order, Outbox, PendingExecution, Refusal, skipped
+from omni_mev.trading.outbox import (DUPLICATE_ELSEWHERE, DUPLICATE_HERE, Execution, Order, Outbox,
+                                     PendingExecution, Refusal, late_cause, skipped)
 
 # What a positive decision's `execution` is: settled, or an order whose outcome is still to come.
 Executing = Execution | PendingExecution
@@ -37,7 +38,7 @@ CONFIDENCE_DECIMALS = 6
 _OPTED_OUT = skipped("the request set dispatch: false")
 _NO_ID = skipped("no opportunity_id: nothing to dispatch against")
 _PAPER = skipped("SIMULATION mode: recorded as a paper trade")
-_DUPLICATE_HERE = skipped("duplicate opportunity_id: already dispatched from this host")
+_DUPLICATE_HERE = skipped(DUPLICATE_HERE)
 
 
 def implausible_reason(checks: tuple[str, ...]) -> str:
@@ -199,8 +200,7 @@ class LiveDispatcher(Dispatcher):
             if answer is True:
                 result[opportunity_id] = None
             elif answer is False:
-                result[opportunity_id] = Refusal("duplicate", "duplicate opportunity_id: already dispatched by "
-                                                              "another instance")
+                result[opportunity_id] = Refusal("duplicate", DUPLICATE_ELSEWHERE)
             elif self.settings.dispatch_claim_fail_open:
                 metrics.DISPATCHES.labels(status="sent_unclaimed").inc()
                 log.warning("sending %s without a cross-instance claim: Redis is unreachable and "
@@ -214,7 +214,7 @@ class LiveDispatcher(Dispatcher):
         """An opportunity already past its deadline when it was judged: its request reached the proxy longer than
         AI_DISPATCH_MAX_AGE_S ago (a replay after a failed instance, a long queue), or waited that long here.
         Never sent."""
-        cause = "upstream" if arrived_at >= expires_at else "local"
+        cause = late_cause(arrived_at, expires_at)
         metrics.DISPATCH_LATE.labels(cause=cause).inc()
         metrics.DISPATCHES.labels(status="expired").inc()
         where = "the proxy" if cause == "upstream" else "this service"

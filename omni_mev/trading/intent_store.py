@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ _OPEN = intents.c.status.is_(None)
 _TO_CHECK = intents.c.next_check_at.is_not(None)
 # Outcomes still unknown: the engine's answer never came and was not yet had by key.
 _UNSETTLED = sa.and_(intents.c.known.is_(False), intents.c.reconciled.is_(None))
+# Unsettled after the engine was asked at least once: what `omni-mev decisions` lists and the gauge counts.
+_UNRECONCILED = sa.and_(_UNSETTLED, intents.c.checks >= 1)
 sa.Index("ix_dispatch_intents_open", intents.c.expires_at, sqlite_where=_OPEN, postgresql_where=_OPEN)
 sa.Index("ix_dispatch_intents_next_check", intents.c.next_check_at, sqlite_where=_TO_CHECK,
          postgresql_where=_TO_CHECK)
@@ -75,6 +77,9 @@ outbox_facts = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# What an order sent to the engine holds (the table's order_body; a resend and a reconciliation send it unchanged).
+ORDER_FIELDS = ("opportunity_id", "features", "confidence", "threshold", "model_version", "expires_at")
 
 # Verdicts of a reconciliation.
 EXECUTED, REJECTED, NOT_EXECUTED = "executed", "rejected", "not_executed"
@@ -150,11 +155,6 @@ class HostLock:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _unlocked() -> Iterator[None]:
-    yield
-
-
 def _cause(error: Exception) -> str:
     return type(getattr(error, "orig", None) or error).__name__
 
@@ -178,14 +178,14 @@ class IntentStore:
         self.problem: str | None = None
 
     def _writing(self) -> Any:
-        return self._lock.held() if self._lock is not None else _unlocked()
+        return self._lock.held() if self._lock is not None else nullcontext()
 
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sa.Connection]:
         """A transaction; any database error becomes OutboxUnavailable (and is remembered for /status)."""
         try:
             self._ensure_tables()
-            with self._writing() if write else _unlocked():
+            with self._writing() if write else nullcontext():
                 with self.engine.begin() as connection:
                     yield connection
         except sa.exc.SQLAlchemyError as error:
@@ -259,7 +259,7 @@ class IntentStore:
             if self.shared:
                 query = query.with_for_update()
             still_open = dict(connection.execute(query).all())
-            now = _now()
+            now = time.time()
             first = [ending for ending in _first_per_id(endings) if ending.opportunity_id in still_open]
             if first:
                 connection.execute(_ENDING, [{
@@ -319,7 +319,7 @@ class IntentStore:
         with self._transaction() as connection:
             return connection.execute(intents.update().where(
                 intents.c.opportunity_id == opportunity_id, intents.c.reconciled.is_(None),
-            ).values(reconciled=verdict, reconciled_at=_now(), next_check_at=None,
+            ).values(reconciled=verdict, reconciled_at=time.time(), next_check_at=None,
                      engine_status=sa.func.coalesce(engine_status, intents.c.engine_status))).rowcount == 1
 
     def stop_checking(self, before: float) -> int:
@@ -335,14 +335,14 @@ class IntentStore:
         """Intents whose engine answer is unknown and could not be had by key: asked at least once, no verdict."""
         query = (sa.select(intents.c.opportunity_id, intents.c.status, intents.c.reason, intents.c.logged_at,
                            intents.c.checks, intents.c.next_check_at)
-                 .where(_UNSETTLED, intents.c.checks >= 1).order_by(intents.c.logged_at).limit(limit))
+                 .where(_UNRECONCILED).order_by(intents.c.logged_at).limit(limit))
         with self._transaction(write=False) as connection:
             return [dict(row._mapping) for row in connection.execute(query).all()]
 
     def count_unreconciled(self) -> int:
         """How many intents unreconciled() lists (without the limit)."""
         with self._transaction(write=False) as connection:
-            return int(connection.execute(sa.select(sa.func.count()).where(_UNSETTLED, intents.c.checks >= 1))
+            return int(connection.execute(sa.select(sa.func.count()).where(_UNRECONCILED))
                        .scalar_one())
 
     def counts(self) -> dict[str, Any]:
@@ -356,7 +356,7 @@ class IntentStore:
                 .group_by(intents.c.reconciled)).all())
             awaiting = connection.execute(sa.select(sa.func.count()).where(_UNSETTLED, intents.c.checks == 0)
                                           ).scalar_one()
-            unreconciled = connection.execute(sa.select(sa.func.count()).where(_UNSETTLED, intents.c.checks >= 1)
+            unreconciled = connection.execute(sa.select(sa.func.count()).where(_UNRECONCILED)
                                               ).scalar_one()
             oldest_open = connection.execute(sa.select(sa.func.min(intents.c.logged_at)).where(_OPEN)).scalar()
         return {"outcomes": {str(k): int(v) for k, v in by_status.items()},
@@ -425,6 +425,3 @@ def _first_per_id(endings: Sequence[Ending]) -> list[Ending]:
         seen.setdefault(ending.opportunity_id, ending)
     return list(seen.values())
 
-
-def _now() -> float:
-    return time.time()

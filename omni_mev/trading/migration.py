@@ -18,13 +18,13 @@ from typing import Any
 
 import orjson
 
-from omni_mev.trading.intent_store import IntentStore
+from omni_mev.trading.decision_log import DISPATCH_EVENT, OUTCOME_EVENT
+from omni_mev.trading.intent_store import ORDER_FIELDS, IntentStore
 
 log = logging.getLogger(__name__)
 FACT = "decision_log_imported"
 _DISPATCH = b'"dispatch"'
 _OUTCOME = b'"outcome"'
-_ORDER_FIELDS = ("opportunity_id", "features", "confidence", "threshold", "model_version", "expires_at")
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -37,7 +37,7 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if (isinstance(record, dict) and record.get("event") in ("dispatch", "outcome")
+            if (isinstance(record, dict) and record.get("event") in (DISPATCH_EVENT, OUTCOME_EVENT)
                     and isinstance(record.get("opportunity_id"), str)):
                 yield record
 
@@ -56,7 +56,7 @@ def import_earlier_log(store: IntentStore, path: Path, claims_ttl_s: float) -> i
         if path.is_file():
             for record in _records(path):
                 opportunity_id = record["opportunity_id"]
-                if record.get("event") == "dispatch":
+                if record.get("event") == DISPATCH_EVENT:
                     intents[opportunity_id] = record
                 else:
                     ended[opportunity_id] = record
@@ -71,7 +71,7 @@ def import_earlier_log(store: IntentStore, path: Path, claims_ttl_s: float) -> i
 
 
 def _row(intent: dict[str, Any], outcome: dict[str, Any] | None) -> dict[str, Any]:
-    order = {name: intent.get(name) for name in _ORDER_FIELDS}
+    order = {name: intent.get(name) for name in ORDER_FIELDS}
     logged_at = float(intent.get("ts", 0.0))
     row: dict[str, Any] = {
         "opportunity_id": intent["opportunity_id"], "instance": "imported", "owner": str(intent.get("owner") or ""),

@@ -49,8 +49,8 @@ from omni_mev import metrics
 from omni_mev.trading.decision_log import (DISPATCH_EVENT, OUTCOME_EVENT, RECONCILED_EVENT, RESEND_EVENT,
                                            STALE_EVENT, DecisionLog)
 from omni_mev.trading.engine import EngineClient, EngineReply
-from omni_mev.trading.intent_store import (EXECUTED, NOT_EXECUTED, REJECTED, Ending, Intent, IntentStore,
-                                           OpenIntent, OutboxUnavailable)
+from omni_mev.trading.intent_store import (EXECUTED, NOT_EXECUTED, ORDER_FIELDS, REJECTED, Ending, Intent,
+                                           IntentStore, OpenIntent, OutboxUnavailable)
 
 log = logging.getLogger(__name__)
 Execution = dict[str, Any]
@@ -68,7 +68,6 @@ RECHECK_MAX_S = 300.0
 PURGE_INTERVAL_S = 3600.0
 # A claim in hand this long means the outbox's database does not answer (/status says so).
 STALLED_CLAIM_S = 1.0
-ORDER_FIELDS = ("opportunity_id", "features", "confidence", "threshold", "model_version", "expires_at")
 
 
 @functools.cache
@@ -105,6 +104,10 @@ def owner_alive(owner: str | None) -> bool:
 def this_instance() -> str:
     """The host, as the outbox's table names it: its name (a pod's own) and its boot."""
     return f"{socket.gethostname()}:{_boot_id()}"
+
+
+DUPLICATE_HERE = "duplicate opportunity_id: already dispatched from this host"
+DUPLICATE_ELSEWHERE = "duplicate opportunity_id: already dispatched by another instance"
 
 
 def skipped(reason: str) -> Execution:
@@ -173,10 +176,10 @@ class _Finishing:
     future: Future[Execution] | None
 
 
-def _late(order: Order) -> str:
+def late_cause(arrived_at: float, expires_at: float) -> str:
     """Why an order is past its deadline: `upstream` if it was when its request reached this process (queued or
     replayed in front), `local` if this process made it late (a lock, a reload, the disk, the database)."""
-    return "upstream" if order.arrived_at >= order.expires_at else "local"
+    return "upstream" if arrived_at >= expires_at else "local"
 
 
 class Outbox:
@@ -261,7 +264,7 @@ class Outbox:
                 self._never_claimed(order, now)
             elif order.opportunity_id in first:  # requests claiming one id together: the first one claims it
                 metrics.DISPATCHES.labels(status="duplicate").inc()
-                _resolve(order.future, skipped("duplicate opportunity_id: already dispatched from this host"))
+                _resolve(order.future, skipped(DUPLICATE_HERE))
             else:
                 first.add(order.opportunity_id)
                 fresh.append(order)
@@ -302,9 +305,7 @@ class Outbox:
                 _resolve(order.future, skipped(refusal.reason))
             else:
                 metrics.DISPATCHES.labels(status="duplicate").inc()
-                _resolve(order.future, skipped("duplicate opportunity_id: already dispatched "
-                                               + ("from this host" if holder == self.instance else
-                                                  "by another instance")))
+                _resolve(order.future, skipped(DUPLICATE_HERE if holder == self.instance else DUPLICATE_ELSEWHERE))
         if not claimed:
             return
         metrics.observe_dispatch_delays([claimed_at - order.arrived_at for order in claimed])
@@ -315,7 +316,7 @@ class Outbox:
 
     def _never_claimed(self, order: Order, now: float) -> None:
         """An order past its deadline before it could be claimed: never logged as an intent, never sent."""
-        cause = _late(order)
+        cause = late_cause(order.arrived_at, order.expires_at)
         metrics.DISPATCH_LATE.labels(cause=cause).inc()
         metrics.DISPATCHES.labels(status="expired").inc()
         reason = (f"stale: {now - order.arrived_at:.3f} s after its request reached this service, past its "
@@ -338,7 +339,7 @@ class Outbox:
             now = time.time()
             remaining = order.expires_at - now
             if remaining <= 0:
-                metrics.DISPATCH_LATE.labels(cause=_late(order)).inc()
+                metrics.DISPATCH_LATE.labels(cause=late_cause(order.arrived_at, order.expires_at)).inc()
                 self._finish(order.opportunity_id, order.future, {
                     "status": "expired", "reason": "stale: its expires_at passed before a sender was free "
                                                    "(AI_DISPATCH_MAX_AGE_S); never sent"}, known=True)
