@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 
-from omni_mev.auth import load_keys
+from omni_mev.core.keys import load_keys
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.devices import check_start_up
 from omni_mev.database import prepare_location

@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None, route_table: tuple[Route
     name (e.g. {"AI_THRESHOLD": 0.5}); `route_table` replaces the route table
     (omni_mev.api.routes.ROUTES), e.g. to add one.
     """
-    from omni_mev import auth, cache
+    from omni_mev import auth
     from omni_mev.api import PREDICTOR, errors, quality, routes
     from omni_mev.api.application import Application
     from omni_mev.service import build_service, settings_from
@@ -39,7 +39,6 @@ def create_app(config: Mapping[str, Any] | None = None, route_table: tuple[Route
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     auth.init_app(app)
     service = build_service(settings)
-    app.extensions[cache.EXTENSION] = service.cache
     app.extensions[PREDICTOR] = service.predictor
     quality.init_app(app)
     table = routes.init_app(app, routes.ROUTES if route_table is None else route_table)

@@ -16,18 +16,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from omni_mev import metrics
 from omni_mev.config import Settings
 
-if TYPE_CHECKING:
-    from flask import Flask
-
 log = logging.getLogger(__name__)
-EXTENSION = "omni_mev.cache"
 LAST_CONFIDENCE_KEY = "ai:last_confidence"
 LAST_TIMESTAMP_KEY = "ai:last_timestamp"
 CACHE_PREFIX = "ai:cache"
@@ -246,7 +242,3 @@ def build_cache(settings: Settings) -> Cache:
         log.warning("AI_CACHE_ENABLED is set without REDIS_HOST: the prediction cache is off")
     return NullCache()
 
-
-def cache_of(app: Flask) -> Cache:
-    """The app's cache (Redis or null)."""
-    return app.extensions[EXTENSION]

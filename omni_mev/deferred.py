@@ -15,10 +15,10 @@ frameworks or the trading code.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, wait
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from omni_mev.core.answers import Later
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,26 @@ class Rendered:
 
 
 class DeferredBody:
-    """A response body rendered once `futures` are done, or at `deadline` (time.monotonic) at the latest."""
+    """A response body rendered by `render` once the answer it waits on (a Later) is ready."""
 
-    def __init__(self, futures: Sequence[Future], deadline: float, render: Callable[[], bytes | Rendered]) -> None:
-        self.futures = futures
-        self.deadline = deadline
+    def __init__(self, later: Later, render: Callable[[], bytes | Rendered]) -> None:
+        self.later = later
         self._render = render
         self._content: bytes | None = None
         self.status: str | None = None  # set when the render decided it
         self.headers: list[tuple[str, str]] = []
 
+    @property
+    def deadline(self) -> float:
+        return self.later.deadline
+
     def ready(self) -> bool:
         """Whether the body can be rendered now without waiting."""
-        return time.monotonic() >= self.deadline or all(future.done() for future in self.futures)
+        return self.later.ready()
 
     def when_done(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from another thread) as each future completes."""
-        for future in self.futures:
+        for future in self.later.futures:
             future.add_done_callback(lambda _: callback())
 
     def content(self) -> bytes:
@@ -61,5 +64,5 @@ class DeferredBody:
 
     def __iter__(self) -> Iterator[bytes]:
         """For servers that do not park: wait here, then yield the body."""
-        wait(self.futures, timeout=max(0.0, self.deadline - time.monotonic()))
+        self.later.wait()
         yield self.content()

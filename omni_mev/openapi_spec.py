@@ -14,14 +14,15 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
-from omni_mev import schemas
+from omni_mev.core import schemas
 from omni_mev.api.table import Route
 from omni_mev.config import DEFAULT_MAX_BATCH_SIZE
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_BOUNDS, FEATURE_NAMES, MAX_SEQUENCE, N_FEATURES
 from omni_mev.ledger.quality import WINDOWS
 from omni_mev.plausibility import CHECKS
 from omni_mev.runtime.base import MODEL_NAME
-from omni_mev.schemas import ID_MAX_LENGTH, OBSERVED_AT_SKEW_S
+from omni_mev.core.schemas import ID_MAX_LENGTH
+from omni_mev.ledger.store import OBSERVED_AT_SKEW_S
 from omni_mev.version import __version__
 
 REF = "#/components/schemas/"

@@ -1,6 +1,6 @@
 """What an opportunity the model can judge looks like: its support, and the arithmetic of a trade.
 
-Validation (omni_mev.schemas) refuses what cannot be a feature vector at all.
+Validation (omni_mev.core.schemas) refuses what cannot be a feature vector at all.
 This module flags what can be written down but is not a trade the model can
 judge, because nothing like it was in its training data or because its
 numbers contradict each other:

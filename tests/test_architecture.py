@@ -1,4 +1,5 @@
-"""The layers of docs/architecture.md hold: import-linter checks the contracts in .importlinter."""
+"""The layers of docs/architecture.md hold: import-linter checks the contracts in .importlinter, and importing the
+stream server loads no web framework."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +12,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def lint(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(config), "--no-cache"], cwd=ROOT, capture_output=True,
+    return subprocess.run([str(LINT_IMPORTS), str(config), "--no-cache"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -78,3 +79,26 @@ def test_no_import_runs_in_a_circle():
 
 def test_the_circle_finder_finds_a_circle():
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+WEB_STACK = ("flask", "werkzeug", "gunicorn", "prometheus_flask_exporter", "omni_mev.api", "omni_mev.workers")
+
+
+def loaded_by(module: str) -> list[str]:
+    """The web stack's modules that importing `module` loads, in a fresh interpreter."""
+    probe = (f"import sys, {module}; "
+             f"print(' '.join(m for m in sys.modules if m.split('.')[0] in {WEB_STACK!r} or m in {WEB_STACK!r}))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()
+
+
+def test_the_stream_server_loads_no_web_framework():
+    """The stream server and the core load neither Flask, werkzeug nor gunicorn, nor the HTTP API."""
+    assert loaded_by("omni_mev.stream.server") == []
+    assert loaded_by("omni_mev.core.v2") == []
+
+
+def test_the_probe_sees_the_web_stack():
+    """The same probe on the HTTP side finds it: the check above can fail."""
+    assert {"flask", "omni_mev.api"} <= set(loaded_by("omni_mev.api.routes"))

@@ -18,7 +18,7 @@ def redis_server():
 
 
 def test_without_redis_the_null_cache_is_used(app):
-    assert type(app.extensions["omni_mev.cache"]) is NullCache
+    assert type(app.extensions["omni_mev.predictor"].cache) is NullCache
 
 
 def test_last_prediction_keys_written(make_app, redis_server):
@@ -99,8 +99,8 @@ def test_circuit_breaker_spares_a_hung_redis(make_app):
         # One failed attempt opens the breaker for REDIS_RETRY_S; without it each of
         # the 30 lookups (and writes) would have opened a connection of its own.
         assert silent.accepted <= 2
-        assert isinstance(app.extensions["omni_mev.cache"], RedisCache)
-        assert app.extensions["omni_mev.cache"].connected is False
+        assert isinstance(app.extensions["omni_mev.predictor"].cache, RedisCache)
+        assert app.extensions["omni_mev.predictor"].cache.connected is False
     finally:
         silent.close()
 

@@ -188,10 +188,11 @@ def test_dispatch_flag_must_be_a_json_boolean(service, flag):
     assert status == 422 and list(body["fields"]) == ["items.0.dispatch"]
 
 
-def test_empty_answers_carry_no_content_type(service):
-    for path in ("/v2/health/live", "/v2/health/ready"):
-        status, headers, body = exchange(service, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        assert (status, body) == (200, b"") and "content-type" not in headers
+def test_v2_health_answers_json_and_empty_answers_carry_no_content_type(service):
+    for path, body in (("/v2/health/live", b'{"live":true}'), ("/v2/health/ready", b'{"ready":true}')):
+        status, headers, answered = exchange(service,
+                                             f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert (status, answered, headers["content-type"]) == (200, body, "application/json")
     for path, allowed in (("/status", {"GET", "HEAD", "OPTIONS"}), ("/predict", {"POST", "OPTIONS"})):
         status, headers, body = exchange(service, f"OPTIONS {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                                          .encode())

@@ -8,7 +8,7 @@ import pytest
 from marshmallow import ValidationError
 
 from omni_mev.features import EXAMPLE_FEATURES, FEATURE_NAMES, FLOAT32_MAX
-from omni_mev.schemas import (BatchRequestSchema, PredictRequestSchema, _valid_opportunity, load_opportunity,
+from omni_mev.core.schemas import (BatchRequestSchema, PredictRequestSchema, _valid_opportunity, load_opportunity,
                               matrix_errors, numeric_matrix, parse_vector)
 
 EXAMPLE = list(EXAMPLE_FEATURES)
@@ -41,7 +41,7 @@ def _mutated(rng: random.Random) -> dict:
 def test_the_fast_path_reads_every_field_of_the_schema():
     """A field added to PredictRequestSchema must be read by the fast paths too (until then bodies carrying it
     go to the schema, so nothing is dropped)."""
-    from omni_mev.schemas import FAST_PATH_FIELDS, ITEM_FIELDS
+    from omni_mev.core.schemas import FAST_PATH_FIELDS, ITEM_FIELDS
 
     assert ITEM_FIELDS == FAST_PATH_FIELDS
     body = {"features": list(EXAMPLE_FEATURES), "a_field_not_in_the_schema": 1}
@@ -117,17 +117,17 @@ def test_the_response_schemas_describe_every_field_the_encoders_write():
     """The schemas are the OpenAPI source: an answer field they lack, or type differently, fails here."""
     import numpy as np
 
-    from omni_mev.api import batch, predict
+    from omni_mev.core.schemas import BatchResponseSchema, PredictResponseSchema
+    from omni_mev.core.scoring import encode, encode_batch
     from omni_mev.predictor import BatchPrediction
-    from omni_mev.schemas import BatchResponseSchema, PredictResponseSchema
 
-    full = predict.encode(_every_optional_prediction(), 0.78, "LIVE")
+    full = encode(_every_optional_prediction(), 0.78, "LIVE")
     assert {"execution", "cached", "implausible", "reason", "opportunity_id"} <= set(full)
     assert PredictResponseSchema().validate(full) == {}
     answers = BatchPrediction(np.array([0.9, 0.1], np.float32), np.array([False, False]), "onnx", "v1", 0.3,
                               ids=["a", None], implausible=[("history",), ()],
                               executions={0: {"status": "skipped", "reason": "refused"}}, refusals={0: "refused"})
-    encoded = batch.encode(answers, 0.78, "SIMULATION")
+    encoded = encode_batch(answers, 0.78, "SIMULATION")
     assert {"execution", "reason", "implausible", "opportunity_id"} <= set(encoded["results"][0])
     assert BatchResponseSchema().validate(encoded) == {}
     assert PredictResponseSchema().validate({**full, "undocumented": 1}) == {"undocumented": ["Unknown field."]}

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, wait
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.http.errors import NoMoreData, ParseException
 
-from omni_mev import metrics
-from omni_mev.api.errors import JSON, STATUS_LINES, api_error_body, render
-from omni_mev.auth import ApiKeys, keys_of
+from omni_mev.api.errors import JSON, STATUS_LINES, render
+from omni_mev.auth import keys_of
+from omni_mev.core import accounting
+from omni_mev.core.answers import Answer, Later, Reply, error_body, status_of
+from omni_mev.core.keys import ApiKeys
 from omni_mev.deferred import DeferredBody, Rendered
 from omni_mev.environ_keys import ARRIVED_AT, CLOSE_CONNECTION, PARKS
 from omni_mev.errors import BadRequest, PayloadTooLarge
@@ -76,33 +77,6 @@ class DirectRequest:
         except ValueError:
             return None
         return min(seconds, time.time()) if math.isfinite(seconds) else None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A handler's answer with a status other than 200, extra headers, or a body already encoded (bytes, sent as
-    they are with `content_type`)."""
-
-    status: int
-    body: dict[str, Any] | bytes
-    headers: Mapping[str, str] | None = None
-    content_type: str = "application/json"
-
-    def encoded(self) -> bytes:
-        return self.body if isinstance(self.body, bytes) else dumps(self.body)
-
-    def all_headers(self) -> list[tuple[str, str]]:
-        return [("Content-Type", self.content_type), *(self.headers or {}).items()]
-
-
-@dataclass(frozen=True)
-class Later:
-    """A handler's answer that waits on work running elsewhere: `render()` once `futures` are done, or at
-    `deadline` (time.monotonic) at the latest; the worker serves other requests meanwhile (omni_mev.deferred)."""
-
-    futures: Sequence[Future]
-    deadline: float
-    render: Callable[[], dict[str, Any] | Answer]
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
@@ -160,7 +134,7 @@ class Front:
         headers = [JSON]
         try:
             if route is None or route.auth:
-                self.api_keys.check(environ)
+                self.api_keys.check_environ(environ)
             if route is None or not route.is_fast_for(method):
                 return self._flask(route, environ, start_response, started)
             request = DirectRequest(self.app, read_body(environ, self.max_body_bytes), params, environ)
@@ -169,14 +143,13 @@ class Front:
                 if environ.get(PARKS):
                     return self._later(route, answer, started, headers, start_response)
                 # A server that cannot park: wait here, then answer as any other.
-                wait(answer.futures, timeout=max(0.0, answer.deadline - time.monotonic()))
-                answer = answer.render()
+                answer = answer.result()
             if isinstance(answer, Answer):
-                status, body, headers = answer.status, answer.encoded(), answer.all_headers()
+                status, body, headers = answer.status, answer.encoded(), _headers_of(answer)
             else:
                 status, body = 200, dumps(answer)
         except Exception as error:  # noqa: BLE001 - domain errors as themselves, a bug as a logged 500
-            rendered = render(error, route.errors if route is not None else api_error_body)
+            rendered = render(error, route.errors if route is not None else error_body)
             status, body, headers = rendered.status, rendered.body, rendered.headers
         self._count(route, status, started)
         headers.append(("Content-Length", str(len(body))))
@@ -198,7 +171,7 @@ class Front:
     @staticmethod
     def _count(route: Route | None, status: int, started: float) -> None:
         if route is not None and route.counted:
-            metrics.count_request(route.path, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+            accounting.count(route.path, status, started)
 
     def _later(self, route: Route, answer: Later, started: float, headers: list[tuple[str, str]],
                start_response: Callable) -> DeferredBody:
@@ -206,15 +179,19 @@ class Front:
         decides it, when the answer is rendered."""
 
         def render_answer() -> bytes | Rendered:
-            rendered = answer.render()
-            status = rendered.status if isinstance(rendered, Answer) else 200
-            self._count(route, status, started)
+            rendered: Reply = answer.render()
+            self._count(route, status_of(rendered), started)
             if isinstance(rendered, Answer):
-                return Rendered(STATUS_LINES[status], rendered.encoded(), list((rendered.headers or {}).items()))
+                return Rendered(STATUS_LINES[rendered.status], rendered.encoded(),
+                                list((rendered.headers or {}).items()))
             return dumps(rendered)
 
         start_response(STATUS_LINES[200], headers)
-        return DeferredBody(answer.futures, answer.deadline, render_answer)
+        return DeferredBody(answer, render_answer)
+
+
+def _headers_of(answer: Answer) -> list[tuple[str, str]]:
+    return [("Content-Type", answer.content_type), *(answer.headers or {}).items()]
 
 
 def install(app: Flask, table: RouteTable) -> Front:

@@ -7,7 +7,6 @@ route the request was for (omni_mev.api.routes).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -15,24 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException
 
-from omni_mev.errors import INTERNAL_ERROR, MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
+from omni_mev.core.answers import error_body, error_status_and_body
+from omni_mev.errors import MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
 from omni_mev.jsonio import dumps
 
 if TYPE_CHECKING:
     from flask import Flask
 
-log = logging.getLogger(__name__)
 NOT_FOUND = "No such endpoint; see /openapi.json for the API."
 TOO_LARGE = "The request body is larger than the service accepts (AI_MAX_BODY_BYTES)."
 JSON = ("Content-Type", "application/json")
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 ErrorShape = Callable[[OmniMevError], dict[str, Any]]
-
-
-def api_error_body(error: OmniMevError) -> dict[str, Any]:
-    """The API's error shape: {"error", "message"[, "fields"]}."""
-    return error.to_dict()
 
 
 @dataclass(frozen=True)
@@ -48,15 +42,14 @@ class RenderedError:
         return STATUS_LINES.get(self.status) or f"{self.status} {HTTPStatus(self.status).phrase}"
 
 
-def render(error: BaseException, shape: ErrorShape = api_error_body) -> RenderedError:
+def render(error: BaseException, shape: ErrorShape = error_body) -> RenderedError:
     """The response to this error: a domain error as itself, werkzeug's in the API's terms, anything else a
-    logged 500 whose body says nothing of the cause."""
+    logged 500 whose body says nothing of the cause (omni_mev.core.answers)."""
     if isinstance(error, HTTPException):
         error = as_domain_error(error)
-    if not isinstance(error, OmniMevError):
-        log.error("unhandled error", exc_info=error)
-        return RenderedError(500, [JSON], dumps(INTERNAL_ERROR))
-    return RenderedError(error.status, [JSON, *error.headers.items()], dumps(shape(error)))
+    status, body = error_status_and_body(error, shape)
+    headers = error.headers.items() if isinstance(error, OmniMevError) else ()
+    return RenderedError(status, [JSON, *headers], dumps(body))
 
 
 def http_error(status: int, message: str, phrase: str | None = None) -> OmniMevError:

@@ -15,12 +15,13 @@ import orjson
 
 from omni_mev import metrics
 from omni_mev.api import predictor_of
-from omni_mev.api.batch import check_batch_size
-from omni_mev.api.direct import Answer, DirectRequest, Later
+from omni_mev.core.scoring import check_batch_size
+from omni_mev.api.direct import DirectRequest
+from omni_mev.core.answers import Answer, Later
 from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, RETRY_UNKNOWN_AFTER_S, STORED, UNKNOWN,
                                    LedgerUnavailable, Outcome, OutcomeResult)
-from omni_mev.schemas import OutcomeSchema, load_or_raise
+from omni_mev.core.schemas import OutcomeSchema, load_or_raise
 
 log = logging.getLogger(__name__)
 _one = OutcomeSchema()

@@ -24,22 +24,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from omni_mev.api import batch, direct, openapi, outcomes, predict, quality, status, v2
-from omni_mev.api.errors import api_error_body
+from omni_mev.api import direct, openapi, outcomes, predict, quality, status, v2
+from omni_mev.core.answers import error_body
+from omni_mev.core.v2 import protocol_error_body, server_metadata
 from omni_mev.api.table import EXTENSION, FAST, POST, VIEW, Route, RouteTable
 
 if TYPE_CHECKING:
     from flask import Flask
 
-ERROR_SHAPE_NAMES: dict[Callable[..., dict[str, Any]], str] = {api_error_body: "api", v2.protocol_error_body: "v2"}
+ERROR_SHAPE_NAMES: dict[Callable[..., dict[str, Any]], str] = {error_body: "api", protocol_error_body: "v2"}
 
 ROUTES: tuple[Route, ...] = (
     # Scoring and learning: the fast path.
     Route("/predict", predict.predict, POST, FAST, counted=True),
-    Route("/predict/batch", batch.predict_batch, POST, FAST, counted=True),
-    Route("/v2/models/<name>/infer", v2.infer, POST, FAST, errors=v2.protocol_error_body, counted=True),
+    Route("/predict/batch", predict.predict_batch, POST, FAST, counted=True),
+    Route("/v2/models/<name>/infer", v2.infer, POST, FAST, errors=protocol_error_body, counted=True),
     Route("/v2/models/<name>/versions/<version>/infer", v2.infer_version, POST, FAST,
-          errors=v2.protocol_error_body, counted=True),
+          errors=protocol_error_body, counted=True),
     Route("/outcomes", outcomes.post_outcomes, POST, FAST, counted=True),
     Route("/quality", quality.quality, counted=True),
     # Operations.
@@ -48,13 +49,13 @@ ROUTES: tuple[Route, ...] = (
     Route("/metrics_summary", status.metrics_summary),
     Route("/openapi.json", openapi.openapi_json),
     # The Open Inference Protocol's reads.
-    Route("/v2", v2.server_metadata, errors=v2.protocol_error_body),
-    Route("/v2/health/live", v2.live, auth=False, errors=v2.protocol_error_body),
-    Route("/v2/health/ready", v2.ready, auth=False, errors=v2.protocol_error_body),
-    Route("/v2/models/<name>/ready", v2.model_ready, errors=v2.protocol_error_body),
-    Route("/v2/models/<name>/versions/<version>/ready", v2.model_ready, errors=v2.protocol_error_body),
-    Route("/v2/models/<name>", v2.model_metadata, errors=v2.protocol_error_body),
-    Route("/v2/models/<name>/versions/<version>", v2.model_metadata, errors=v2.protocol_error_body),
+    Route("/v2", server_metadata, errors=protocol_error_body),
+    Route("/v2/health/live", v2.live, auth=False, errors=protocol_error_body),
+    Route("/v2/health/ready", v2.ready, auth=False, errors=protocol_error_body),
+    Route("/v2/models/<name>/ready", v2.model_ready, errors=protocol_error_body),
+    Route("/v2/models/<name>/versions/<version>/ready", v2.model_ready, errors=protocol_error_body),
+    Route("/v2/models/<name>", v2.model_metadata, errors=protocol_error_body),
+    Route("/v2/models/<name>/versions/<version>", v2.model_metadata, errors=protocol_error_body),
 )
 
 

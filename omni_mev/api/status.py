@@ -9,9 +9,8 @@ from flask import current_app
 
 from omni_mev import metrics
 from omni_mev.api import predictor_of
-from omni_mev.cache import cache_of
 from omni_mev.config import Settings
-from omni_mev.errors import ModelUnavailable
+from omni_mev.core.health import health_body
 from omni_mev.ledger.store import Ledger
 from omni_mev.started import STARTED_AT
 
@@ -19,10 +18,7 @@ from omni_mev.started import STARTED_AT
 
 def health():
     """200 when this worker has a model; 503 with the reason otherwise. No I/O."""
-    status = predictor_of(current_app).status()
-    if not status.ready:
-        raise ModelUnavailable(status.problem or "no model is loaded")
-    return {"status": "ok", "model_type": status.kind, "model_version": status.version}
+    return health_body(predictor_of(current_app).status())
 
 
 def engine_status():
@@ -38,7 +34,7 @@ def engine_status():
         "threshold": predictor.threshold,
         # Where the threshold in force comes from: AI_THRESHOLD, the served model's card, or the default.
         "threshold_source": predictor.threshold_source,
-        "redis_connected": cache_of(current_app).ping(),
+        "redis_connected": predictor.cache.ping(),
         "total_requests": metrics.snapshot.get()["total_requests"],
         "uptime_s": round(time.time() - STARTED_AT, 3),
         "worker_pid": os.getpid(),

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from omni_mev.api.errors import ErrorShape, api_error_body
+from omni_mev.api.errors import ErrorShape
+from omni_mev.core.answers import error_body
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -43,7 +44,7 @@ class Route:
     kind: Kind = VIEW
     # False: open to load balancers' and orchestrators' probes even when API keys are configured.
     auth: bool = True
-    errors: ErrorShape = api_error_body
+    errors: ErrorShape = error_body
     # Counted in ai_requests_total (and so in /status total_requests); probes and reads for people are not.
     counted: bool = False
 
@@ -103,7 +104,7 @@ class RouteTable:
     def error_shape(self, path: str, method: str) -> ErrorShape:
         """How errors of a request to this path are shaped."""
         route, _ = self.match(path, method)
-        return route.errors if route is not None else api_error_body
+        return route.errors if route is not None else error_body
 
 
 def table_of(app: Flask) -> RouteTable:

@@ -3,7 +3,7 @@
 The messages and the service are Triton's generated ones, as tritonclient
 ships them (`tritonclient.grpc.service_pb2`, `service_pb2_grpc`): the stock
 `tritonclient.grpc` works unchanged, unary and streaming. Inference runs the
-V2 REST routes' own rules on the decoded tensors (omni_mev.api.v2
+V2 REST routes' own rules on the decoded tensors (omni_mev.core.v2
 `run_inference`), so both transports answer alike.
 
 - Inputs as raw contents (`raw_input_contents`, what tritonclient sends) or
@@ -30,14 +30,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from omni_mev import metrics
-from omni_mev.api import v2, v2_binary
-from omni_mev.auth import ApiKeys
+from omni_mev.core import accounting, v2, v2_binary
+from omni_mev.core.keys import ApiKeys
 from omni_mev.errors import OmniMevError
 from omni_mev.predictor import Predictor
 from omni_mev.runtime.base import MODEL_NAME
 from omni_mev.stream.reload import Serving
-from omni_mev.version import __version__
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -62,9 +60,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _authorised(self, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        environ = {"HTTP_AUTHORIZATION": metadata.get("authorization", ""), "HTTP_X_API_KEY": metadata.get("x-api-key")}
         try:
-            self.api_keys.check(environ)
+            self.api_keys.check(metadata.get("authorization"), metadata.get("x-api-key"))
         except OmniMevError as refused:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.message)
 
@@ -85,7 +82,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._authorised(context)
-        return pb.ServerMetadataResponse(name="omni-mev", version=__version__, extensions=[v2_binary.EXTENSION])
+        return pb.ServerMetadataResponse(**v2.server_metadata())
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._authorised(context)
@@ -127,7 +124,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = error.status
             raise
         finally:
-            metrics.count_request(endpoint, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+            accounting.count(endpoint, status, started)
         outputs, raw = [], []
         for name in result.outputs:
             datatype = v2.OUTPUT_DATATYPES[name]

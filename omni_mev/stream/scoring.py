@@ -1,4 +1,4 @@
-"""One stream message scored, whatever the transport: the rules and encoders of /predict and /predict/batch.
+"""One WebSocket message scored by the core's scoring (omni_mev.core.scoring), as /predict and /predict/batch are.
 
 A message is a JSON object: one opportunity shaped like a /predict body, or
 several under `items` shaped like a /predict/batch body; either may carry an
@@ -7,18 +7,15 @@ several under `items` shaped like a /predict/batch body; either may carry an
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from omni_mev.api import batch, predict
-from omni_mev.api.direct import Answer, Later
-from omni_mev.api.errors import api_error_body
-from omni_mev.errors import INTERNAL_ERROR, BadRequest, OmniMevError, ValidationFailed
+from omni_mev.core.answers import Answer, Later, error_status_and_body
+from omni_mev.core.schemas import ID_MAX_LENGTH
+from omni_mev.core.scoring import score_batch, score_one
+from omni_mev.errors import BadRequest, ValidationFailed
 from omni_mev.jsonio import loads_object
 from omni_mev.predictor import Predictor
-from omni_mev.schemas import ID_MAX_LENGTH, load_opportunity, load_or_raise
 
-log = logging.getLogger(__name__)
 ID = "id"
 
 
@@ -43,16 +40,9 @@ def parse(raw: str | bytes) -> dict[str, Any]:
 
 def score(predictor: Predictor, message: dict[str, Any], raw: str) -> dict[str, Any] | Later:
     """The answer's body, or one that waits on its dispatches (as the HTTP routes' answers do)."""
-    threshold, mode = predictor.threshold, predictor.settings.mode
     if "items" in message:
-        items = message["items"]
-        if isinstance(items, list):
-            batch.check_batch_size(len(items), predictor.settings.max_batch_size)
-        opportunities = load_or_raise(batch.schema_for(raw), message)["items"]
-        return predict.answer_when_dispatched(predictor.predict_batch(opportunities),
-                                              lambda answered: batch.encode(answered, threshold, mode))
-    return predict.answer_when_dispatched(predictor.predict(load_opportunity(message)),
-                                          lambda answered: predict.encode(answered, threshold, mode))
+        return score_batch(predictor, message, raw)
+    return score_one(predictor, message)
 
 
 def with_id(body: dict[str, Any] | Answer, ident: Any) -> dict[str, Any]:
@@ -62,9 +52,8 @@ def with_id(body: dict[str, Any] | Answer, ident: Any) -> dict[str, Any]:
     return body if ident is None else {ID: ident, **body}
 
 
-def error_answer(error: BaseException, ident: Any) -> dict[str, Any]:
-    """An error as the API's error shape, with the message's id; a bug logged, its cause not told."""
-    if isinstance(error, OmniMevError):
-        return with_id(api_error_body(error), ident)
-    log.error("unhandled error scoring a stream message", exc_info=error)
-    return with_id(dict(INTERNAL_ERROR), ident)
+def error_answer(error: BaseException, ident: Any) -> tuple[int, dict[str, Any]]:
+    """An error's status, and its body in the API's error shape with the message's id; a bug logged, its cause not
+    told."""
+    status, body = error_status_and_body(error)
+    return status, with_id(body, ident)

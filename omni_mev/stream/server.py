@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from omni_mev import metrics
-from omni_mev.auth import ApiKeys, load_keys
+from omni_mev.core.keys import ApiKeys, load_keys
 from omni_mev.service import build_service, settings_from
 from omni_mev.stream import kserve
 from omni_mev.stream.reload import Serving

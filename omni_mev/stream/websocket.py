@@ -37,8 +37,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from omni_mev import metrics
-from omni_mev.api.direct import Answer, Later
-from omni_mev.auth import ApiKeys
+from omni_mev.core import accounting
+from omni_mev.core.answers import Later
+from omni_mev.core.health import health_body
+from omni_mev.core.keys import ApiKeys
 from omni_mev.errors import OmniMevError, error_code
 from omni_mev.jsonio import dumps
 from omni_mev.predictor import Predictor
@@ -100,22 +102,18 @@ class StreamServer:
             return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase,
                             Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
         if path == HEALTH_PATH:
-            status = self.predictor.status()
-            if status.ready:
-                return _json_response(HTTPStatus.OK, {"status": "ok", "model_type": status.kind,
-                                                                  "model_version": status.version})
-            return _json_response(HTTPStatus.SERVICE_UNAVAILABLE,
-                                  {"error": "model_unavailable", "message": status.problem})
+            try:
+                return _json_response(HTTPStatus.OK, health_body(self.predictor.status()))
+            except OmniMevError as unavailable:
+                return _json_response(HTTPStatus(unavailable.status), unavailable.to_dict())
         if path != PATH:
             return _json_response(HTTPStatus.NOT_FOUND,
                                   {"error": "not_found", "message": f"The WebSocket endpoint is {PATH}."})
         if self.draining:
             return _json_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                   {"error": "shutting_down", "message": "The server is shutting down; reconnect."})
-        environ = {"HTTP_AUTHORIZATION": request.headers.get("Authorization", ""),
-                   "HTTP_X_API_KEY": request.headers.get("X-API-Key")}
         try:
-            self.api_keys.check(environ)
+            self.api_keys.check(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
         except OmniMevError as refused:
             response = _json_response(HTTPStatus.UNAUTHORIZED, refused.to_dict())
             response.headers.update(refused.headers)
@@ -163,11 +161,10 @@ class StreamServer:
             assert isinstance(raw, str)  # parse() refuses binary frames
             ident = scoring.message_id(message)
             scored = scoring.score(self.predictor, message, raw)
-            answer = scoring.with_id(await _settled(scored) if isinstance(scored, Later) else scored, ident)
+            answer = scoring.with_id(await scored.settled() if isinstance(scored, Later) else scored, ident)
         except Exception as error:  # noqa: BLE001 - every error answers its message; a bug is logged
-            status = error.status if isinstance(error, OmniMevError) else 500
-            answer = scoring.error_answer(error, ident)
-        metrics.count_request(ENDPOINT, metrics.outcome_of(status), (time.perf_counter() - started) * 1000.0)
+            status, answer = scoring.error_answer(error, ident)
+        accounting.count(ENDPOINT, status, started)
         return dumps(answer)
 
     # Shutdown
@@ -186,13 +183,6 @@ class StreamServer:
         await asyncio.gather(*(connection.close(*SHUTDOWN) for connection in list(self.open)),
                              return_exceptions=True)
         await self.server.wait_closed()
-
-
-async def _settled(later: Later) -> dict[str, Any] | Answer:
-    """A dispatching answer once its dispatches end (or at their deadline): the event loop keeps serving."""
-    timeout = max(0.0, later.deadline - time.monotonic())
-    await asyncio.wait([asyncio.wrap_future(future) for future in later.futures], timeout=timeout)
-    return later.render()
 
 
 def _json_refusal(connection: ServerConnection, request: Request, response: Response) -> Response:

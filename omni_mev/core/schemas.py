@@ -65,7 +65,7 @@ def check_value(value: Any, lo: float, hi: float, integer: bool) -> bool:
     return not integer or value == int(value)
 
 
-class FeatureVector(fields.Field):
+class FeatureVector(fields.Field[FeatureValues]):
     """8 finite numbers: a list in feature order, or an object keyed by feature name."""
 
     default_error_messages = {
@@ -73,7 +73,7 @@ class FeatureVector(fields.Field):
         "length": f"Must hold exactly {N_FEATURES} numbers ({', '.join(FEATURE_NAMES)}); got {{got}}.",
     }
 
-    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs) -> FeatureValues:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> FeatureValues:
         return parse_vector(value, self.error_messages)
 
 
@@ -112,7 +112,7 @@ def matrix_errors(x: np.ndarray, limit: int = 50) -> list[tuple[int, str, str]]:
     return [(int(r), _RULES[c][0], _RULES[c][4]) for r, c in zip(rows[:limit], columns[:limit])]
 
 
-def float_values(values: list) -> np.ndarray | None:
+def float_values(values: list[Any]) -> np.ndarray | None:
     """A flat list of JSON numbers as float64; None if it holds anything but numbers and booleans.
 
     array.array rejects strings, nulls and out-of-range integers itself, and
@@ -145,7 +145,7 @@ class StrictBoolean(fields.Boolean):
 
     default_error_messages = {"invalid": "Must be true or false."}
 
-    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs) -> bool:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> bool:
         if value.__class__ is not bool:
             raise self.make_error("invalid")
         return value
@@ -156,7 +156,7 @@ class StrictNumber(fields.Float):
 
     default_error_messages = {"invalid": "Must be a number."}
 
-    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs) -> float:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float:
         if value.__class__ is bool or not isinstance(value, (int, float)):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
@@ -235,7 +235,7 @@ def load_opportunity(body: dict[str, Any]) -> Opportunity:
     return loaded
 
 
-class BatchItems(fields.Field):
+class BatchItems(fields.Field[OpportunityBatch]):
     """A list of /predict bodies, validated together.
 
     The common case (list-form features, no history) is checked with numpy in
@@ -250,14 +250,14 @@ class BatchItems(fields.Field):
         self.may_hold_booleans = may_hold_booleans
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
-                     **kwargs) -> OpportunityBatch:
+                     **kwargs: Any) -> OpportunityBatch:
         if value.__class__ is not list or not value:
             raise ValidationError("Must be a non-empty list of items, each shaped like a /predict body.")
         fast = self._fast(value, self.may_hold_booleans)
         return fast if fast is not None else self._item_by_item(value)
 
     @staticmethod
-    def _fast(items: list, may_hold_booleans: bool) -> OpportunityBatch | None:
+    def _fast(items: list[Any], may_hold_booleans: bool) -> OpportunityBatch | None:
         if not all(item.__class__ is dict for item in items):
             return None
         keys = set(chain.from_iterable(items))
@@ -289,7 +289,7 @@ class BatchItems(fields.Field):
         return OpportunityBatch(x, None, ids, dispatch)
 
     @staticmethod
-    def _item_by_item(items: list) -> OpportunityBatch:
+    def _item_by_item(items: list[Any]) -> OpportunityBatch:
         loaded: list[Opportunity] = []
         messages: dict[int, Any] = {}
         for index, item in enumerate(items):
@@ -409,7 +409,8 @@ def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 def load_or_raise(schema: Schema, data: Any) -> dict[str, Any]:
     """schema.load(data), turning ValidationError into the API's 422."""
     try:
-        return schema.load(data)
+        loaded: dict[str, Any] = schema.load(data)
+        return loaded
     except ValidationError as error:
         flat = flatten_messages(error.messages)
         names = ", ".join(sorted(flat))
