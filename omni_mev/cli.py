@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -261,12 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# omni_mev.metrics.MULTIPROC_VARIABLE, spelt out: importing omni_mev.metrics would import prometheus_client, which
+# reads the variable once, on import.
+METRICS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `omni-mev` console script."""
     from omni_mev.logs import configure_logging
 
     configure_logging()
     args = build_parser().parse_args(argv)
+    if args.handler is not _stream:
+        # A one-off command serves no metrics, and its files would outlive it in the service's multiprocess
+        # directory (which only gunicorn's master creates): its metrics stay in its own memory.
+        os.environ.pop(METRICS_VARIABLE, None)
     return args.handler(args)
 
 

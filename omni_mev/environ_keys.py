@@ -4,8 +4,11 @@ A leaf: the worker class is loaded by gunicorn's master, which must not
 import the application's modules (metrics among them) before it has prepared
 their shared directories.
 """
-# From the worker: it parks deferred bodies, and takes their status from the render (omni_mev.deferred).
+# From the worker: it parks deferred bodies, and writes them with the status they decide (omni_mev.deferred).
 PARKS = "omni_mev.parks_deferred"
+# From the worker: the request's body, read whole (and checked against AI_MAX_BODY_BYTES) before the application
+# runs; `wsgi.input` reads the same bytes.
+BODY = "omni_mev.body"
 # From the worker: when the request's first byte reached this process (time.time()).
 ARRIVED_AT = "omni_mev.arrived_at"
 # From the application: the request's body was not well-framed, so nothing after it on the connection can be

@@ -4,8 +4,8 @@ The worker keeps gunicorn's parser, WSGI environ, response and hooks, and
 changes how connections are served. That needs what gunicorn does not
 document as an API: its module globals (the response class `wsgi.create`
 builds, the error writer `Worker.handle_error` calls, the date formatter),
-its request's body reader and `Expect: 100-continue` flag, the forwarding
-trust check, and its response's framing attributes. Every use is here, pinned
+its request's body framing and `Expect: 100-continue` flag, the forwarding
+trust check, and its response's one-send writes. Every use is here, pinned
 to the releases it was tested with (setup.cfg); tests/test_gunicorn_internals.py
 fails, naming what changed, on a release outside them or one whose internals
 no longer behave as these functions expect.
@@ -126,19 +126,3 @@ def take_expect_continue(request: Request) -> bool:
     expected = request._expected_100_continue
     request._expected_100_continue = False
     return expected
-
-
-def give_body(request: Request, body: bytes) -> None:
-    """The request's body, read by the worker before the application runs, for the application to read."""
-    request.unreader.unread(body)
-
-
-def set_rendered_body(response: Any, content: bytes, status_line: str | None, headers: list[tuple[str, str]]) -> None:
-    """A response whose body (and maybe status) is known only after start_response: its length, and the framing
-    gunicorn decided at start_response before the length was known."""
-    if status_line is not None:
-        response.status, response.status_code = status_line, int(status_line.split(None, 1)[0])
-        response.headers.extend(headers)
-    response.headers.append(("Content-Length", str(len(content))))
-    response.response_length = len(content)
-    response.chunked = response.is_chunked()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import io
 import os
 import selectors
 import socket
@@ -57,10 +58,12 @@ from gunicorn.http.message import Request
 from gunicorn.workers.base import Worker
 
 from omni_mev import gunicorn_internals, worker_boot
-from omni_mev.api.errors import RenderedError, http_error, render
+from omni_mev.api.errors import http_error, render, status_line
+from omni_mev.api.table import error_shape_of
 from omni_mev.config import Settings
+from omni_mev.core.answers import Answer
 from omni_mev.deferred import DeferredBody
-from omni_mev.environ_keys import ARRIVED_AT, CLOSE_CONNECTION, PARKS
+from omni_mev.environ_keys import ARRIVED_AT, BODY, CLOSE_CONNECTION, PARKS
 from omni_mev.errors import BadRequest, InternalError, OmniMevError, PayloadTooLarge, RequestTimeout
 from omni_mev.http_framing import BodyTooLarge, ChunkedBody, MalformedBody, head_length
 
@@ -104,21 +107,25 @@ def prompt_close(sock: socket.socket) -> None:
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's error response (util.write_error), rendered by the API's error renderer.
 
-    gunicorn keeps the phrase "Bad Request" for some other statuses (501 for an
-    unknown transfer coding): those get their own phrase, and code. A 500 says
-    nothing of its cause (gunicorn's message may be a traceback).
+    gunicorn calls it for a request it could not parse, so no route is known:
+    the API's error shape. gunicorn keeps the phrase "Bad Request" for some
+    other statuses (501 for an unknown transfer coding): those get their own
+    phrase, and code. A 500 says nothing of its cause (gunicorn's message may
+    be a traceback).
     """
     if reason == "Bad Request" and status_int != 400:
         reason = HTTPStatus(status_int).phrase
     write_error(sock, render(InternalError() if status_int == 500 else http_error(status_int, mesg, reason)))
 
 
-def write_error(sock: socket.socket, rendered: RenderedError) -> None:
+def write_error(sock: socket.socket, answer: Answer) -> None:
     """An error response that closes the connection."""
-    head = "".join([f"HTTP/1.1 {rendered.status_line}\r\nConnection: close\r\n",
-                    *(f"{name}: {value}\r\n" for name, value in rendered.headers),
-                    f"Content-Length: {len(rendered.body)}\r\n\r\n"])
-    util.write_nonblock(sock, head.encode("latin-1") + rendered.body)
+    content = answer.encoded()
+    head = "".join([f"HTTP/1.1 {status_line(answer.status)}\r\nConnection: close\r\n",
+                    f"Content-Type: {answer.content_type}\r\n",
+                    *(f"{name}: {value}\r\n" for name, value in (answer.headers or {}).items()),
+                    f"Content-Length: {len(content)}\r\n\r\n"])
+    util.write_nonblock(sock, head.encode("latin-1") + content)
 
 
 class Connection:
@@ -403,9 +410,12 @@ class KeepAliveWorker(Worker):
         return f"The connection closed after {got} of the body's {declared} bytes (Content-Length)."
 
     def _refuse(self, connection: Connection, error: OmniMevError) -> None:
-        """Answer a request the application never saw, in JSON, and close the connection."""
+        """Answer a request the application never saw, in JSON, and close the connection. Once its head is parsed,
+        the error takes the shape of the route it was for (the V2 protocol's on /v2)."""
+        pending = connection.head
+        shape = error_shape_of(self.wsgi, pending.request.path, pending.request.method) if pending else None
         try:
-            write_error(connection.sock, render(error))
+            write_error(connection.sock, render(error, shape) if shape else render(error))
         except OSError:
             pass
         self._close(connection)
@@ -427,7 +437,7 @@ class KeepAliveWorker(Worker):
                 return  # more bytes to come
             self.reading.pop(connection, None)
             self._served_since_idle = True
-            keep = self._serve_one(connection, request)
+            keep = self._serve_one(connection, *request)
             if isinstance(keep, Parked):
                 self._park(connection, keep)
                 return
@@ -441,8 +451,9 @@ class KeepAliveWorker(Worker):
                 self.idle[connection] = time.monotonic()
                 return
 
-    def _complete_request(self, connection: Connection) -> Request | None:
-        """The next request, parsed, once its head and body are all in the buffer; None until then."""
+    def _complete_request(self, connection: Connection) -> tuple[Request, bytes] | None:
+        """The next request, its head parsed and its body read (a chunked one decoded), once both are all in the
+        buffer; None until then."""
         buffer = connection.buffer
         pending = connection.head
         if pending is None:
@@ -469,13 +480,10 @@ class KeepAliveWorker(Worker):
                 return None
         elif len(buffer) < end:
             return None
-        request = pending.request
-        body = bytes(buffer[pending.length:end])
+        body = pending.chunked.content(buffer) if pending.chunked else bytes(buffer[pending.length:end])
         del buffer[:end]
         connection.head = None
-        if body:
-            gunicorn_internals.give_body(request, body)
-        return request
+        return pending.request, body
 
     def _parse_head(self, connection: Connection, head: bytes, length: int) -> PendingHead:
         """gunicorn's parse of the head (its errors propagate); the body's framing; 413 and 100-continue."""
@@ -484,10 +492,11 @@ class KeepAliveWorker(Worker):
         if declared is None:
             pending = PendingHead(request, length, None, ChunkedBody(length, self.max_body))
         else:
-            if declared > self.max_body:
-                raise PayloadTooLarge(f"The body has {declared} bytes; at most {self.max_body} are accepted "
-                                   "(AI_MAX_BODY_BYTES).")
             pending = PendingHead(request, length, length + declared)
+            if declared > self.max_body:
+                connection.head = pending  # the 413 takes its route's error shape
+                raise PayloadTooLarge(f"The body has {declared} bytes; at most {self.max_body} are accepted "
+                                      "(AI_MAX_BODY_BYTES).")
         # 100 Continue only now that the body is known to be acceptable, and here: the body is read before
         # the application runs, so gunicorn must not send it again when it builds the environ.
         if gunicorn_internals.take_expect_continue(request):
@@ -495,10 +504,10 @@ class KeepAliveWorker(Worker):
                 util.write(connection.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
         return pending
 
-    def _serve_one(self, connection: Connection, request: Request) -> bool | Parked:
+    def _serve_one(self, connection: Connection, request: Request, body: bytes) -> bool | Parked:
         """One complete request; whether the connection may carry another, or the request parked."""
         try:
-            return self.handle_request(request, connection)
+            return self.handle_request(request, connection, body)
         except OSError as error:
             if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.ETIMEDOUT):
                 self.log.exception("Socket error processing request.")
@@ -507,9 +516,10 @@ class KeepAliveWorker(Worker):
             self.handle_error(request, connection.sock, connection.addr, error)
             return False
 
-    def handle_request(self, request: Any, connection: Connection) -> bool | Parked:
-        """Run the application for one parsed request; whether the connection stays open, or the parked
-        request when its body waits on a dispatch (omni_mev.deferred)."""
+    def handle_request(self, request: Any, connection: Connection, body: bytes) -> bool | Parked:
+        """Run the application for one parsed request and its body, read once and handed on once (BODY, and
+        `wsgi.input` for any other reader); whether the connection stays open, or the parked request when its
+        answer waits on a dispatch (omni_mev.deferred)."""
         environ: dict[str, Any] = {}
         response = None
         try:
@@ -525,15 +535,17 @@ class KeepAliveWorker(Worker):
                 response.force_close()
             environ[PARKS] = True
             environ[ARRIVED_AT] = connection.arrived_at
-            body = self.wsgi(environ, response.start_response)
+            environ[BODY] = body
+            environ["wsgi.input"] = io.BytesIO(body)
+            answer = self.wsgi(environ, response.start_response)
             if environ.get(CLOSE_CONNECTION):  # the body was badly framed: nothing after it is a request
                 response.force_close()
         except Exception:
             self._after_request(request, environ, response)
             raise
-        if isinstance(body, DeferredBody) and not body.ready():
-            return Parked(request, response, environ, body, started)
-        return self._respond(request, response, environ, body, started)
+        if isinstance(answer, DeferredBody) and not answer.ready():
+            return Parked(request, response, environ, answer, started)
+        return self._respond(request, response, environ, answer, started)
 
     def _respond(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> bool:
         """Write the application's response; whether the connection stays open."""
@@ -550,10 +562,8 @@ class KeepAliveWorker(Worker):
             self._after_request(request, environ, response)
 
     def _write(self, request: Any, response: Any, environ: dict[str, Any], body: Any, started: datetime) -> None:
-        if isinstance(body, DeferredBody):  # rendered only now: its length (and maybe its status) known only now
-            content = body.content()
-            gunicorn_internals.set_rendered_body(response, content, body.status, body.headers)
-            body = [content]
+        if isinstance(body, DeferredBody):  # rendered, and the response started with its final status, only now
+            body = [body.content()]
         try:
             for chunk in body:
                 response.write(chunk)

@@ -70,12 +70,6 @@ def test_expect_continue_is_taken_once():
     assert gunicorn_internals.take_expect_continue(request) is False
 
 
-def test_a_body_given_to_the_request_is_what_the_application_reads():
-    request = gunicorn_internals.parse_head(Config(), _head("Content-Length: 5"), PEER, 1)
-    gunicorn_internals.give_body(request, b"hello")
-    assert request.body.read() == b"hello"
-
-
 @pytest.mark.parametrize("allowed, trusted", [("127.0.0.1", True), ("10.0.0.1", False)])
 def test_the_cached_trust_verdict_is_gunicorns(allowed, trusted):
     cfg = Config()
@@ -87,14 +81,14 @@ def test_the_cached_trust_verdict_is_gunicorns(allowed, trusted):
     assert gunicorn_internals._PEER_TRUST == {PEER[0]: trusted}
 
 
-def test_a_body_rendered_late_is_framed_by_its_length_and_sent_with_its_head_at_once():
+def test_a_response_is_framed_by_its_length_and_sent_with_its_head_at_once():
     cfg = Config()
     request = gunicorn_internals.parse_head(cfg, _head("Content-Length: 0"), PEER, 1)
     ours, theirs = socket.socketpair()
     with ours, theirs:
         response = gunicorn_internals.OneSendResponse(request, ours, cfg)
-        response.start_response("200 OK", [("Content-Type", "application/json")])
-        gunicorn_internals.set_rendered_body(response, b'{"a":1}', "201 Created", [("X-Late", "yes")])
+        response.start_response("201 Created", [("Content-Type", "application/json"), ("X-Late", "yes"),
+                                                ("Content-Length", "7")])
         assert (response.status_code, response.response_length, response.chunked) == (201, 7, False)
         response.write(b'{"a":1}')
         response.close()

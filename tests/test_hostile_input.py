@@ -124,7 +124,6 @@ def test_a_framing_error_is_answered_once_and_the_connection_closed(service, cas
             b"Transfer-Encoding: chunked\r\n\r\n")
     encoded = {"bad chunk size": b"zz\r\n" + body + b"\r\n0\r\n\r\n",
                "chunk without its CRLF": b"%x\r\n%sXX0\r\n\r\n" % (len(body), body),
-               # Valid for the worker's framing scan, refused by gunicorn's parser when the application reads it.
                "bad chunk extension": b"%x;a=\x01\r\n%s\r\n0\r\n\r\n" % (len(body), body)}[case]
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
         sock.sendall(head + encoded + SMUGGLED)

@@ -15,7 +15,9 @@ def test_head_ends_at_the_blank_line():
 
 def test_a_chunked_body_ends_after_its_last_chunk_and_trailers():
     body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
-    assert ChunkedBody(len(HEAD), 1024).end(HEAD + body) == len(HEAD) + len(body)
+    scan = ChunkedBody(len(HEAD), 1024)
+    assert scan.end(HEAD + body) == len(HEAD) + len(body)
+    assert scan.content(HEAD + body) == b"hello world"
     with_trailer = b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1\r\n"
     assert ChunkedBody(len(HEAD), 1024).end(HEAD + with_trailer) == len(HEAD) + with_trailer.index(b"GET")
 
@@ -29,6 +31,12 @@ def test_the_scan_resumes_as_pieces_arrive():
         ends.append(scan.end(buffer))
     assert ends[:-1] == [None] * (len(body) - 1) and ends[-1] == len(buffer)
     assert scan.data == 500  # each chunk counted once
+    assert scan.content(buffer) == bytes(97 + i % 26 for i in range(500))
+
+
+def test_a_control_character_in_a_chunk_extension_is_malformed():
+    with pytest.raises(MalformedBody, match="control character"):
+        ChunkedBody(len(HEAD), 1024).end(HEAD + b"5;a=\x01\r\nhello\r\n0\r\n\r\n")
 
 
 def test_a_chunked_body_over_the_limit_is_refused_before_it_ends():

@@ -185,6 +185,57 @@ def test_gate_refuses_a_challenger_that_is_worse_on_any_rule(tmp_path):
     assert compare(ledger.records(0), "champion0001", "challenger01", lenient).passed
 
 
+# Operator commands
+
+
+def test_rollback_undoes_any_change_of_champion_and_every_change_names_its_user(registry, tmp_path):
+    """`models register --as champion` is a change of champion like a promotion: rollback undoes it. --user is
+    recorded on a registration as on a promotion."""
+    other = uninformative_model(tmp_path / "other")
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "OMNI_MEV_ENV_FILE": "/nonexistent"}
+    registered = omni_mev("models", "register", str(tmp_path / "other"), "--as", "champion", "--user", "carol",
+                          env=env)
+    assert registered.returncode == 0, registered.stderr
+    assert [(e["event"], e["user"]) for e in registry.history()[-2:]] == [("register", "carol"),
+                                                                           ("set_champion", "carol")]
+    rolled = omni_mev("rollback", "--user", "dave", env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert f"{SHIPPED} is the champion again (was {other})" in rolled.stdout
+    assert registry.alias("champion") == SHIPPED
+    assert (registry.history()[-1]["event"], registry.history()[-1]["user"]) == ("rollback", "dave")
+    again = omni_mev("rollback", env=env)  # the first champion was set from none: nothing earlier
+    assert again.returncode == 2 and "no earlier champion" in again.stderr
+
+
+def test_operator_commands_run_without_the_metrics_directory(registry, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR set (as the image sets it) but never created (only gunicorn's master makes it):
+    retrain and promote work, and leave nothing there."""
+    other = uninformative_model(tmp_path / "other")
+    registry.register(tmp_path / "other", user="test")
+    registry.assign("challenger", other, user="test")
+    absent = tmp_path / "metrics"
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "OMNI_MEV_ENV_FILE": "/nonexistent",
+           "AI_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "PROMETHEUS_MULTIPROC_DIR": str(absent)}
+    retrain = omni_mev("retrain", env=env)
+    assert "Traceback" not in retrain.stderr and json.loads(retrain.stdout.splitlines()[-1])["action"], retrain.stderr
+    promoted = omni_mev("promote", "--force", env=env)
+    assert promoted.returncode == 0 and "Traceback" not in promoted.stderr, promoted.stderr
+    assert registry.alias("champion") == other and not absent.exists()
+
+
+@pytest.mark.parametrize("command", [("promote", "--force"), ("rollback",), ("models",), ("retrain",)])
+def test_a_registry_database_that_is_down_is_one_line_and_exit_2(registry, tmp_path, command):
+    from tests.servers import free_port
+
+    env = {"AI_MODEL_REGISTRY": str(registry.root), "OMNI_MEV_ENV_FILE": "/nonexistent",
+           "AI_MODEL_REGISTRY_DB": f"postgresql+psycopg://omni@127.0.0.1:{free_port()}/registry",
+           "AI_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    result = omni_mev(*command, env=env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("omni-mev ")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "AI_MODEL_REGISTRY_DB" in errors[0] and "cannot be reached" in errors[0]
+
+
 # Through the running service
 
 

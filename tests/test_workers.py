@@ -344,3 +344,25 @@ def test_the_python_client_never_races_the_workers_idle_close():
 
         statuses = paced(send, 16, 6, (0.97, 1.03))
         assert statuses.count(200) == len(statuses) == 96
+
+
+@pytest.mark.parametrize(("path", "keys"), [("/predict", {"error", "message"}),
+                                            ("/v2/models/lstm_omni/infer", {"error"})])
+def test_the_workers_own_errors_take_the_routes_shape(short_deadline, path, keys):
+    """408 (a body that stops arriving), 413 (a declared body over the limit) and 400 (a connection closed
+    mid-body) are answered by the worker before the application sees the request, in the error shape of the
+    route it was for: the V2 protocol's {"error"} on /v2, the API's elsewhere."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) as sock:
+        sock.sendall((head % len(PREDICT)).encode() + PREDICT[:10])
+        timed_out, timeout_error = json_error(read_reply(sock))
+    with socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) as sock:
+        sock.sendall((head % (1 << 30)).encode())
+        too_large, too_large_error = json_error(read_reply(sock))
+    with socket.create_connection(("127.0.0.1", short_deadline.port), timeout=5) as sock:
+        sock.sendall((head % len(PREDICT)).encode() + PREDICT[:10])
+        sock.shutdown(socket.SHUT_WR)
+        cut, cut_error = json_error(read_reply(sock))
+    assert [timed_out[:12], too_large[:12], cut[:12]] == [b"HTTP/1.1 408", b"HTTP/1.1 413", b"HTTP/1.1 400"]
+    assert set(timeout_error) == set(too_large_error) == set(cut_error) == keys
+    assert "AI_REQUEST_READ_TIMEOUT_S" in str(timeout_error) and "AI_MAX_BODY_BYTES" in str(too_large_error)

@@ -12,6 +12,8 @@ about 100 µs per request, a third of a /predict. For every request the front
   the predictor), or hands the request to Flask (views, OPTIONS, unknown paths
   and methods, which Flask answers);
 - renders errors with the one renderer, in the route's error shape;
+- builds the response once, with its final status: at once, or for a Later
+  when it is rendered (omni_mev.deferred);
 - counts the request (ai_requests_total, ai_request_duration_ms) when the
   route is counted.
 """
@@ -25,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.http.errors import NoMoreData, ParseException
 
-from omni_mev.api.errors import JSON, STATUS_LINES, render
+from omni_mev.api.errors import JSON, render, status_line
 from omni_mev.auth import keys_of
 from omni_mev.core import accounting
-from omni_mev.core.answers import Answer, Later, Reply, error_body, status_of
+from omni_mev.core.answers import Answer, Later, Reply, error_body
 from omni_mev.core.keys import ApiKeys
-from omni_mev.deferred import DeferredBody, Rendered
-from omni_mev.environ_keys import ARRIVED_AT, CLOSE_CONNECTION, PARKS
+from omni_mev.deferred import DeferredBody, Response
+from omni_mev.environ_keys import ARRIVED_AT, BODY, CLOSE_CONNECTION, PARKS
 from omni_mev.errors import BadRequest, PayloadTooLarge
 from omni_mev.jsonio import dumps
 
@@ -131,30 +133,48 @@ class Front:
         method = environ["REQUEST_METHOD"]
         route, params = self.table.match(environ.get("PATH_INFO", ""), method)
         started = time.perf_counter()
-        headers = [JSON]
+        answer: Reply
         try:
             if route is None or route.auth:
                 self.api_keys.check_environ(environ)
             if route is None or not route.is_fast_for(method):
                 return self._flask(route, environ, start_response, started)
-            request = DirectRequest(self.app, read_body(environ, self.max_body_bytes), params, environ)
-            answer = route.handler(request)
-            if isinstance(answer, Later):
+            # omni-mev's worker has read the body already (BODY); any other server's is read here.
+            body = environ.get(BODY)
+            if body is None:
+                body = read_body(environ, self.max_body_bytes)
+            handled = route.handler(DirectRequest(self.app, body, params, environ))
+            if isinstance(handled, Later):
                 if environ.get(PARKS):
-                    return self._later(route, answer, started, headers, start_response)
-                # A server that cannot park: wait here, then answer as any other.
-                answer = answer.result()
-            if isinstance(answer, Answer):
-                status, body, headers = answer.status, answer.encoded(), _headers_of(answer)
-            else:
-                status, body = 200, dumps(answer)
+                    # The response (its status included) is built once the answer is rendered.
+                    return DeferredBody(handled, lambda: self._settled(route, handled, started), start_response)
+                handled = handled.result()  # a server that cannot park: wait here
+            answer = handled
         except Exception as error:  # noqa: BLE001 - domain errors as themselves, a bug as a logged 500
-            rendered = render(error, route.errors if route is not None else error_body)
-            status, body, headers = rendered.status, rendered.body, rendered.headers
+            answer = render(error, route.errors if route is not None else error_body)
+        status, headers, content = self._response(route, answer, started)
+        start_response(status, headers)
+        return [content]
+
+    def _settled(self, route: Route, later: Later, started: float) -> Response:
+        """The response to an answer that waited, rendered now; a render that fails is a logged 500."""
+        try:
+            answer = later.render()
+        except Exception as error:  # noqa: BLE001 - as in __call__
+            answer = render(error, route.errors)
+        return self._response(route, answer, started)
+
+    def _response(self, route: Route | None, answer: Reply, started: float) -> Response:
+        """The one way an answer becomes a response: status line, headers (type and length) and body; the
+        request counted with its final status."""
+        if isinstance(answer, Answer):
+            status, content = answer.status, answer.encoded()
+            headers = [("Content-Type", answer.content_type), *(answer.headers or {}).items()]
+        else:
+            status, content, headers = 200, dumps(answer), [JSON]
+        headers.append(("Content-Length", str(len(content))))
         self._count(route, status, started)
-        headers.append(("Content-Length", str(len(body))))
-        start_response(STATUS_LINES[status], headers)
-        return [body]
+        return status_line(status), headers, content
 
     def _flask(self, route: Route | None, environ: dict, start_response: Callable,
                started: float) -> Iterable[bytes]:
@@ -172,26 +192,6 @@ class Front:
     def _count(route: Route | None, status: int, started: float) -> None:
         if route is not None and route.counted:
             accounting.count(route.path, status, started)
-
-    def _later(self, route: Route, answer: Later, started: float, headers: list[tuple[str, str]],
-               start_response: Callable) -> DeferredBody:
-        """200 for now; the body (and so its Content-Length, set by the server), and the status when the answer
-        decides it, when the answer is rendered."""
-
-        def render_answer() -> bytes | Rendered:
-            rendered: Reply = answer.render()
-            self._count(route, status_of(rendered), started)
-            if isinstance(rendered, Answer):
-                return Rendered(STATUS_LINES[rendered.status], rendered.encoded(),
-                                list((rendered.headers or {}).items()))
-            return dumps(rendered)
-
-        start_response(STATUS_LINES[200], headers)
-        return DeferredBody(answer, render_answer)
-
-
-def _headers_of(answer: Answer) -> list[tuple[str, str]]:
-    return [("Content-Type", answer.content_type), *(answer.headers or {}).items()]
 
 
 def install(app: Flask, table: RouteTable) -> Front:

@@ -8,13 +8,12 @@ route the request was for (omni_mev.api.routes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException
 
-from omni_mev.core.answers import error_body, error_status_and_body
+from omni_mev.core.answers import Answer, error_body, error_status_and_body
 from omni_mev.errors import MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
 from omni_mev.jsonio import dumps
 
@@ -29,27 +28,18 @@ STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HT
 ErrorShape = Callable[[OmniMevError], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class RenderedError:
-    """An error as it goes on the wire: status, headers (the content type among them) and JSON body."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    @property
-    def status_line(self) -> str:
-        return STATUS_LINES.get(self.status) or f"{self.status} {HTTPStatus(self.status).phrase}"
+def status_line(status: int) -> str:
+    """The status line's "code phrase"."""
+    return STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}"
 
 
-def render(error: BaseException, shape: ErrorShape = error_body) -> RenderedError:
-    """The response to this error: a domain error as itself, werkzeug's in the API's terms, anything else a
-    logged 500 whose body says nothing of the cause (omni_mev.core.answers)."""
+def render(error: BaseException, shape: ErrorShape = error_body) -> Answer:
+    """The answer to this error, its body encoded: a domain error as itself (with its headers), werkzeug's in the
+    API's terms, anything else a logged 500 whose body says nothing of the cause (omni_mev.core.answers)."""
     if isinstance(error, HTTPException):
         error = as_domain_error(error)
     status, body = error_status_and_body(error, shape)
-    headers = error.headers.items() if isinstance(error, OmniMevError) else ()
-    return RenderedError(status, [JSON, *headers], dumps(body))
+    return Answer(status, dumps(body), error.headers if isinstance(error, OmniMevError) else None)
 
 
 def http_error(status: int, message: str, phrase: str | None = None) -> OmniMevError:
@@ -76,9 +66,9 @@ def init_app(app: Flask, shape_of: Callable[[str, str], ErrorShape]) -> None:
     from flask import Response, request
 
     def respond(error: BaseException) -> Response:
-        rendered = render(error, shape_of(request.path, request.method))
-        return Response(rendered.body, status=rendered.status, headers=rendered.headers[1:],
-                        mimetype="application/json")
+        answer = render(error, shape_of(request.path, request.method))
+        return Response(answer.body, status=answer.status, headers=dict(answer.headers or {}),
+                        mimetype=answer.content_type)
 
     app.register_error_handler(OmniMevError, respond)
     app.register_error_handler(HTTPException, respond)

@@ -109,3 +109,10 @@ class RouteTable:
 
 def table_of(app: Flask) -> RouteTable:
     return app.extensions[EXTENSION]
+
+
+def error_shape_of(app: Any, path: str, method: str) -> ErrorShape:
+    """The error shape of a request to `path`, for a server that holds the WSGI application: the route table's,
+    or the API's for an application without one."""
+    table = getattr(app, "extensions", {}).get(EXTENSION)
+    return table.error_shape(path, method) if table is not None else error_body

@@ -70,10 +70,6 @@ class Later:
         return self.render()
 
 
-def status_of(answer: Reply) -> int:
-    return answer.status if isinstance(answer, Answer) else 200
-
-
 def error_body(error: OmniMevError) -> Body:
     """The API's error shape: {"error", "message"[, "fields"]}."""
     return error.to_dict()

@@ -2,7 +2,9 @@
 
 The registry is AI_MODEL_REGISTRY (from the environment or .env) unless
 --registry names one. The running service needs no signal: it watches the
-aliases and reloads within a second or two of a change.
+aliases and reloads within a second or two of a change. A problem (no
+registry, no challenger, a database that cannot be reached) is one line on
+stderr naming its setting, and exit code 2.
 """
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from omni_mev.config import ConfigError, Settings, load_settings, project_path, raw_values
 from omni_mev.registry.store import ALIASES, Registry, RegistryError, current_user
@@ -43,16 +49,29 @@ def _fail(command: str, error: Exception) -> int:
     return 2
 
 
+@contextmanager
+def _reaching(setting: str) -> Iterator[None]:
+    """A database that cannot be reached, as a RegistryError naming the setting that names it (one line, not a
+    driver's traceback)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
+        raise RegistryError(f"the database {setting} names cannot be reached: {cause[0]}") from None
+
+
 def _models(args: argparse.Namespace) -> int:
     try:
-        registry = _registry(args)
-        if args.models_command == "register":
-            version = registry.register(Path(args.model_dir), note=args.note or "")
-            if args.alias:
-                registry.assign(args.alias, version.version, note=args.note or "")
-            print(f"registered {version.version}" + (f" as {args.alias}" if args.alias else ""))
-            return 0
-        listing = _listing(registry, args)
+        with _reaching("AI_MODEL_REGISTRY_DB"):
+            registry = _registry(args)
+            if args.models_command == "register":
+                user = args.user or current_user()
+                version = registry.register(Path(args.model_dir), user=user, note=args.note or "")
+                if args.alias:
+                    registry.assign(args.alias, version.version, user=user, note=args.note or "")
+                print(f"registered {version.version}" + (f" as {args.alias}" if args.alias else ""))
+                return 0
+            listing = _listing(registry, args)
     except (ConfigError, RegistryError) as error:
         return _fail("models", error)
     print(json.dumps(listing, indent=2) if args.json else _render_listing(listing))
@@ -134,36 +153,39 @@ def _promote(args: argparse.Namespace) -> int:
     from omni_mev.registry.gate import GateRules, compare_live, own_thresholds
 
     try:
-        settings = _settings(args)
-        registry = Registry.of(settings)
-        champion, challenger = registry.alias("champion"), registry.alias("challenger")
-        if challenger is None:
-            raise RegistryError("there is no challenger to promote")
-        if champion is None:
-            raise RegistryError("there is no champion to compare the challenger with")
-        rules = GateRules.from_settings(settings, window=args.window, min_outcomes=args.min_outcomes,
-                                        min_auc_gain=args.min_auc_gain,
-                                        max_brier_increase=args.max_brier_increase,
-                                        max_ece_increase=args.max_ece_increase)
-        if settings.ledger_url is None:
-            raise RegistryError("the ledger is off (AI_LEDGER_URL=off): no live outcomes to compare on")
-        ledger = SqlLedger(settings.ledger_url)
-        try:
-            comparison = compare_live(ledger, champion, challenger, rules,
-                                      thresholds=own_thresholds(registry, champion, challenger))
-        finally:
-            ledger.engine.dispose()
+        with _reaching("AI_MODEL_REGISTRY_DB"):
+            settings = _settings(args)
+            registry = Registry.of(settings)
+            champion, challenger = registry.alias("champion"), registry.alias("challenger")
+            if challenger is None:
+                raise RegistryError("there is no challenger to promote")
+            if champion is None:
+                raise RegistryError("there is no champion to compare the challenger with")
+            rules = GateRules.from_settings(settings, window=args.window, min_outcomes=args.min_outcomes,
+                                            min_auc_gain=args.min_auc_gain,
+                                            max_brier_increase=args.max_brier_increase,
+                                            max_ece_increase=args.max_ece_increase)
+            if settings.ledger_url is None:
+                raise RegistryError("the ledger is off (AI_LEDGER_URL=off): no live outcomes to compare on")
+            thresholds = own_thresholds(registry, champion, challenger)
+        with _reaching("AI_LEDGER_URL"):
+            ledger = SqlLedger(settings.ledger_url)
+            try:
+                comparison = compare_live(ledger, champion, challenger, rules, thresholds=thresholds)
+            finally:
+                ledger.engine.dispose()
+        print(comparison.render())
+        user = args.user or current_user()
+        with _reaching("AI_MODEL_REGISTRY_DB"):
+            if not comparison.passed and not args.force:
+                registry.record({"event": "promotion_refused", "version": challenger, "from": champion,
+                                 "user": user, "comparison": comparison.to_dict()})
+                print(f"\nnot promoted: {challenger} stays the challenger (--force promotes anyway, and says so "
+                      "in the history)")
+                return 1
+            registry.promote(forced=not comparison.passed, user=user, comparison=comparison.to_dict())
     except (ConfigError, RegistryError, LedgerUnavailable) as error:
         return _fail("promote", error)
-    print(comparison.render())
-    user = args.user or current_user()
-    if not comparison.passed and not args.force:
-        registry.record({"event": "promotion_refused", "version": challenger, "from": champion, "user": user,
-                         "comparison": comparison.to_dict()})
-        print(f"\nnot promoted: {challenger} stays the challenger (--force promotes anyway, and says so in the "
-              "history)")
-        return 1
-    registry.promote(forced=not comparison.passed, user=user, comparison=comparison.to_dict())
     print(f"\npromoted {challenger}" + (" (FORCED past the gate)" if not comparison.passed else "")
           + f"; {RELOAD_NOTE}")
     return 0
@@ -171,10 +193,11 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     try:
-        old, new = _registry(args).rollback(user=args.user or current_user())
+        with _reaching("AI_MODEL_REGISTRY_DB"):
+            old, new = _registry(args).rollback(user=args.user or current_user())
     except (ConfigError, RegistryError) as error:
         return _fail("rollback", error)
-    print(f"rolled back: {new} is the champion again (was {old}); {RELOAD_NOTE}")
+    print(f"rolled back: {new} is the champion again (was {old or 'none'}); {RELOAD_NOTE}")
     return 0
 
 
@@ -182,8 +205,10 @@ def _retrain(args: argparse.Namespace) -> int:
     from omni_mev.registry.retraining import retrain_step
 
     try:
-        settings = _settings(args)
-        registry = Registry.of(settings)
+        with _reaching("AI_MODEL_REGISTRY_DB"):
+            settings = _settings(args)
+            registry = Registry.of(settings)
+            registry.alias("champion")  # the registry answers before a run starts
     except (ConfigError, RegistryError) as error:
         return _fail("retrain", error)
     since = dt.datetime.fromisoformat(args.since).timestamp() if args.since else None
@@ -223,6 +248,7 @@ def add_commands(commands: Any) -> None:
     register.add_argument("model_dir")
     register.add_argument("--as", dest="alias", choices=ALIASES, help="and point this alias at it")
     register.add_argument("--note", help="why, for the history")
+    register.add_argument("--user", help="who registers (default: the invoking user)")
 
     promote = commands.add_parser("promote", parents=[common, gate_flags],
                                   help="the challenger becomes the champion if it beats it on live outcomes")
@@ -230,7 +256,9 @@ def add_commands(commands: Any) -> None:
     promote.add_argument("--user", help="who promotes (default: the invoking user)")
     promote.set_defaults(handler=_promote)
 
-    rollback = commands.add_parser("rollback", parents=[common], help="the previous champion serves again")
+    rollback = commands.add_parser("rollback", parents=[common],
+                                   help="undo the last change of champion (a promotion, or models register --as "
+                                        "champion): the previous champion serves again")
     rollback.add_argument("--user", help="who rolls back (default: the invoking user)")
     rollback.set_defaults(handler=_rollback)
 

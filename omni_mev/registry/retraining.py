@@ -190,7 +190,7 @@ def _failed(registry: Registry, reason: str, reasons: list[str]) -> RetrainResul
     log.error("retraining failed, the champion keeps serving: %s", reason)
     try:
         registry.record({"event": "retrain_failed", "user": ACTOR, "reason": reason, "triggers": reasons})
-    except OSError as error:
-        log.error("cannot record the failure in %s: %s", registry.root, error)
+    except (OSError, sa.exc.SQLAlchemyError) as error:  # the registry's directory or database
+        log.error("cannot record the failure in %s: %s", registry.root, str(error).splitlines()[0])
     return RetrainResult("failed", reason, triggers=reasons)
 

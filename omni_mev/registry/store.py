@@ -48,6 +48,8 @@ ONNX_FILE = f"{MODEL_NAME}.onnx"
 WEIGHTS_FILE = f"{MODEL_NAME}.pt"
 CARD_FILE = f"{MODEL_NAME}.json"
 ALIASES = ("champion", "challenger")
+# The history events that change the champion (a rollback undoes the last of them).
+CHAMPION_CHANGES = ("promote", "set_champion")
 HISTORY_FILE = "history.jsonl"
 
 
@@ -258,10 +260,12 @@ class Registry:
         return self.catalog.history()
 
     def previous_champions(self) -> list[str]:
-        """The champions a rollback returns to, the most recent last (replayed from the history)."""
+        """The champions a rollback returns to, the most recent last (replayed from the history): every change of
+        champion counts, a promotion or an alias set directly (`models register --as champion`)."""
         stack: list[str] = []
         for event in self.history():
-            if event.get("event") == "promote" and event.get("from"):
+            changed = event.get("event") in CHAMPION_CHANGES and event.get("from") != event.get("version")
+            if changed and event.get("from"):
                 stack.append(event["from"])
             elif event.get("event") == "rollback" and stack:
                 stack.pop()
@@ -315,12 +319,12 @@ class Registry:
                           "user": user or current_user(), "comparison": comparison})
         return challenger
 
-    def rollback(self, *, user: str | None = None) -> tuple[str, str]:
-        """The champion before the last promotion serves again; returns (from, to)."""
+    def rollback(self, *, user: str | None = None) -> tuple[str | None, str]:
+        """The champion before the last change of champion serves again; returns (from, to)."""
         with self.locked():
             previous = self.previous_champions()
             current = self.alias("champion")
-            if not previous or current is None:
+            if not previous:
                 raise RegistryError("no earlier champion to roll back to")
             self.set_alias("champion", previous[-1])
             self._record({"event": "rollback", "version": previous[-1], "from": current,
