@@ -141,3 +141,28 @@ def test_the_node_clients_descriptor_is_the_services():
 
     assert (ROOT / "examples" / "node" / "grpc_service.desc").read_bytes() == kserve.descriptor_set(), (
         "regenerate it: python -m omni_mev.stream.kserve > examples/node/grpc_service.desc")
+
+
+def test_sigterm_answers_the_message_in_hand_then_ends_streams_with_a_retryable_status():
+    """A drain: every message answered before SIGTERM stays answered, then the stream ends at once with UNAVAILABLE
+    (which gRPC clients retry) rather than at the grace's end, cancelled; the process exits 0 and logs no
+    traceback."""
+    import signal
+
+    with StreamServer() as server:
+        client = _client(server)
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            window = random_raw_features(np.random.default_rng(40), 1, 1).astype(np.float32)
+            for index in range(3):
+                client.async_stream_infer("lstm_omni", [_features(window)], request_id=f"m{index}")
+            received = [answers.get(timeout=10) for _ in range(3)]
+            server.signal(signal.SIGTERM)
+            _, ended = answers.get(timeout=10)
+        finally:
+            client.stop_stream()
+        assert [result.get_response().id for result, _ in received] == ["m0", "m1", "m2"]
+        assert ended.status() == "StatusCode.UNAVAILABLE" and "shutting down" in ended.message()
+        assert server.proc.wait(10) == 0
+        assert "Traceback" not in server.output() and "CancelledError" not in server.output()

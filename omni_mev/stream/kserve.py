@@ -17,9 +17,14 @@ V2 REST routes' own rules on the decoded tensors (omni_mev.core.v2
   (`authorization: Bearer <key>` or `x-api-key`): UNAUTHENTICATED otherwise.
   The standard health service (grpc.health.v1) is open, for probes.
 - Nothing is dispatched from this protocol, as on V2 REST.
+- On shutdown (drain) the health service answers NOT_SERVING, no new call
+  is taken, each stream answers the message in hand and then ends with
+  UNAVAILABLE ("shutting down; reconnect"), which clients retry, and unary
+  calls in flight finish; all within the drain's grace.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
 ENDPOINT = "grpc:ModelInfer"
 STREAM_ENDPOINT = "grpc:ModelStreamInfer"
+SHUTTING_DOWN = "the server is shutting down; reconnect"
 _STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                  404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
                  422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
@@ -52,6 +58,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, serving: Serving, api_keys: ApiKeys) -> None:
         self.serving = serving
         self.api_keys = api_keys
+        self.draining = asyncio.Event()
 
     @property
     def predictor(self) -> Predictor:
@@ -105,7 +112,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],  # noqa: N802
                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         await self._authorised(context)
-        async for request in request_iterator:
+        async for request in self._until_drained(request_iterator, context):
             try:
                 yield pb.ModelStreamInferResponse(infer_response=self._infer(request, STREAM_ENDPOINT))
             except OmniMevError as error:
@@ -113,6 +120,27 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             except Exception:
                 log.exception("unhandled error in ModelStreamInfer")
                 yield pb.ModelStreamInferResponse(error_message="The service failed to answer; it is logged.")
+
+    async def _until_drained(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+        """The stream's messages, until the client ends it or a drain starts; a drain ends the stream, between
+        two messages, with UNAVAILABLE."""
+        drained = asyncio.ensure_future(self.draining.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((following, drained), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    context.set_code(grpc.StatusCode.UNAVAILABLE)
+                    context.set_details(SHUTTING_DOWN)
+                    return
+                try:
+                    yield following.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            drained.cancel()
 
     def _infer(self, request: Any, endpoint: str) -> Any:
         """One ModelInferRequest through the V2 rules; its ModelInferResponse with raw output contents."""
@@ -173,19 +201,40 @@ def descriptor_set() -> bytes:
     return files.SerializeToString(deterministic=True)
 
 
-async def start(serving: Serving, api_keys: ApiKeys, host: str, port: int) -> grpc.aio.Server:
-    """The gRPC server, serving the inference service and the standard health service."""
-    server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(serving, api_keys), server)
-    checks = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    health_status = (health_pb2.HealthCheckResponse.SERVING if serving.predictor.status().ready
-                     else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for service in ("", SERVICE):
-        await checks.set(service, health_status)
-    server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    return server
+class GrpcServer:
+    """The gRPC server: the inference service and the standard health service, until drain()."""
+
+    def __init__(self, serving: Serving, api_keys: ApiKeys) -> None:
+        self.server = grpc.aio.server()
+        self.service = InferenceService(serving, api_keys)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
+        self.checks = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.checks, self.server)
+        self.ready = serving.predictor.status().ready
+
+    async def _set_health(self, status: Any) -> None:
+        for service in ("", SERVICE):
+            await self.checks.set(service, status)
+
+    async def start(self, host: str, port: int) -> GrpcServer:
+        serving_status = health_pb2.HealthCheckResponse.SERVING if self.ready else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._set_health(serving_status)
+        self.server.add_insecure_port(f"{host}:{port}")
+        await self.server.start()
+        return self
+
+    async def drain(self, grace_s: float) -> None:
+        """Probes see NOT_SERVING; no new call is taken; streams end between two messages (UNAVAILABLE) and unary
+        calls in flight finish, within `grace_s`."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.draining.set()
+        await self.server.stop(grace_s)
+
+
+async def start(serving: Serving, api_keys: ApiKeys, host: str, port: int) -> GrpcServer:
+    """The gRPC server, listening."""
+    return await GrpcServer(serving, api_keys).start(host, port)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ several such processes run (omni_mev.stream.processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from omni_mev.stream.reload import Serving
 from omni_mev.stream.websocket import StreamServer, install_signal_handlers
 
 log = logging.getLogger(__name__)
-# On SIGTERM, how long connections may take to finish the message in hand.
+# On SIGTERM, how long connections may take to finish the messages in hand (both protocols, at once).
 DRAIN_S = 5.0
 METRICS_FLUSH_S = 1.0
 
@@ -50,9 +51,11 @@ async def serve_until_stopped(on_ready: Callable[[], None] | None = None) -> Non
     log.info("omni-mev stream: draining")
     if watcher is not None:
         watcher.stop()
-    await websocket.drain(DRAIN_S)
-    await grpc_server.stop(DRAIN_S)
+    # Both protocols at once: each answers the messages in hand, then closes (1001; UNAVAILABLE), within DRAIN_S.
+    await asyncio.gather(websocket.drain(DRAIN_S), grpc_server.drain(DRAIN_S))
     flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
     metrics.flush()
     log.info("omni-mev stream: stopped")
 
