@@ -13,7 +13,10 @@ from omni_mev.errors import ConfigError  # defined in a leaf; callers may import
 
 ENV_FILE_VARIABLE = "OMNI_MEV_ENV_FILE"
 DEFAULT_MAX_BATCH_SIZE = 4096
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where relative paths and the defaults (models/, logs/) resolve: the source tree's root, or OMNI_MEV_ROOT where the
+# package is installed elsewhere (the image installs it into a virtual environment and sets /opt/omni-mev).
+ROOT_VARIABLE = "OMNI_MEV_ROOT"
+PROJECT_ROOT = Path(os.environ.get(ROOT_VARIABLE) or Path(__file__).resolve().parent.parent)
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -327,7 +330,7 @@ class Settings:
         "AI_SHADOW_MODEL_PATH", _path, None, "second ONNX model scored on every request, for comparison only"
     )
     model_registry: Path | None = _setting(
-        "AI_MODEL_REGISTRY", _path, None,
+        "AI_MODEL_REGISTRY", _optional(_path), None,
         "model registry: serve its champion, score its challenger as the shadow (instead of AI_MODEL_PATH)",
     )
     model_registry_db: str | None = _setting(
@@ -457,7 +460,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         if name in values:
             parsed[spec.name] = spec.metadata["parse"](name, values[name])
     clashing = [name for name in ("AI_MODEL_PATH", "AI_TORCH_WEIGHTS_PATH", "AI_SHADOW_MODEL_PATH") if values.get(name)]
-    if "model_registry" in parsed and clashing:
+    if parsed.get("model_registry") is not None and clashing:
         # The registry's champion is served and its challenger is the shadow (omni_mev.registry.serving).
         raise ConfigError(f"AI_MODEL_REGISTRY is set: unset {', '.join(clashing)} (the registry's champion is "
                           "served and its challenger is the shadow)")

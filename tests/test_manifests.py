@@ -77,7 +77,8 @@ def test_every_kustomization_renders_and_validates_against_kubernetes_schemas(ku
 
 def test_a_field_kubernetes_does_not_know_is_refused():
     """The validation is strict: a misspelt field fails (it would be dropped silently by a lenient apply)."""
-    (deployment,) = [d for d in render(DEPLOY / "kubernetes" / "base") if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in render(DEPLOY / "kubernetes" / "base")
+                     if d["kind"] == "Deployment" and d["metadata"]["name"] == "omni-mev"]
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
@@ -89,9 +90,9 @@ def test_an_image_from_a_registry_with_a_port_is_rendered_whole(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(
         f"resources:\n  - {base}\nimages:\n  - name: omni-mev\n"
         "    newName: registry.example:5000/trading/omni-mev\n    newTag: \"1.2.3\"\n")
-    (deployment,) = [d for d in render(tmp_path) if d["kind"] == "Deployment"]
-    images = {c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
-    assert images == {"registry.example:5000/trading/omni-mev:1.2.3"}
+    deployments = [d for d in render(tmp_path) if d["kind"] == "Deployment"]
+    images = {c["image"] for d in deployments for c in d["spec"]["template"]["spec"]["containers"]}
+    assert len(deployments) == 2 and images == {"registry.example:5000/trading/omni-mev:1.2.3"}
 
 
 def test_a_kustomization_that_cannot_render_fails_loudly(tmp_path):
@@ -101,34 +102,64 @@ def test_a_kustomization_that_cannot_render_fails_loudly(tmp_path):
 
 
 def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod the manifests run: each Deployment and CronJob of each kustomization, and the
+    InferenceServices' predictors."""
     specs = []
     for kustomization in KUSTOMIZATIONS:
         for document in render(kustomization):
             if document["kind"] == "Deployment":
-                specs.append((kustomization.name, document["spec"]["template"]["spec"]))
+                specs.append((f"{kustomization.name}/{document['metadata']['name']}",
+                              document["spec"]["template"]["spec"]))
+            elif document["kind"] == "CronJob":
+                specs.append((f"{kustomization.name}/{document['metadata']['name']}",
+                              document["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
     for path in INFERENCE_SERVICES:
         specs.append((path.name, yaml.safe_load(path.read_text())["spec"]["predictor"]))
     return specs
 
 
+def _image_user() -> int:
+    return int(re.search(r"^USER (\d+)", _final_stage(CONTAINERFILE.read_text()), flags=re.MULTILINE).group(1))
+
+
 @pytest.mark.parametrize("name,pod", _pod_specs(), ids=lambda value: value if isinstance(value, str) else "")
-def test_pods_run_the_images_user_read_only_probe_served_routes_and_drain(name, pod):
-    final = _final_stage(CONTAINERFILE.read_text())
-    uid = int(re.search(r"^USER (\d+)", final, flags=re.MULTILINE).group(1))
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == uid
+def test_every_pod_runs_the_images_user_read_only_with_guaranteed_resources(name, pod):
+    """Non-root as the image's user, no privilege, settings and secrets from the ConfigMap and the Secret, and
+    requests equal to limits for CPU and memory in every container (Guaranteed QoS: a pod is Guaranteed only if
+    all of its containers are)."""
     (container,) = pod["containers"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    ports = {port["containerPort"] for port in container["ports"]}
-    port = {item["name"]: item["value"] for item in container["env"]}["PORT"]
-    assert int(port) in ports
-    assert {"configMapRef", "secretRef"} <= {key for source in container["envFrom"] for key in source}
-    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
+    if "serverless" in name:
+        # Knative refuses pod-level security fields unless a feature flag is on: the container's own.
+        assert "securityContext" not in pod
+        assert container["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["runAsUser"] == _image_user()
+    else:
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == _image_user()
+    for each in [*pod.get("initContainers", []), container]:
+        assert each["securityContext"]["allowPrivilegeEscalation"] is False
+        assert each["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert {"configMapRef", "secretRef"} <= {key for source in each["envFrom"] for key in source}
+        assert each["resources"]["limits"] == each["resources"]["requests"], each["name"]
     if "serverless" in name:
         return  # Knative probes it itself; a writable root, as emptyDirs need a Knative feature flag
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}
+
+
+def _scoring_pods() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, pod) for name, pod in _pod_specs() if "stream" not in name and "retrainer" not in name]
+
+
+@pytest.mark.parametrize("name,pod", _scoring_pods(), ids=lambda value: value if isinstance(value, str) else "")
+def test_http_pods_probe_served_routes_and_drain(name, pod):
+    (container,) = pod["containers"]
+    ports = {port["containerPort"] for port in container["ports"]}
+    port = {item["name"]: item["value"] for item in container["env"]}["PORT"]
+    assert int(port) in ports
+    if "serverless" in name:
+        return
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
-    assert {"/tmp", "/dev/shm"} <= mounts
+    assert "/dev/shm" in mounts
     shm = next(v for v in pod["volumes"] if v["name"] == next(m["name"] for m in container["volumeMounts"]
                                                               if m["mountPath"] == "/dev/shm"))
     assert shm["emptyDir"]["medium"] == "Memory"
@@ -139,6 +170,101 @@ def test_pods_run_the_images_user_read_only_probe_served_routes_and_drain(name, 
     graceful = int(re.search(r"^graceful_timeout = (\d+)", (ROOT / "gunicorn.conf.py").read_text(),
                              flags=re.MULTILINE).group(1))
     assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"] + graceful
+
+
+# The whole product in the base
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(document["kind"], document["metadata"]["name"]): document
+            for document in render(DEPLOY / "kubernetes" / "base")}
+
+
+def test_the_base_deploys_every_part_in_its_namespace_and_never_a_secret(base):
+    assert {kind for kind, _ in base} == {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
+                                          "HorizontalPodAutoscaler", "PodDisruptionBudget", "CronJob",
+                                          "NetworkPolicy"}
+    assert {name for kind, name in base if kind == "Deployment"} == {"omni-mev", "omni-mev-stream"}
+    namespace = base[("Namespace", "omni-mev")]["metadata"]["name"]
+    assert all(document["metadata"].get("namespace") == namespace for (kind, _), document in base.items()
+               if kind != "Namespace")
+    # Applied over a Secret made by hand, a placeholder would replace it: the Secret is an example, not a resource.
+    assert not any(kind == "Secret" for kind, _ in base)
+    example = yaml.safe_load((DEPLOY / "kubernetes" / "secret.example.yaml").read_text())
+    assert example["metadata"] == {**example["metadata"], "name": "omni-mev-secrets", "namespace": namespace}
+    assert {"AI_API_KEYS", "AI_LEDGER_URL", "AI_MODEL_REGISTRY_DB"} <= set(example["stringData"])
+
+
+def test_the_production_overlay_creates_its_namespace():
+    documents = render(DEPLOY / "kubernetes" / "overlays" / "production")
+    (namespace,) = [d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"]
+    assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {namespace}
+
+
+def _mounts(pod: dict[str, Any]) -> dict[str, str]:
+    """mount path -> claim name, for the pod's claim-backed volumes, in every container."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    return {m["mountPath"]: claims[m["name"]] for c in [*pod.get("initContainers", []), *pod["containers"]]
+            for m in c.get("volumeMounts", []) if m["name"] in claims}
+
+
+def test_every_service_pod_mounts_the_registry_it_is_told_to_serve(base):
+    """AI_MODEL_REGISTRY names a path every pod that serves or trains mounts from the one ReadWriteMany claim; the
+    serving containers mount it read-only, and the registry's aliases are in the shared database."""
+    registry = base[("ConfigMap", "omni-mev-settings")]["data"]["AI_MODEL_REGISTRY"]
+    claim = base[("PersistentVolumeClaim", "omni-mev-registry")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    pods = {"omni-mev": base[("Deployment", "omni-mev")]["spec"]["template"]["spec"],
+            "omni-mev-stream": base[("Deployment", "omni-mev-stream")]["spec"]["template"]["spec"],
+            "retrainer": base[("CronJob", "omni-mev-retrainer")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]}
+    for name, pod in pods.items():
+        assert _mounts(pod) == {registry: claim["metadata"]["name"]}, name
+    for name in ("omni-mev", "omni-mev-stream"):
+        (serving,) = pods[name]["containers"]
+        assert all(m["readOnly"] for m in serving["volumeMounts"] if m["mountPath"] == registry), name
+    # The first champion: the shipped model, only where the registry has none.
+    (init,) = pods["omni-mev"]["initContainers"]
+    assert init["command"][:3] == ["omni-mev", "models", "register"] and "--if-unset" in init["command"]
+    assert "AI_MODEL_REGISTRY_DB" in (DEPLOY / "kubernetes" / "secret.example.yaml").read_text()
+
+
+def test_the_stream_server_is_deployed_with_its_ports_grpc_probes_and_drain(base):
+    from omni_mev.stream.server import DRAIN_S
+
+    settings = base[("ConfigMap", "omni-mev-settings")]["data"]
+    pod = base[("Deployment", "omni-mev-stream")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["omni-mev", "stream"] and settings["AI_STREAM_HOST"] == "0.0.0.0"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"websocket": int(settings["AI_STREAM_PORT"]), "grpc": int(settings["AI_GRPC_PORT"])}
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    assert container["startupProbe"]["grpc"]["port"] == ports["grpc"]
+    assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"] + DRAIN_S
+    service = base[("Service", "omni-mev-stream")]["spec"]
+    assert {p["targetPort"] for p in service["ports"]} == set(ports)
+    assert service["selector"] == base[("Deployment", "omni-mev-stream")]["spec"]["selector"]["matchLabels"]
+
+
+def test_the_retrainer_never_runs_twice_at_once(base):
+    cronjob = base[("CronJob", "omni-mev-retrainer")]["spec"]
+    assert cronjob["concurrencyPolicy"] == "Forbid"
+    job = cronjob["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    assert container["command"] == ["omni-mev", "retrain"] and job["template"]["spec"]["restartPolicy"] == "Never"
+    # Its advisory lock is in the shared registry database, which every pod reads from the Secret.
+    assert {"secretRef"} <= {key for source in container["envFrom"] for key in source}
+
+
+def test_the_metrics_port_answers_prometheus_only(base):
+    policy = base[("NetworkPolicy", "omni-mev")]["spec"]
+    open_ports = {port["port"] for rule in policy["ingress"] if "from" not in rule for port in rule["ports"]}
+    assert "metrics" not in open_ports and {"http", "websocket", "grpc"} <= open_ports
+    (metrics_rule,) = [rule for rule in policy["ingress"] if any(p["port"] == "metrics" for p in rule["ports"])]
+    assert metrics_rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    pod_labels = base[("Deployment", "omni-mev")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
 
 
 # KServe

@@ -450,3 +450,18 @@ def test_workers_start_on_the_last_resolved_champion_while_the_registry_database
             wait_until(lambda: not server.worker_pids() & before, 30, what="every worker replaced")
             wait_until(lambda: versions(server) == {SHIPPED}, 30, what="the new workers serving")
             assert server.alive() and "the champion this host resolved last" in server.output()
+
+
+def test_register_if_unset_names_a_first_champion_and_never_replaces_one(registry, tmp_path):
+    """What a deployment's pods run at every start: the shipped model becomes the champion of an empty registry,
+    and a champion promoted since stays."""
+    empty = tmp_path / "empty"
+    env = {"AI_MODEL_REGISTRY": str(empty), "OMNI_MEV_ENV_FILE": "/nonexistent"}
+    first = omni_mev("models", "register", str(MODELS), "--as", "champion", "--if-unset", env=env)
+    assert first.returncode == 0 and f"registered {SHIPPED} as champion" in first.stdout, first.stderr
+    other = uninformative_model(tmp_path / "other")
+    env = {**env, "AI_MODEL_REGISTRY": str(registry.root)}
+    kept = omni_mev("models", "register", str(tmp_path / "other"), "--as", "champion", "--if-unset", env=env)
+    assert kept.returncode == 0 and f"champion stays {SHIPPED}" in kept.stdout
+    assert registry.alias("champion") == SHIPPED and registry.get(other)
+    assert Registry(empty).alias("champion") == SHIPPED

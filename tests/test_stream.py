@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import THRESHOLD
 from tests.engine_stub import EngineStub
-from tests.servers import StreamServer, wait_until
+from tests.servers import StreamServer, http, wait_until
 
 EXAMPLE = [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]
 KEY = "stream-key-0123456789"
@@ -99,6 +99,11 @@ def test_the_handshake_needs_a_key_when_keys_are_configured():
             with connect(server.url, additional_headers=headers) as ws:
                 ws.send(json.dumps({"features": EXAMPLE}))
                 assert json.loads(ws.recv(timeout=10))["confidence"] > 0
+        # /metrics shares the clients' port: it needs a key as well.
+        assert http("GET", server.http_url + "/metrics")[0] == 401
+        status, exposition = http("GET", server.http_url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})[:2]
+        assert status == 200 and "ai_requests_total" in str(exposition)
+        assert http("GET", server.http_url + "/health")[0] == 200  # probes stay open
 
 
 def _handshake(port: int, receive_buffer: int | None = None) -> socket.socket:

@@ -67,9 +67,10 @@ def _models(args: argparse.Namespace) -> int:
             if args.models_command == "register":
                 user = args.user or current_user()
                 version = registry.register(Path(args.model_dir), user=user, note=args.note or "")
-                if args.alias:
-                    registry.assign(args.alias, version.version, user=user, note=args.note or "")
-                print(f"registered {version.version}" + (f" as {args.alias}" if args.alias else ""))
+                assigned = bool(args.alias) and registry.assign(args.alias, version.version, user=user,
+                                                                note=args.note or "", if_unset=args.if_unset)
+                kept = f"; {args.alias} stays {registry.alias(args.alias)}" if args.alias and not assigned else ""
+                print(f"registered {version.version}" + (f" as {args.alias}" if assigned else "") + kept)
                 return 0
             listing = _listing(registry, args)
     except (ConfigError, RegistryError) as error:
@@ -249,6 +250,8 @@ def add_commands(commands: Any) -> None:
     register.add_argument("--as", dest="alias", choices=ALIASES, help="and point this alias at it")
     register.add_argument("--note", help="why, for the history")
     register.add_argument("--user", help="who registers (default: the invoking user)")
+    register.add_argument("--if-unset", action="store_true",
+                          help="point the alias only if it points nowhere yet (a deployment's first start)")
 
     promote = commands.add_parser("promote", parents=[common, gate_flags],
                                   help="the challenger becomes the champion if it beats it on live outcomes")

@@ -331,15 +331,20 @@ class Registry:
                           "user": user or current_user()})
         return current, previous[-1]
 
-    def assign(self, name: str, version: str | None, *, user: str | None = None, note: str = "") -> None:
-        """Set an alias directly (registering a first champion, naming or clearing a challenger)."""
+    def assign(self, name: str, version: str | None, *, user: str | None = None, note: str = "",
+               if_unset: bool = False) -> bool:
+        """Set an alias directly (registering a first champion, naming or clearing a challenger); with `if_unset`,
+        only where it points nowhere yet (a deployment's first start, run by every pod). Whether it was set."""
         if name not in ALIASES:
             raise RegistryError(f"unknown alias {name!r}; aliases: {', '.join(ALIASES)}")
         with self.locked():
             before = self.alias(name)
+            if if_unset and before is not None:
+                return False
             self.set_alias(name, version)
             self._record({"event": f"set_{name}", "version": version, "from": before,
                           "user": user or current_user(), "note": note})
+        return True
 
     def record(self, event: dict[str, Any]) -> None:
         """Append an event that changes no alias (a retraining run, a refused promotion)."""

@@ -2,6 +2,8 @@
 
 - Path `/stream`. With API keys configured, the handshake must carry one
   (`Authorization: Bearer` or `X-API-Key`): 401 before the upgrade otherwise.
+  `/metrics`, on the same port as the clients, needs one too (Prometheus
+  sends it as its scrape's `authorization`).
   `GET /health` answers 200 (503 without a model) without an upgrade; every
   other refused handshake (no upgrade asked: 426, another path: 404) is
   answered in the API's JSON too.
@@ -94,10 +96,13 @@ class StreamServer:
     # The handshake
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Health checks and metrics without an upgrade; 404 for other paths; 401 without a valid key; else the
-        upgrade."""
+        """Health checks and metrics without an upgrade; 404 for other paths; 401 without a valid key (on the
+        upgrade, and on /metrics, which shares the clients' port); else the upgrade."""
         path = request.path.split("?", 1)[0]
         if path == METRICS_PATH:
+            refused = self._unauthorised(request)
+            if refused is not None:
+                return refused
             body, content_type = metrics.exposition()
             return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase,
                             Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
@@ -112,6 +117,10 @@ class StreamServer:
         if self.draining:
             return _json_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                   {"error": "shutting_down", "message": "The server is shutting down; reconnect."})
+        return self._unauthorised(request)
+
+    def _unauthorised(self, request: Request) -> Response | None:
+        """401 in the API's JSON unless the request carries a valid key (or no keys are configured)."""
         try:
             self.api_keys.check(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
         except OmniMevError as refused:
