@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test test-fast bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check clean
+.PHONY: install serve test test-fast bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,21 +77,21 @@ test-fast: $(VENV)/.test
 bench-capacity: $(VENV)/.test system-deps
 	$(BIN)/python -m bench.capacity
 
-## image: the OCI image of deploy/Containerfile, tagged $(IMAGE), with podman, buildah or docker (the first
-## one here that can build); IMAGE_ARGS passes build arguments, e.g.
-## IMAGE_ARGS="--build-arg EXTRAS=redis,postgres" for an image without the PyTorch fallback; docs/kubernetes.md
+## image: the OCI image of deploy/Containerfile, tagged $(IMAGE), with podman, buildah or docker (the first one
+## here that can build), its packages installed by hash from deploy/requirements.lock; where PYTHON_IMAGE cannot
+## be pulled, on a base made from Debian's packages (deploy/base-image.sh, mmdebstrap). IMAGE_ARGS passes build
+## arguments, e.g. IMAGE_ARGS="--build-arg EXTRAS=train --build-arg TORCH_INDEX_URL=..." for the retrainer's
+## image; docs/kubernetes.md
 IMAGE ?= omni-mev:latest
 IMAGE_ARGS ?=
 image:
-	@if command -v podman >/dev/null 2>&1; then \
-		podman build --format docker $(IMAGE_ARGS) --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
-	elif command -v buildah >/dev/null 2>&1; then \
-		buildah build --format docker $(IMAGE_ARGS) --ignorefile deploy/Containerfile.dockerignore -f deploy/Containerfile -t $(IMAGE) .; \
-	elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-		docker build $(IMAGE_ARGS) -f deploy/Containerfile -t $(IMAGE) .; \
-	else \
-		echo "make image needs podman, buildah or a running docker (apt-get install podman)" >&2; exit 1; \
-	fi
+	IMAGE=$(IMAGE) IMAGE_ARGS='$(IMAGE_ARGS)' sh deploy/build-image.sh
+
+## lock: rewrite deploy/requirements.lock (the image's packages, with their hashes) from setup.cfg
+lock: $(VENV)/.test
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --extra redis --extra postgres --output-file deploy/requirements.lock \
+		setup.cfg deploy/build-backend.in
 
 ## image-check: run the built image (read-only root, PORT) and check /v2/health/ready, /predict, its user and a
 ## clean exit on SIGTERM; RUN_ARGS passes flags to `run`

@@ -2,11 +2,12 @@
 # Run the built image as a platform would (read-only root file system, PORT set) and check it: its user is not
 # root, /v2/health/ready answers 200, /predict answers a confidence, and SIGTERM stops it with exit code 0.
 #   make image-check [IMAGE=omni-mev:latest] [RUN_ARGS="..."]
-# RUN_ARGS goes to `run` (e.g. --ulimit nofile=4096:4096 where the host forbids raising limits);
-# CONTAINER_CLI is the command (default: podman, else docker; e.g. "podman --runtime runc").
+# RUN_ARGS goes to `run`; CONTAINER_CLI is the command (default: podman, else docker).
 set -eu
 IMAGE=${IMAGE:-omni-mev:latest}
 CONTAINER_CLI=${CONTAINER_CLI:-$(command -v podman || command -v docker)}
+# podman: limits a container may keep where the host refuses to raise them (deploy/containers.conf).
+case "$CONTAINER_CLI" in *podman*) CONTAINERS_CONF=${CONTAINERS_CONF:-deploy/containers.conf}; export CONTAINERS_CONF ;; esac
 PORT=${PORT:-18080}
 NAME=omni-mev-check-$$
 BODY='{"features": [10.5, 1.012, 3, 0.35, 0.87, 0.5, 2, 1.0]}'

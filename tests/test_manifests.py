@@ -314,3 +314,47 @@ def test_kserves_schema_refuses_a_misspelt_field(inference_service_schema):
     document["spec"]["predictor"]["minReplica"] = 2
     with pytest.raises(jsonschema.ValidationError, match="minReplica"):
         inference_service_schema.validate(document)
+
+
+# The image's packages
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """deploy/requirements.lock: name -> (version, hashes)."""
+    locked: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line)
+        if match:
+            name = match.group(1).lower().replace("_", "-")
+            locked[name] = (match.group(2), [])
+        elif name and (hashed := re.search(r"--hash=sha256:([0-9a-f]{64})", line)):
+            locked[name][1].append(hashed.group(1))
+    return locked
+
+
+def test_the_lock_pins_every_requirement_of_the_image_by_hash_within_setup_cfgs_ranges():
+    """What `make lock` writes and the Containerfile installs with --require-hashes: each of setup.cfg's runtime
+    requirements (and the redis and postgres extras) pinned to a version its range allows, with its hashes; no
+    CUDA package, no torch (a build argument, from a CPU index)."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [*setup["options"]["install_requires"].splitlines(), *setup["options.extras_require"]["redis"].splitlines(),
+             *setup["options.extras_require"]["postgres"].splitlines()]
+    wanted = [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip()]
+    locked = _locked()
+    for requirement in wanted:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in locked, f"{name} is not in deploy/requirements.lock: run make lock"
+        version, hashes = locked[name]
+        assert requirement.specifier.contains(version, prereleases=True), f"{name}=={version} vs {requirement}"
+        assert hashes, name
+    assert all(hashes for _, hashes in locked.values())
+    assert not [name for name in locked if name.startswith(("nvidia-", "torch")) or name == "triton"]
+    containerfile = CONTAINERFILE.read_text()
+    assert "--require-hashes --no-deps -r requirements.lock" in containerfile
+    assert re.search(r"^ARG EXTRAS=$", containerfile, flags=re.MULTILINE)  # no optional part by default
