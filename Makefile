@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := redis-server:redis-server nginx:nginx wrk:wrk openssl:openssl
 # torch first and pinned: 2.13.0 is the CPU build; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test test-fast bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check lock clean
+.PHONY: install serve test test-fast bench bench-ledger bench-capacity bench-devices loop shift train system-deps image image-check lock test-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,13 @@ lock: $(VENV)/.test
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links --extra redis --extra postgres --output-file deploy/requirements.lock \
 		setup.cfg deploy/build-backend.in
+
+## test-deploy: the rendered Kubernetes base run with podman kube play on the images make image builds (the
+## service's, and the retrainer's with the train extra): pods ready, /predict, the stream over WebSocket and gRPC,
+## the retrainer registering a challenger the serving pods load (tests/deploy_check.py; skipped, saying why, where
+## podman cannot run)
+test-deploy: $(VENV)/.test system-deps
+	$(BIN)/python -m tests.deploy_check
 
 ## image-check: run the built image (read-only root, PORT) and check /v2/health/ready, /predict, its user and a
 ## clean exit on SIGTERM; RUN_ARGS passes flags to `run`
