@@ -189,12 +189,19 @@ def when_ready(server):
     server.log.info("metrics on http://%s:%d/metrics", _settings.prometheus_host, _settings.prometheus_port)
 
 
+def pre_fork(server, worker):
+    """In the master: the worker about to be forked counts as loading from now (omni_mev.worker_boot)."""
+    from omni_mev import worker_boot
+
+    worker_boot.mark_forking(worker.age)
+
+
 def post_fork(server, worker):
     """Application logs go where gunicorn's error log goes, at its level. The worker is loading until
     post_worker_init: a reload's old workers serve until it is done (omni_mev.worker_boot)."""
     from omni_mev import worker_boot
 
-    worker_boot.mark_loading(os.getpid())
+    worker_boot.mark_loading(os.getpid(), worker.age)
     app_log = logging.getLogger("omni_mev")
     app_log.handlers = list(server.log.error_log.handlers)
     app_log.setLevel(server.log.error_log.level)
@@ -206,7 +213,7 @@ def post_worker_init(worker):
     worker class has no idle hook, and the writes go straight to the shared files."""
     from omni_mev import metrics, worker_boot
 
-    worker_boot.forget(os.getpid())
+    worker_boot.forget(os.getpid(), worker.age)
     when_idle = getattr(worker, "when_idle", None)
     if when_idle is not None:
         metrics.buffer_writes()
@@ -235,7 +242,7 @@ def child_exit(server, worker):
 
     from omni_mev import metrics, worker_boot
 
-    worker_boot.forget(worker.pid)
+    worker_boot.forget(worker.pid, worker.age)
     metrics.WORKER_EXITS.inc()
     GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -104,3 +106,25 @@ def test_old_workers_serve_until_the_new_ones_have_loaded():
                 os.kill(pid, signal.SIGCONT)
         wait_until(lambda: not (server.worker_pids() & old_workers), 30, what="the old workers gone")
         assert server.get("/health")[0] == 200
+
+
+def test_a_worker_counts_as_loading_from_before_its_fork(tmp_path, monkeypatch):
+    """The master marks a worker by its age before forking it, so an old worker never looks in the moment
+    between the fork and the new worker's first step (stopped there, it would find no sibling loading and leave
+    the listen backlog to a worker that cannot answer yet)."""
+    from omni_mev import worker_boot
+
+    monkeypatch.setenv(worker_boot.BOOT_DIR_VARIABLE, str(tmp_path))
+    old = os.getpid()
+    assert not worker_boot.siblings_loading(old)
+    worker_boot.mark_forking(7)  # pre_fork, in the master
+    assert worker_boot.siblings_loading(old)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        worker_boot.mark_loading(child.pid, 7)  # post_fork, in the new worker
+        assert worker_boot.siblings_loading(old) and not worker_boot.siblings_loading(child.pid)
+        worker_boot.forget(child.pid, 7)  # post_worker_init: loaded
+        assert not worker_boot.siblings_loading(old) and list(tmp_path.iterdir()) == []
+    finally:
+        child.kill()
+        child.wait()
