@@ -11,6 +11,7 @@ PROMETHEUS_PORT.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from bisect import bisect_left
@@ -386,9 +387,24 @@ def _aggregating_registry() -> CollectorRegistry:
     return REGISTRY
 
 
+# A process writing its first metric creates its file, then sizes it (prometheus_client's MmapedDict: open, then
+# truncate): a read in between finds an empty file and fails with struct.error. The read is tried again, a few
+# milliseconds later, for at most READ_ATTEMPTS * READ_RETRY_S.
+READ_ATTEMPTS = 10
+READ_RETRY_S = 0.005
+
+
 def collect() -> list[Metric]:
     """Every metric, aggregated over all workers when under gunicorn."""
-    return list(_aggregating_registry().collect())
+    attempt = 1
+    while True:
+        try:
+            return list(_aggregating_registry().collect())
+        except struct.error:
+            if attempt == READ_ATTEMPTS:
+                raise
+            attempt += 1
+            time.sleep(READ_RETRY_S)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -127,3 +127,24 @@ def test_buffered_writes_flush_to_what_direct_writes_write():
     assert samples(buffered_registry, "BUFFERED") == samples(direct_registry, "DIRECT")
     buffer.flush()  # a second flush writes nothing more
     assert samples(buffered_registry, "BUFFERED") == samples(direct_registry, "DIRECT")
+
+
+def test_a_metrics_file_another_process_is_creating_is_read_again(tmp_path, monkeypatch):
+    """A worker writing its first metric creates its file and only then sizes it: a /status or /metrics_summary
+    reading in between found an empty file, and answered 500 (struct.error). The read is tried again."""
+    import struct
+    import threading
+
+    from omni_mev import metrics
+
+    monkeypatch.setenv(metrics.MULTIPROC_VARIABLE, str(tmp_path))
+    being_created = tmp_path / "counter_99999.db"
+    being_created.touch()
+    with pytest.raises(struct.error):  # what prometheus_client does with such a file
+        list(metrics._aggregating_registry().collect())
+    done = threading.Timer(3 * metrics.READ_RETRY_S, being_created.unlink)
+    done.start()
+    try:
+        assert isinstance(metrics.collect(), list)
+    finally:
+        done.join()
