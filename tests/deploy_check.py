@@ -160,6 +160,9 @@ class Deployment:
             # podman 4.3 removes a "once" init container while it still winds down, and fails the pod: keep it.
             for metadata in (document["metadata"], document["spec"]["template"]["metadata"]):
                 metadata.setdefault("annotations", {})["io.podman.annotations.init.container.type"] = "always"
+            # podman 4.3 applies the pod's restart policy to its init containers too: restarted after each success,
+            # the init container can keep the main one from ever starting. A container that fails still restarts.
+            spec["restartPolicy"] = "OnFailure"
         else:
             document = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
                         "spec": spec}
