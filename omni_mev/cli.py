@@ -136,6 +136,32 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_partition(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from omni_mev.config import load_settings
+    from omni_mev.database import create_engine
+    from omni_mev.ledger import partitions
+
+    url = args.url or load_settings().ledger_url
+    if url is None or not url.startswith("postgresql"):
+        print("omni-mev ledger partition: the ledger is not on PostgreSQL (AI_LEDGER_URL, or --url); only "
+              "PostgreSQL's is partitioned", file=sys.stderr)
+        return 2
+    engine = create_engine(url)
+    try:
+        moved = partitions.convert(engine)
+    except sa.exc.SQLAlchemyError as error:
+        cause = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"omni-mev ledger partition: nothing changed: {cause}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print("predictions is partitioned already" if moved is None else
+          f"predictions partitioned by day: {moved} rows moved")
+    return 0
+
+
 def _registry_champion(settings: Any) -> str | None:
     """The champion a registry names now (right after a promotion, before it has answered anything), if any."""
     if settings.model_registry is None:
@@ -250,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("--outbox", help="the outbox's database URL (default: AI_OUTBOX_URL, or where the "
                                             "service keeps it): reconciled and unreconciled intents")
     decisions.set_defaults(handler=_decisions)
+    ledger = commands.add_parser("ledger", help="the outcome ledger's database").add_subparsers(
+        dest="ledger_command", required=True)
+    partition = ledger.add_parser("partition", help="partition by day a PostgreSQL ledger an earlier version made "
+                                                    "unpartitioned (docs/scaling.md)")
+    partition.add_argument("--url", help="ledger database URL (default: AI_LEDGER_URL)")
+    partition.set_defaults(handler=_ledger_partition)
     stream = commands.add_parser("stream", help="the stream server: WebSocket on AI_STREAM_PORT, beside the HTTP "
                                                 "service (docs/streaming.md)")
     stream.set_defaults(handler=_stream)

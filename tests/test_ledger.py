@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from omni_mev.features import EXAMPLE_FEATURES
 from omni_mev.ledger import schema
 from omni_mev.ledger.schema import outcomes, predictions
-from omni_mev.ledger import dead_letters
+from omni_mev.ledger import dead_letters, partitions
 from omni_mev.ledger.store import (CONFLICT, DUPLICATE, INVALID, OBSERVED_AT_SKEW_S, STORED, UNKNOWN,
                                    LedgerUnavailable, Outcome, PredictionRow, SqlLedger)
 from omni_mev.runtime.base import version_of
@@ -35,12 +35,20 @@ def postgres():
 def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
-    server = request.getfixturevalue("postgres")
-    engine = sa.create_engine(server.url)
+    return _emptied(request.getfixturevalue("postgres").url)
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    return _emptied(postgres.url)
+
+
+def _emptied(url: str) -> str:
+    engine = sa.create_engine(url)
     with engine.begin() as connection:  # each test starts from empty tables
         connection.execute(sa.text("DROP TABLE IF EXISTS predictions, outcomes"))
     engine.dispose()
-    return server.url
+    return url
 
 
 def row(opportunity_id: str, confidence: float = 0.5, at: float | None = None, steps: int = 1) -> PredictionRow:
@@ -123,6 +131,140 @@ def test_retention_follows_the_service_clock_not_observed_at(ledger_url):
         assert connection.execute(sa.select(outcomes.c.opportunity_id)).scalars().all() == ["fresh"]
     assert [r.status for r in ledger.add_outcomes([outcome("fresh", False, -1.0)])] == [CONFLICT]
     assert [r.status for r in ledger.add_outcomes([outcome("stale")])] == [UNKNOWN]  # its prediction is gone
+
+
+def _partition_rows(url: str) -> dict[str, int]:
+    """Each partition of predictions and the rows it holds."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            names = connection.execute(sa.text(
+                "SELECT child.relname FROM pg_inherits JOIN pg_class child ON child.oid = pg_inherits.inhrelid "
+                "WHERE pg_inherits.inhparent = 'predictions'::regclass")).scalars().all()
+            return {name: connection.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar() for name in names}
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_keeps_predictions_in_a_partition_a_day_made_ahead_of_midnight(postgres_url):
+    now = time.time()
+    today, yesterday = partitions.day_of(now), partitions.day_of(now) - 1
+    ledger = SqlLedger(postgres_url)
+    ledger.record([row("today-1"), row("today-2"), row("yesterday", at=(yesterday + 0.5) * partitions.DAY_S)])
+    ledger.flush()
+    assert _partition_rows(postgres_url) == {partitions.name_of(yesterday): 1, partitions.name_of(today): 2,
+                                             partitions.name_of(today + 1): 0}
+    # Rows are read through the parent as before.
+    assert sorted(ledger.records(0).opportunity_id) == ["today-1", "today-2", "yesterday"]
+
+
+def test_retention_drops_the_days_wholly_past_its_horizon(postgres_url):
+    now = time.time()
+    ledger = SqlLedger(postgres_url, retention_days=1)
+    inside = now - 0.5 * partitions.DAY_S  # within the day of retention
+    past = now - 1.5 * partitions.DAY_S  # past it, on a day that may still hold rows within it
+    gone = now - 3 * partitions.DAY_S
+    ledger.record([row("new"), row("inside", at=inside), row("past", at=past), row("gone", at=gone)])
+    ledger.flush()
+    ledger._purge_if_due()
+    left = _partition_rows(postgres_url)
+    assert partitions.name_of(partitions.day_of(gone)) not in left
+    # A day goes whole or not at all: its partition stays while any of it is within the horizon.
+    past_day = partitions.day_of(past)
+    straddles = (past_day + 1) * partitions.DAY_S > now - partitions.DAY_S
+    assert (partitions.name_of(past_day) in left) == straddles
+    assert set(_ledger_ids(postgres_url)) == {"new", "inside"} | ({"past"} if straddles else set())
+    # The dropped day is made again if a row of it ever comes back.
+    ledger.record([row("gone-again", at=gone)])
+    ledger.flush()
+    assert "gone-again" in _ledger_ids(postgres_url)
+
+
+def test_a_ledger_made_unpartitioned_by_an_earlier_version_is_partitioned_by_one_command(postgres_url, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    engine = sa.create_engine(postgres_url)
+    schema.metadata.create_all(engine)  # the table as earlier versions made it
+    engine.dispose()
+    now = time.time()
+    letters = tmp_path / "letters.jsonl"
+    ledger = SqlLedger(postgres_url, dead_letters=letters)
+    assert not partitions.is_partitioned(ledger.engine)  # it works as it is meanwhile
+    ledger.record([row("a", 0.2, at=now - 2 * partitions.DAY_S), row("b", 0.4), row("a", 0.6)])
+    ledger.flush()
+    assert [r.status for r in ledger.add_outcomes([outcome("a")])] == [STORED]
+
+    def command() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "omni_mev.cli", "ledger", "partition", "--url", postgres_url],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    converted = command()
+    assert converted.returncode == 0 and converted.stdout.strip() == "predictions partitioned by day: 3 rows moved"
+    assert command().stdout.strip() == "predictions is partitioned already"
+    assert partitions.is_partitioned(ledger.engine)
+    assert sorted(_partition_rows(postgres_url).values()) == [1, 2]
+    # The latest prediction of an id is still the latest, and rows written afterwards come after it.
+    later = SqlLedger(postgres_url)
+    later.record([row("b", 0.9)])
+    later.flush()
+    records = later.records(0)
+    latest = dict(zip(records.opportunity_id, records.confidence.tolist()))
+    assert latest == {"a": pytest.approx(0.6), "b": pytest.approx(0.9)}
+    assert records.has_outcome[records.opportunity_id.index("a")]
+    # A writer that started before the command finds out at its first row for a day without a partition: the
+    # rows wait one retry, then land; none is set aside.
+    ledger.record([row("tomorrow-but-one", at=(partitions.day_of(now) + 2.5) * partitions.DAY_S)])
+    with pytest.raises(sa.exc.IntegrityError):
+        ledger.flush()
+    assert ledger.pending == 1
+    ledger.flush()
+    assert ledger.pending == 0 and "tomorrow-but-one" in _ledger_ids(postgres_url)
+    assert not letters.exists()
+
+
+def test_workers_making_the_same_partition_at_once_all_succeed(postgres_url):
+    SqlLedger(postgres_url)  # the parent table
+    engine = sa.create_engine(postgres_url)
+    day = partitions.day_of(time.time()) + 3
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def make() -> None:
+        barrier.wait()
+        try:
+            partitions.create(engine, day)
+        except BaseException as error:  # noqa: BLE001 - the assertion below reports it
+            errors.append(error)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    engine.dispose()
+    assert errors == [] and partitions.name_of(day) in _partition_rows(postgres_url)
+
+
+def test_a_report_holding_the_table_delays_a_new_partition_without_losing_rows(postgres_url, monkeypatch):
+    """Making a partition needs the parent's lock; a long reader holding it makes the writer retry after a bounded
+    wait, with its rows kept, instead of queueing every later reader behind it."""
+    monkeypatch.setattr(partitions, "LOCK_TIMEOUT_MS", 200)
+    ledger = SqlLedger(postgres_url)
+    engine = sa.create_engine(postgres_url)
+    tomorrow_but_one = partitions.day_of(time.time()) + 2
+    with engine.connect() as report:
+        report.execute(sa.text("SELECT count(*) FROM predictions"))  # holds its lock until the transaction ends
+        ledger.record([row("waits", at=tomorrow_but_one * partitions.DAY_S + 60)])
+        with pytest.raises(sa.exc.OperationalError):
+            ledger.flush()
+        assert ledger.pending == 1 and ledger.problem == "cannot write (LockNotAvailable)"
+        report.rollback()
+    ledger.flush()
+    engine.dispose()
+    assert ledger.pending == 0 and ledger.problem is None and "waits" in _ledger_ids(postgres_url)
 
 
 def test_observed_at_may_not_precede_the_prediction_beyond_the_skew(ledger_url):
@@ -258,6 +400,10 @@ def _ledger_rows(url: str) -> list:
             return connection.execute(sa.select(predictions).order_by(predictions.c.id)).all()
     finally:
         engine.dispose()
+
+
+def _ledger_ids(url: str) -> list[str]:
+    return [r.opportunity_id for r in _ledger_rows(url)]
 
 
 def _wait_written(url: str, ids: list[str]) -> None:

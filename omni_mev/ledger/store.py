@@ -7,7 +7,9 @@ FLUSH_S (plus a transaction in flight). Outcomes are committed (synced to
 disk) before they are answered, by a second thread per worker that stores the
 posts waiting together in one transaction; the request's answer waits for it
 without holding the worker (submit_outcomes). SQLite (the default, WAL mode)
-and PostgreSQL run the same code through SQLAlchemy Core.
+and PostgreSQL run the same code through SQLAlchemy Core, but for the write
+of predictions: on PostgreSQL (psycopg) each flush is one binary COPY into
+the day's partition (partitions.py), elsewhere one executemany.
 
 A row the database refuses (it breaks a constraint, or holds a value the
 database cannot store) must not hold back the rows queued with it: the writer
@@ -35,6 +37,7 @@ import sqlalchemy as sa
 from omni_mev import metrics
 from omni_mev.errors import OmniMevError
 from omni_mev.features import N_FEATURES
+from omni_mev.ledger import partitions
 from omni_mev.ledger.dead_letters import DeadLetters
 from omni_mev.database import create_engine, insert_or_ignore
 from omni_mev.ledger.schema import create_tables, outcomes, predictions
@@ -208,9 +211,11 @@ class SqlLedger(Ledger):
         self.dead_letters = DeadLetters(dead_letters)
         # The background writer's own engine: its commits need not wait for the disk (docs/operations.md).
         self._writer_engine = create_engine(url, synced=False)
-        self._insert_sql, self._as_params = _bulk_insert(self._writer_engine)
+        self._write_rows = _row_writer(self._writer_engine)
         self._insert_outcome = insert_or_ignore(self.engine, outcomes).returning(outcomes.c.opportunity_id)
         self._tables_ready = False
+        self._partitioned = False
+        self._days_ready: set[int] = set()  # the days whose partition this ledger made or found
         self._problem: str | None = None
         try:
             self._ensure_tables()
@@ -238,6 +243,10 @@ class SqlLedger(Ledger):
             log.error("ledger: database unreachable (%s): predictions are queued, outcomes refused", error)
             self._problem = f"database unreachable ({_cause(error)})"
             raise LedgerUnavailable("The ledger's database cannot be reached.") from None
+        self._partitioned = partitions.is_partitioned(self.engine)
+        if self.engine.dialect.name == "postgresql" and not self._partitioned:
+            log.warning("ledger: predictions is not partitioned (made by an earlier version): retention deletes "
+                        "rows; docs/scaling.md says how to partition it")
         self._tables_ready = True
 
     # Predictions
@@ -311,6 +320,11 @@ class SqlLedger(Ledger):
             self._writing_since, self._writing_count = None, 0
 
     def _write_batch(self, batch: list[PredictionRow]) -> None:
+        try:
+            self._ensure_partitions(batch)
+        except sa.exc.SQLAlchemyError as error:
+            self._give_back([batch], 0, error)
+            raise
         # Parts still to write, last first; a refused part is split in two until its refused rows are alone.
         parts = [batch]
         written = 0
@@ -319,13 +333,8 @@ class SqlLedger(Ledger):
             try:
                 self._insert(part)
             except (sa.exc.SQLAlchemyError, ValueError, TypeError) as error:
-                if not _refused(error):
-                    self._problem = f"cannot write ({_cause(error)})"
-                    self._queue.extendleft(reversed([row for unwritten in reversed(parts + [part])
-                                                     for row in unwritten]))
-                    self._drop_overflow()
-                    metrics.LEDGER_RECORDS.inc(written)
-                    metrics.LEDGER_PENDING.set(len(self._queue))
+                if not _refused(error) or self._found_partitioned(error):
+                    self._give_back(parts + [part], written, error)
                     raise
                 if len(part) == 1:
                     self.dead_letters.add("predictions", part[0]._asdict(), _cause(error))
@@ -338,11 +347,45 @@ class SqlLedger(Ledger):
         metrics.LEDGER_RECORDS.inc(written)
         metrics.LEDGER_PENDING.set(len(self._queue))
 
+    def _give_back(self, unwritten: list[list[PredictionRow]], written: int, error: Exception) -> None:
+        """Put rows a failed write left (parts last first) back at the front of the queue, in their order."""
+        self._problem = f"cannot write ({_cause(error)})"
+        self._queue.extendleft(reversed([row for part in reversed(unwritten) for row in part]))
+        self._drop_overflow()
+        metrics.LEDGER_RECORDS.inc(written)
+        metrics.LEDGER_PENDING.set(len(self._queue))
+
+    def _found_partitioned(self, error: Exception) -> bool:
+        """Whether a write found `predictions` partitioned under a writer that took it for unpartitioned (`omni-mev
+        ledger partition` ran while it served): then the rows are not at fault, and the next flush makes their
+        partition. A writer that knew already refuses such a row, as a time no partition can hold."""
+        if self._partitioned or "no partition of relation" not in str(getattr(error, "orig", error)):
+            return False
+        log.info("ledger: predictions is partitioned now; the writer makes its days' partitions")
+        self._partitioned, self._days_ready = True, set()
+        return True
+
+    def _ensure_partitions(self, batch: list[PredictionRow]) -> None:
+        """Make the partitions of the batch's days and of tomorrow, once each (a set lookup per flush after)."""
+        if not self._partitioned:
+            return
+        now = time.time()
+        needed = partitions.days_of((row.predicted_at for row in batch), now)
+        ahead = partitions.day_of(now) + 1
+        for day in sorted((needed | {ahead}) - self._days_ready):
+            try:
+                partitions.create(self._writer_engine, day)
+            except sa.exc.DBAPIError as error:
+                if day in needed:
+                    raise
+                log.warning("ledger: cannot make tomorrow's partition yet (%s); trying again at the next flush",
+                            _cause(error))
+                continue
+            self._days_ready.add(day)
+
     def _insert(self, rows: list[PredictionRow]) -> None:
         with self._writer_engine.begin() as connection:
-            # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the
-            # database itself, in the worker that serves requests.
-            connection.exec_driver_sql(self._insert_sql, self._as_params(rows))
+            self._write_rows(connection, rows)
 
     def _flush_at_exit(self) -> None:
         try:
@@ -366,13 +409,19 @@ class SqlLedger(Ledger):
         horizon = now - self.retention_s
         # By the service's own clock: a prediction is kept from when it was scored, and its outcome as long as
         # a prediction of its id is (the client's observed_at plays no part, so it cannot purge an outcome
-        # early and have another take its place).
+        # early and have another take its place). Partitioned, a day goes once all of it is past the horizon.
+        if self._partitioned:
+            dropped = partitions.drop_before(self._writer_engine, horizon)
+            self._days_ready.difference_update(partitions.day_named(name) for name in dropped)
+            gone = f"{len(dropped)} partitions ({', '.join(dropped)})" if dropped else ""
         with self._writer_engine.begin() as connection:
-            gone = connection.execute(predictions.delete().where(predictions.c.predicted_at < horizon)).rowcount
+            if not self._partitioned:
+                count = connection.execute(predictions.delete().where(predictions.c.predicted_at < horizon)).rowcount
+                gone = f"{count} predictions" if count else ""
             connection.execute(outcomes.delete().where(~sa.exists().where(
                 predictions.c.opportunity_id == outcomes.c.opportunity_id)))
         if gone:
-            log.info("ledger: %d predictions older than the retention removed", gone)
+            log.info("ledger: %s older than the retention removed", gone)
 
     # Outcomes
 
@@ -512,6 +561,21 @@ class SqlLedger(Ledger):
             log.error("ledger: cannot read: %s", error)
             raise LedgerUnavailable("The ledger's database cannot be reached.") from None
 
+    def labelled_count(self, since: float, until: float) -> int:
+        """Opportunities predicted in [since, until] whose outcome carries a success label (one count, no rows
+        read: the retrainer asks it every run)."""
+        self._ensure_tables()
+        query = (sa.select(sa.func.count(sa.distinct(predictions.c.opportunity_id)))
+                 .select_from(predictions.join(outcomes, outcomes.c.opportunity_id == predictions.c.opportunity_id))
+                 .where(predictions.c.predicted_at >= since, predictions.c.predicted_at <= until,
+                        outcomes.c.success.is_not(None)))
+        try:
+            with self.engine.connect() as connection:
+                return int(connection.execute(query).scalar() or 0)
+        except sa.exc.SQLAlchemyError as error:
+            log.error("ledger: cannot read: %s", error)
+            raise LedgerUnavailable("The ledger's database cannot be reached.") from None
+
 
 # Built once: building a statement costs more than the database's work for one outcome post.
 _KNOWN = (sa.select(predictions.c.opportunity_id, sa.func.max(predictions.c.predicted_at).label("scored_at"),
@@ -541,15 +605,57 @@ def read_records(engine: sa.Engine, since: float, until: float | None = None) ->
         return _records(list(connection.execute(query).all()))
 
 
-def _bulk_insert(engine: sa.Engine) -> tuple[str, Any]:
-    """The INSERT of a prediction row in the engine's dialect, and how to turn rows into its parameters."""
-    compiled = predictions.insert().inline().compile(dialect=engine.dialect, column_keys=list(PredictionRow._fields))
+def _row_writer(engine: sa.Engine) -> Any:
+    """How a flush writes its rows on this engine: (connection, rows) -> None, inside the caller's transaction."""
+    columns = list(PredictionRow._fields)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        return _binary_copy(engine, columns)
+    # Straight to the driver's executemany: SQLAlchemy's per-row processing cost as much as the database itself,
+    # in the worker that serves requests.
+    compiled = predictions.insert().inline().compile(dialect=engine.dialect, column_keys=columns)
+    statement = str(compiled)
     if compiled.positional:
-        order = [PredictionRow._fields.index(name) for name in compiled.positiontup or ()]
+        order = [columns.index(name) for name in compiled.positiontup or ()]
         if order == list(range(len(order))):
-            return str(compiled), list  # the rows' tuples as they are
-        return str(compiled), lambda rows: [tuple(row[i] for i in order) for row in rows]
-    return str(compiled), lambda rows: [row._asdict() for row in rows]
+            as_params: Any = list  # the rows' tuples as they are
+        else:
+            def as_params(rows: list[PredictionRow]) -> list[tuple[Any, ...]]:
+                return [tuple(row[i] for i in order) for row in rows]
+    else:
+        def as_params(rows: list[PredictionRow]) -> list[dict[str, Any]]:
+            return [row._asdict() for row in rows]
+
+    def execute_many(connection: sa.Connection, rows: list[PredictionRow]) -> None:
+        connection.exec_driver_sql(statement, as_params(rows))
+
+    return execute_many
+
+
+# PostgreSQL's binary COPY type of each column type of `predictions` (COPY BINARY sends each value as its type).
+_COPY_TYPES = ((sa.SmallInteger, "int2"), (sa.Boolean, "bool"), (sa.Float, "float8"), (sa.LargeBinary, "bytea"),
+               (sa.String, "varchar"))
+
+
+def _binary_copy(engine: sa.Engine, columns: list[str]) -> Any:
+    """One COPY ... FROM STDIN (FORMAT BINARY) per flush, through psycopg's copy: rows/s per PostgreSQL went up
+    several times over executemany's INSERTs (docs/scaling.md). The driver's errors come back as SQLAlchemy's
+    (DataError, IntegrityError...), so a refused row is told from an unreachable database as for an INSERT."""
+    types = [next(name for kind, name in _COPY_TYPES if isinstance(predictions.c[column].type, kind))
+             for column in columns]
+    statement = f"COPY predictions ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    dbapi = engine.dialect.loaded_dbapi
+
+    def copy(connection: sa.Connection, rows: list[PredictionRow]) -> None:
+        try:
+            with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+                with cursor.copy(statement) as writer:
+                    writer.set_types(types)
+                    for row in rows:
+                        writer.write_row(row)
+        except dbapi.Error as error:
+            raise sa.exc.DBAPIError.instance(statement, None, error, dbapi.Error, dialect=engine.dialect) from None
+
+    return copy
 
 
 def _cause(error: Exception) -> str:
