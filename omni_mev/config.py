@@ -345,8 +345,16 @@ class Settings:
         "AI_PROMOTE_MIN_OUTCOMES", _number(int, 1, None), 500,
         "labelled outcomes both models scored before the gate decides",
     )
+    promote_min_positives: int = _setting(
+        "AI_PROMOTE_MIN_POSITIVES", _number(int, 1, None), 100,
+        "successes among those outcomes before the gate decides (AUC and calibration rest on them)",
+    )
     promote_min_auc_gain: float = _setting(
         "AI_PROMOTE_MIN_AUC_GAIN", _number(float, -1.0, 1.0), 0.005, "AUC the challenger must gain over the champion"
+    )
+    promote_auc_confidence: float = _setting(
+        "AI_PROMOTE_AUC_CONFIDENCE", _number(float, 0.5, 0.999), 0.95,
+        "how sure the paired (DeLong) test must be that the challenger's AUC is higher: no promotion on noise",
     )
     promote_max_brier_increase: float = _setting(
         "AI_PROMOTE_MAX_BRIER_INCREASE", _number(float, 0.0, 1.0), 0.0, "Brier score the challenger may lose"
@@ -363,6 +371,16 @@ class Settings:
     retrain_every: str | None = _setting(
         "AI_RETRAIN_EVERY", _optional(_window), "7d",
         "train a challenger when the last one is older than this; off = only when live quality falls",
+    )
+    retrain_growth: float = _setting(
+        "AI_RETRAIN_GROWTH", _number(float, 0.0, None), 0.5,
+        "train a challenger when the labelled outcomes since the last training reach this share of the rows it was "
+        "trained on (0 = off)",
+    )
+    retrain_shift_z: float = _setting(
+        "AI_RETRAIN_SHIFT_Z", _number(float, 0.0, None), 4.0,
+        "train a challenger when, on the outcomes since the last training, the successes depart from the champion's "
+        "confidences by this many standard errors (0 = off)",
     )
     retrain_quality_window: str = _setting(
         "AI_RETRAIN_QUALITY_WINDOW", _window, "24h", "the window of live quality the triggers below read"

@@ -63,6 +63,31 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BIN
     return float(total / len(y))
 
 
+# An ECE below this is within what sampling alone shows a calibrated model on the same rows, at most: a figure
+# resting on rows whose noise floor exceeds it cannot tell a calibration error of that size from luck.
+MEANINGFUL_ECE_FLOOR = 0.015
+
+
+def ece_noise_floor(p: np.ndarray, draws: int = 200, seed: int = 0, bins: int = ECE_BINS) -> float:
+    """The ECE a perfectly calibrated model would show on these confidences by chance alone: the mean ECE of
+    outcomes drawn from the confidences themselves. What a measured ECE on as many rows can be told apart from."""
+    p = np.asarray(p, np.float64)
+    if len(p) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([expected_calibration_error(rng.uniform(size=len(p)) < p, p, bins) for _ in range(draws)]))
+
+
+def ece_evidence(y: np.ndarray, p: np.ndarray) -> dict[str, object]:
+    """What an ECE measured on (y, p) rests on: rows, successes, the noise floor, and whether that is enough."""
+    floor = ece_noise_floor(p)
+    enough = bool(floor <= MEANINGFUL_ECE_FLOOR)
+    return {"rows": int(len(y)), "successes": int(np.sum(y)), "noise_floor": round(floor, 4), "enough": enough,
+            "meaning": (f"a perfectly calibrated model would show an ECE of {floor:.4f} on these rows by chance" +
+                        ("" if enough else f": too few rows for an ECE to mean much below that (it takes a noise "
+                                           f"floor of {MEANINGFUL_ECE_FLOOR:g} or less)"))}
+
+
 def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> list[tuple[float, float, int]]:
     """(mean confidence, observed rate, count) per non-empty bin."""
     which = _bins(p, bins)

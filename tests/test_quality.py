@@ -208,3 +208,16 @@ def test_right_after_a_promotion_the_picture_labels_each_version_as_it_served(tm
         0.05, 0.95, n) >= 0.6).sum())
     reliability_png(report, tmp_path / "live.png")
     assert (tmp_path / "live.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_ece_noise_floor_is_what_a_calibrated_model_shows_by_chance_and_shrinks_with_rows():
+    from omni_mev.evaluation import ece_evidence, ece_noise_floor, expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.6, 1_200)
+    measured = [expected_calibration_error(rng.uniform(size=len(p)) < p, p) for _ in range(100)]
+    assert ece_noise_floor(p) == pytest.approx(np.mean(measured), rel=0.15)
+    many = rng.uniform(0.02, 0.6, 120_000)
+    assert ece_noise_floor(many, draws=20) < ece_noise_floor(p) / 5  # ~1/sqrt(rows)
+    y = rng.uniform(size=len(many)) < many
+    assert ece_evidence(y, many)["enough"] is True and ece_evidence(y[:1_200], many[:1_200])["enough"] is False

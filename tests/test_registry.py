@@ -16,7 +16,7 @@ import pytest
 
 from omni_mev.config import ConfigError, load_settings
 from omni_mev.ledger.store import Outcome, SqlLedger
-from omni_mev.registry.gate import GateRules, compare
+from omni_mev.registry.gate import GateRules, compare, paired_auc
 from omni_mev.registry.serving import with_registry_models
 from omni_mev.registry.store import Registry, RegistryError
 from omni_mev.runtime.base import version_of
@@ -152,6 +152,55 @@ def test_gate_accepts_a_better_challenger_and_refuses_a_worse_one(tmp_path):
     assert [c["rule"] for c in early.checks if not c["passed"]] == ["outcomes"]
     # Only predictions where this champion served and this challenger was the shadow count.
     assert compare(records, "champion0001", "someone-else", GateRules(min_outcomes=1)).outcomes == 0
+
+
+def test_the_paired_auc_gain_and_its_delong_error_match_a_paired_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    good, noisy, y = _scores(4, n=2000)
+    noisy = np.round(noisy, 2)  # ties, as served confidences have
+    paired = paired_auc(y, noisy, good)
+    assert paired["champion"] == pytest.approx(roc_auc_score(y, noisy), abs=1e-12)
+    assert paired["challenger"] == pytest.approx(roc_auc_score(y, good), abs=1e-12)
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(300):  # the same resampled outcomes for both models: a paired bootstrap
+        pick = rng.integers(0, len(y), len(y))
+        gains.append(roc_auc_score(y[pick], good[pick]) - roc_auc_score(y[pick], noisy[pick]))
+    assert paired["standard_error"] == pytest.approx(np.std(gains), rel=0.2)
+    assert paired_auc(y, good, good)["standard_error"] == 0.0  # the same model: no gain, no doubt
+    assert paired_auc(np.ones(10), good[:10], noisy[:10]) is None
+
+
+def test_the_gate_promotes_nothing_on_noise_or_on_too_few_successes(tmp_path):
+    """Two models as good as each other: on a few hundred outcomes the challenger can gain more AUC than the rule
+    asks by chance alone; the paired test says it cannot be told from noise. A truly better model with too few
+    successes waits for them."""
+    lenient = dict(min_outcomes=100, min_positives=10, max_brier_increase=1.0, max_ece_increase=1.0)
+    rng = np.random.default_rng(11)
+    for _ in range(50):  # draws until chance favours the challenger by more than min_auc_gain
+        p = rng.uniform(0.05, 0.95, 400)
+        y = (rng.uniform(size=400) < p).astype(int)
+        champion, challenger = (1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, 1.5, 400)))) for _ in "ab")
+        paired = paired_auc(y, champion, challenger)
+        if paired["gain"] >= 0.02:
+            break
+    records = _ledger_with(tmp_path / "noise", champion=champion, challenger=challenger, y=y).records(0)
+    noise = compare(records, "champion0001", "challenger01", GateRules(**lenient))
+    assert noise.figures["paired_auc"]["gain"] >= 0.02 and not noise.passed
+    assert [c["rule"] for c in noise.checks if not c["passed"]] == ["auc"]
+    assert "sure it is above" in noise.render()
+    # A real gain on the same number of outcomes passes the same rules.
+    good, noisy, y = _scores(5, n=400)
+    real = compare(_ledger_with(tmp_path / "real", champion=noisy, challenger=good, y=y).records(0),
+                   "champion0001", "challenger01", GateRules(**lenient))
+    assert real.passed and real.figures["paired_auc"]["lower_bound"] > 0
+    rare = (y == 1) & (np.arange(len(y)) % 10 != 0)  # keep one success in ten
+    y_rare = np.where(rare, 0, y)
+    few = compare(_ledger_with(tmp_path / "few", champion=noisy, challenger=good, y=y_rare).records(0),
+                  "champion0001", "challenger01", GateRules(**{**lenient, "min_positives": 100}))
+    assert few.positives == int(y_rare.sum()) < 100
+    assert "positives" in [c["rule"] for c in few.checks if not c["passed"]]
 
 
 def test_the_gate_compares_each_models_decisions_at_its_own_threshold(tmp_path):
@@ -335,6 +384,40 @@ def test_retrain_waits_for_the_gate_while_a_challenger_collects_outcomes(registr
     result = omni_mev("retrain", env=env)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0 and summary["action"] == "waiting" and summary["gate"]["outcomes"] == 0
+
+
+def test_the_loop_retrains_as_outcomes_accumulate_and_when_the_market_shifts(registry, tmp_path):
+    """With the default triggers (the schedule far off): a challenger trained on 2,000 outcomes is followed by
+    another once 1,000 more are labelled (AI_RETRAIN_GROWTH=0.5), and sooner if the successes the champion served
+    depart from what its confidences expect."""
+    from omni_mev.registry.retraining import triggers
+
+    registry.record({"event": "retrain", "version": SHIPPED, "user": "test", "rows": 2000})
+    settings = load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_RETRAIN_MIN_OUTCOMES": 500,
+                              "OMNI_MEV_ENV_FILE": "/nonexistent"})
+    rng = np.random.default_rng(21)
+    start = time.time() + 1
+
+    def ledger_with(n: int, lift: float, name: str) -> SqlLedger:
+        ledger = SqlLedger(f"sqlite:///{tmp_path / name}")
+        p = rng.uniform(0.05, 0.6, n)
+        y = rng.uniform(size=n) < np.clip(p + lift, 0, 1)
+        ledger.record([row(f"{name}-{i}", float(c), at=start + i * 1e-3)._replace(model_version=SHIPPED)
+                       for i, c in enumerate(p)])
+        ledger.flush()
+        ledger.add_outcomes([Outcome(f"{name}-{i}", True, bool(label), None, start + 10) for i, label in enumerate(y)])
+        return ledger
+
+    now = start + 60
+    assert triggers(settings, registry, ledger_with(900, 0.0, "steady.db"), now) == []
+    (grown,) = triggers(settings, registry, ledger_with(1100, 0.0, "grown.db"), now)
+    assert grown.startswith("growth: 1100 labelled outcomes since challenger") and "2000 rows" in grown
+    (shift,) = triggers(settings, registry, ledger_with(600, 0.2, "shifted.db"), now)
+    assert shift.startswith("shift: ") and "standard errors" in shift
+    # Off, each of them.
+    quiet = load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_RETRAIN_MIN_OUTCOMES": 500,
+                           "AI_RETRAIN_GROWTH": 0, "AI_RETRAIN_SHIFT_Z": 0, "OMNI_MEV_ENV_FILE": "/nonexistent"})
+    assert triggers(quiet, registry, ledger_with(1100, 0.2, "off.db"), now) == []
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")

@@ -58,6 +58,10 @@ def test_tiny_training_writes_all_artifacts(tiny_run):
     assert 0.0 < thresholds["decision"] < 1.0 and thresholds["decision_rule"].startswith("maximises the realised PnL")
     assert thresholds["decision_evidence"]["approved"] >= 30
     assert card["training"]["split"]["train"] > card["training"]["split"]["test"]
+    # What the test ECE rests on: a tiny run's test period is too few rows for it to mean much, and says so.
+    evidence = card["ece_evidence"]
+    assert evidence["rows"] == card["training"]["split"]["test"] and 0 < evidence["successes"] < evidence["rows"]
+    assert evidence["noise_floor"] > 0.015 and evidence["enough"] is False and "too few rows" in evidence["meaning"]
     for name, (low, high) in card["support"].items():  # the plausibility support: past the training extremes
         assert low <= card["training_range"][name][0] and high >= card["training_range"][name][1]
 

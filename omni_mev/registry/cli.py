@@ -165,7 +165,8 @@ def _promote(args: argparse.Namespace) -> int:
             rules = GateRules.from_settings(settings, window=args.window, min_outcomes=args.min_outcomes,
                                             min_auc_gain=args.min_auc_gain,
                                             max_brier_increase=args.max_brier_increase,
-                                            max_ece_increase=args.max_ece_increase)
+                                            max_ece_increase=args.max_ece_increase,
+                                            min_positives=args.min_positives, auc_confidence=args.auc_confidence)
             if settings.ledger_url is None:
                 raise RegistryError("the ledger is off (AI_LEDGER_URL=off): no live outcomes to compare on")
             thresholds = own_thresholds(registry, champion, challenger)
@@ -234,7 +235,9 @@ def add_commands(commands: Any) -> None:
     gate_flags = argparse.ArgumentParser(add_help=False)
     gate_flags.add_argument("--window", help="compare on outcomes of this recent window (default: AI_PROMOTE_WINDOW)")
     gate_flags.add_argument("--min-outcomes", type=int, help="default: AI_PROMOTE_MIN_OUTCOMES")
+    gate_flags.add_argument("--min-positives", type=int, help="default: AI_PROMOTE_MIN_POSITIVES")
     gate_flags.add_argument("--min-auc-gain", type=float, help="default: AI_PROMOTE_MIN_AUC_GAIN")
+    gate_flags.add_argument("--auc-confidence", type=float, help="default: AI_PROMOTE_AUC_CONFIDENCE")
     gate_flags.add_argument("--max-brier-increase", type=float, help="default: AI_PROMOTE_MAX_BRIER_INCREASE")
     gate_flags.add_argument("--max-ece-increase", type=float, help="default: AI_PROMOTE_MAX_ECE_INCREASE")
 

@@ -5,10 +5,14 @@ Each run does one of these, in this order:
 1. A challenger is waiting: once both models have scored enough labelled
    outcomes, the gate decides. It is promoted, or rejected (the alias is
    cleared, the comparison kept in the history). Until then, nothing.
-2. No challenger: if a trigger fires (the schedule, or the champion's live
-   AUC or calibration past its limit) or --now is given, train one on the
+2. No challenger: if a trigger fires or --now is given, train one on the
    ledger's recent labelled window and register it as the challenger. The
-   service then scores it as the shadow model on live traffic.
+   service then scores it as the shadow model on live traffic. Triggers, on
+   by default but the quality limits: the labelled outcomes since the last
+   training have grown by AI_RETRAIN_GROWTH of the rows it was trained on;
+   on those outcomes the successes depart from the champion's confidences
+   (a shift, AI_RETRAIN_SHIFT_Z); the schedule; the champion's live AUC or
+   calibration past a limit the operator set.
 
 A failure anywhere leaves the champion serving; the reason goes to the log,
 the registry's history and, through the service's metrics,
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from omni_mev.config import Settings
@@ -63,9 +69,40 @@ def _timestamp(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
+@dataclass(frozen=True)
+class LastTraining:
+    """The most recent model trained, by its data: where its data ends, how many rows it had, which it is."""
+
+    until: float
+    rows: int
+    what: str
+
+
+def last_training(registry: Registry) -> LastTraining | None:
+    """The champion's training or the last retraining run (a challenger, promoted or not), whichever is later."""
+    found = []
+    champion = registry.resolve("champion")
+    if champion is not None:
+        training = champion.card.get("training", {})
+        until = training.get("periods", {}).get("fitted_until_epoch_s")
+        rows = training.get("data", {}).get("rows")
+        if until is not None and rows:
+            found.append(LastTraining(float(until), int(rows), f"the champion {champion.version[:12]}"))
+    retrains = [e for e in registry.history() if e.get("event") == "retrain" and e.get("rows")]
+    if retrains:
+        event = retrains[-1]
+        found.append(LastTraining(_timestamp(event["at"]), int(event["rows"]), f"challenger {event['version'][:12]}"))
+    return max(found, key=lambda last: last.until, default=None)
+
+
 def triggers(settings: Settings, registry: Registry, ledger: SqlLedger, now: float) -> list[str]:
     """Why a challenger should be trained now (empty: not due)."""
     reasons = []
+    last = last_training(registry)
+    if last is not None and settings.retrain_growth:
+        reasons += _grown(settings, ledger, last, now)
+    if last is not None and settings.retrain_shift_z:
+        reasons += _shifted(settings, registry, ledger, last, now)
     if settings.retrain_every is not None:
         every = window_length(settings.retrain_every)
         trained = [_timestamp(e["at"]) for e in registry.history() if e.get("event") in ("retrain", "set_champion")]
@@ -93,6 +130,40 @@ def triggers(settings: Settings, registry: Registry, ledger: SqlLedger, now: flo
                 reasons.append(f"quality: live ECE {live['ece']:.4f} over {window} is above "
                                f"AI_RETRAIN_ABOVE_ECE={settings.retrain_above_ece:g}")
     return reasons
+
+
+def _grown(settings: Settings, ledger: SqlLedger, last: LastTraining, now: float) -> list[str]:
+    """Growth: the evidence since the last training is a good share of what it learnt from, so a model trained on
+    all of it now should know more (a loop that retrained once after a shift, on a few thousand outcomes, would
+    otherwise serve that model until the schedule)."""
+    start = now - window_length(settings.retrain_window)
+    needed = max(math.ceil(settings.retrain_growth * last.rows), 1)
+    grown = ledger.labelled_count(max(last.until, start), now)
+    if grown < needed or ledger.labelled_count(start, now) < settings.retrain_min_outcomes:
+        return []
+    return [f"growth: {grown} labelled outcomes since {last.what} was trained on {last.rows} rows "
+            f"(AI_RETRAIN_GROWTH={settings.retrain_growth:g}: {needed} needed)"]
+
+
+def _shifted(settings: Settings, registry: Registry, ledger: SqlLedger, last: LastTraining, now: float) -> list[str]:
+    """A shift: on the outcomes the champion served since the last training, its successes are not what its
+    confidences expect (calibration in the large, which holds on any selection made by the confidence, such as
+    the trades it approved). The count is compared with its expectation in standard errors of a sum of Bernoullis."""
+    champion = registry.alias("champion")
+    records = ledger.records(max(last.until, now - window_length(settings.retrain_quality_window)), now)
+    served = np.array([version == champion for version in records.model_version], dtype=bool)
+    labelled = served & np.isfinite(records.success) & np.isfinite(records.confidence)
+    n = int(labelled.sum())
+    if n < settings.promote_min_outcomes:
+        return []
+    confidence, success = records.confidence[labelled], records.success[labelled]
+    expected, spread = float(confidence.sum()), float(np.sqrt(np.sum(confidence * (1 - confidence))))
+    z = (float(success.sum()) - expected) / spread if spread > 0 else math.inf
+    if abs(z) < settings.retrain_shift_z:
+        return []
+    return [f"shift: {int(success.sum())} successes in {n} outcomes since {last.what} was trained, where the "
+            f"champion's confidences expect {expected:.0f} ({z:+.1f} standard errors; "
+            f"AI_RETRAIN_SHIFT_Z={settings.retrain_shift_z:g})"]
 
 
 def train_challenger(settings: Settings, registry: Registry, since: float, now: float, reasons: list[str],
@@ -159,9 +230,10 @@ def _step(settings: Settings, registry: Registry, ledger: SqlLedger, *, force: b
         if challenger is not None and not force:
             comparison = compare_live(ledger, champion, challenger, rules, now=now,
                                       thresholds=own_thresholds(registry, champion, challenger))
-            if comparison.outcomes < rules.min_outcomes:
+            if comparison.outcomes < rules.min_outcomes or comparison.positives < rules.min_positives:
                 return RetrainResult("waiting", f"challenger {challenger}: {comparison.outcomes} of "
-                                                f"{rules.min_outcomes} labelled outcomes so far",
+                                                f"{rules.min_outcomes} labelled outcomes, {comparison.positives} of "
+                                                f"{rules.min_positives} successes so far",
                                      challenger, comparison.to_dict())
             if comparison.passed:
                 registry.promote(forced=False, user=ACTOR, comparison=comparison.to_dict())

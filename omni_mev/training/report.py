@@ -17,8 +17,13 @@ SERVED_ROW = {"lstm": "lstm_with_history", "trees": "hist_gradient_boosting", "e
 
 def served_row(card: dict[str, Any]) -> str:
     """The test-metrics row of the model the card's graph serves (the LSTM on single vectors without history)."""
-    row = SERVED_ROW[card.get("family", "lstm")]
-    return row if row in card["test_metrics"] else "lstm_single_vector"
+    return served_test_row(card.get("family", "lstm"), card["test_metrics"])
+
+
+def served_test_row(family: str, rows: dict[str, Any]) -> str:
+    """The row of `rows` (test metrics, or confidences, by model) that the served `family` is judged by."""
+    row = SERVED_ROW[family]
+    return row if row in rows else "lstm_single_vector"
 
 
 def markdown(card: dict[str, Any]) -> str:

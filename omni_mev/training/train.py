@@ -17,7 +17,7 @@ from torch import nn
 
 from omni_mev.decision import DEFAULT_THRESHOLD
 from omni_mev.devices import describe, resolve_torch_device
-from omni_mev.evaluation import log_losses, reliability_curve
+from omni_mev.evaluation import ece_evidence, log_losses, reliability_curve
 from omni_mev.features import FEATURE_NAMES, MAX_SEQUENCE
 from omni_mev.model.lstm import HIDDEN_SIZE, OpportunityLSTM, load_state
 from omni_mev.plausibility import support_bounds
@@ -28,6 +28,7 @@ from omni_mev.training.data import Dataset, from_simulation, iso_time, load
 from omni_mev.training.ensemble import Blend, export_ensemble, fit_blend, trees_logit, trees_probability
 from omni_mev.training.ensemble import parity as graph_parity
 from omni_mev.training.export import OPSET, PARITY_SHAPES, export_onnx, random_raw_features, sha256_of
+from omni_mev.training.report import served_test_row
 from omni_mev.training.simulate import simulate
 from omni_mev.training.thresholds import RULES as DECISION_RULES
 from omni_mev.training.thresholds import choose as choose_threshold
@@ -418,6 +419,8 @@ def train(config: TrainConfig, output_dir: Path, docs_dir: Path | None = None,
             else "none: the data has no realised_pnl_usd; see decision"),
             "decision_rule": DECISION_RULES[decision["rule"]], "decision_evidence": decision["evidence"]},
         "test_metrics": results,
+        # What the served model's test ECE rests on, and whether that is enough to mean much.
+        "ece_evidence": ece_evidence(test.label, confidences[served_test_row(family, results)]),
         "oracle": "present: the simulator's true probability" if test.oracle is not None else
                   "absent: real outcomes have no known true probability",
         "training_range": _observed_range(train_split.vectors[train_split.current]),
