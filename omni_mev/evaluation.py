@@ -63,8 +63,8 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BIN
     return float(total / len(y))
 
 
-# An ECE below this is within what sampling alone shows a calibrated model on the same rows, at most: a figure
-# resting on rows whose noise floor exceeds it cannot tell a calibration error of that size from luck.
+# The largest noise floor at which an ECE is taken to mean something: on rows where a perfectly calibrated model
+# shows more than this by chance, a calibration error of this size cannot be told from luck.
 MEANINGFUL_ECE_FLOOR = 0.015
 
 

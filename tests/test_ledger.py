@@ -295,6 +295,7 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_its_batch_writt
     poison = [row("bad-null")._replace(confidence=None)]  # NOT NULL, on both databases
     if ledger_url.startswith("postgresql"):
         poison.append(row("bad\x00nul"))  # text PostgreSQL cannot store (the API refuses it before this)
+    poison.append(row("bad-time")._replace(predicted_at=None))  # no time: NOT NULL (and no day's partition)
     good = [row(f"good-{i}") for i in range(11)]
     counted = metrics.LEDGER_DEAD_LETTERS.labels(table="predictions")._value.get()
     ledger.record(good[:4] + poison[:1] + good[4:8] + poison[1:] + good[8:])

@@ -414,6 +414,10 @@ def test_the_loop_retrains_as_outcomes_accumulate_and_when_the_market_shifts(reg
     assert grown.startswith("growth: 1100 labelled outcomes since challenger") and "2000 rows" in grown
     (shift,) = triggers(settings, registry, ledger_with(600, 0.2, "shifted.db"), now)
     assert shift.startswith("shift: ") and "standard errors" in shift
+    # A shift with too few outcomes to train on yet fires nothing (the run would only fail).
+    wanting = load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_RETRAIN_MIN_OUTCOMES": 700,
+                             "OMNI_MEV_ENV_FILE": "/nonexistent"})
+    assert triggers(wanting, registry, ledger_with(600, 0.2, "early.db"), now) == []
     # Off, each of them.
     quiet = load_settings({"AI_MODEL_REGISTRY": registry.root, "AI_RETRAIN_MIN_OUTCOMES": 500,
                            "AI_RETRAIN_GROWTH": 0, "AI_RETRAIN_SHIFT_Z": 0, "OMNI_MEV_ENV_FILE": "/nonexistent"})

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 
-from omni_mev.core.answers import Answer, error_body, error_status_and_body
+from omni_mev.core.answers import JSON_TYPE, Answer, ErrorShape, error_body, error_status_and_body
 from omni_mev.errors import MethodNotAllowed, NotFound, OmniMevError, PayloadTooLarge, error_code
 from omni_mev.jsonio import dumps
 
@@ -22,10 +22,8 @@ if TYPE_CHECKING:
 
 NOT_FOUND = "No such endpoint; see /openapi.json for the API."
 TOO_LARGE = "The request body is larger than the service accepts (AI_MAX_BODY_BYTES)."
-JSON = ("Content-Type", "application/json")
+JSON = ("Content-Type", JSON_TYPE)
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
-
-ErrorShape = Callable[[OmniMevError], dict[str, Any]]
 
 
 def status_line(status: int) -> str:

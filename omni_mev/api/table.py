@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from omni_mev.api.errors import ErrorShape
-from omni_mev.core.answers import error_body
+from omni_mev.core.answers import ErrorShape, error_body
 
 if TYPE_CHECKING:
     from flask import Flask

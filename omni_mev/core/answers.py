@@ -70,13 +70,16 @@ class Later:
         return self.render()
 
 
+# How a route shapes its errors: the API's {"error", "message"} or the Open Inference Protocol's {"error"}.
+ErrorShape = Callable[[OmniMevError], Body]
+
+
 def error_body(error: OmniMevError) -> Body:
     """The API's error shape: {"error", "message"[, "fields"]}."""
     return error.to_dict()
 
 
-def error_status_and_body(error: BaseException, shape: Callable[[OmniMevError], Body] = error_body
-                          ) -> tuple[int, Body]:
+def error_status_and_body(error: BaseException, shape: ErrorShape = error_body) -> tuple[int, Body]:
     """An error as (status, body): a domain error as itself in `shape`, anything else a logged 500 whose body says
     nothing of the cause."""
     if isinstance(error, OmniMevError):

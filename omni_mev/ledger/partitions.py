@@ -40,10 +40,12 @@ def day_of(timestamp: float) -> int:
     return int(timestamp // DAY_S)
 
 
-def days_of(predicted_at: Iterable[float], now: float) -> set[int]:
-    """The days these prediction times fall on, within the range partitions are made for."""
+def days_of(predicted_at: Iterable[float | None], now: float) -> set[int]:
+    """The days these prediction times fall on, within the range partitions are made for (a time that is no
+    number is left to the database to refuse, with its row)."""
     last = day_of(now) + DAYS_AHEAD
-    return {day for day in {day_of(t) for t in predicted_at if math.isfinite(t) and t >= 0} if day <= last}
+    times = (t for t in predicted_at if isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)
+    return {day for day in {day_of(t) for t in times} if day <= last}
 
 
 def name_of(day: int) -> str:

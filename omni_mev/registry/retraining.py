@@ -154,8 +154,9 @@ def _shifted(settings: Settings, registry: Registry, ledger: SqlLedger, last: La
     served = np.array([version == champion for version in records.model_version], dtype=bool)
     labelled = served & np.isfinite(records.success) & np.isfinite(records.confidence)
     n = int(labelled.sum())
-    if n < settings.promote_min_outcomes:
-        return []
+    if n < settings.promote_min_outcomes or ledger.labelled_count(
+            now - window_length(settings.retrain_window), now) < settings.retrain_min_outcomes:
+        return []  # not judged yet, or nothing to train on yet: a run would only fail
     confidence, success = records.confidence[labelled], records.success[labelled]
     expected, spread = float(confidence.sum()), float(np.sqrt(np.sum(confidence * (1 - confidence))))
     z = (float(success.sum()) - expected) / spread if spread > 0 else math.inf
