@@ -8,7 +8,10 @@ window. Two cases:
 - a user's small data: the support drawn from a time-ordered 70% training
   split of 40,000 simulated opportunities, the later 30% checked (3 seeds);
 - the shipped model's card, on 50,000 opportunities of each of 3 seeds it was
-  never trained on.
+  never trained on;
+- a challenger as `omni-mev retrain` trains one, on 2,000 and on 12,000
+  outcomes (the support from the 70% training split), on 50,000 later
+  opportunities of another seed (3 seeds each; the rules now only).
 
 Each is measured with the rules now and with the rules before the support had
 a margin (support = the training extremes; a history step outside it flags
@@ -32,6 +35,7 @@ from omni_mev.training.simulate import simulate
 from omni_mev.training.train import TrainConfig, split_by_time
 
 SUPPORTED_COLUMNS = [FEATURE_NAMES.index(name) for name in SUPPORTED]
+CHALLENGER_ROWS = (2_000, 12_000)
 
 
 def extremes(vectors: np.ndarray) -> Support:
@@ -63,7 +67,7 @@ def flagged(parts: list[Dataset], support: Support, history_held_to_support: boo
 
 def run(small_rows: int, shipped_rows: int) -> dict[str, Any]:
     results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                               "machine": machine(), "small_data": {}, "shipped_model": {}}
+                               "machine": machine(), "small_data": {}, "shipped_model": {}, "challenger": {}}
     for seed in (11, 12, 13):
         splits = split_by_time(from_simulation(simulate(small_rows, seed=seed)), TrainConfig())
         vectors = splits["train"].vectors[splits["train"].current]
@@ -80,6 +84,14 @@ def run(small_rows: int, shipped_rows: int) -> dict[str, Any]:
             "rows": shipped_rows,
             "before": flagged(unseen, trained, history_held_to_support=True),
             "now": flagged(unseen, card_support(card), history_held_to_support=False)}
+    for rows in CHALLENGER_ROWS:
+        for seed in (11, 12, 13):
+            splits = split_by_time(from_simulation(simulate(rows, seed=seed)), TrainConfig())
+            later = [from_simulation(simulate(shipped_rows, seed=seed + 100))]
+            results["challenger"][f"{rows} rows, seed {seed}"] = {
+                "rows": rows, "checked": shipped_rows,
+                "now": flagged(later, support_bounds(splits["train"].vectors[splits["train"].current]),
+                               history_held_to_support=False)}
     return results
 
 
@@ -91,6 +103,11 @@ def summary(results: dict[str, Any]) -> str:
             rates = ", ".join(f"{r['rate']:.3%}" for r in runs)
             pooled = sum(r["flagged"] for r in runs) / sum(r["opportunities"] for r in runs)
             lines.append(f"{case} {rules}: {rates} (pooled {pooled:.3%})")
+    for rows in CHALLENGER_ROWS:
+        runs = [r["now"] for r in results["challenger"].values() if r["rows"] == rows]
+        rates = ", ".join(f"{r['rate']:.3%}" for r in runs)
+        lines.append(f"challenger on {rows} outcomes now: {rates} (pooled "
+                     f"{sum(r['flagged'] for r in runs) / sum(r['opportunities'] for r in runs):.3%})")
     return "\n".join(lines)
 
 
