@@ -140,7 +140,7 @@ def _ledger_partition(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from omni_mev.config import load_settings
-    from omni_mev.database import create_engine
+    from omni_mev.database import create_engine, first_line
     from omni_mev.ledger import partitions
 
     url = args.url or load_settings().ledger_url
@@ -152,8 +152,7 @@ def _ledger_partition(args: argparse.Namespace) -> int:
     try:
         moved = partitions.convert(engine)
     except sa.exc.SQLAlchemyError as error:
-        cause = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"omni-mev ledger partition: nothing changed: {cause}", file=sys.stderr)
+        print(f"omni-mev ledger partition: nothing changed: {first_line(error)}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()

@@ -33,7 +33,8 @@ def create_engine(url: str, synced: bool = True) -> sa.Engine:
     the process but may not survive one of the machine (predictions, which
     are written in the background anyway): SQLite's synchronous=NORMAL, and
     PostgreSQL's synchronous_commit=off, where a crash of the database server
-    may lose its last ~0.6 s of such commits, never its consistency.
+    may lose its latest such commits (up to three times wal_writer_delay, by
+    PostgreSQL's documentation), never its consistency.
     """
     options: dict[str, Any] = {"future": True}
     try:
@@ -62,6 +63,13 @@ def create_engine(url: str, synced: bool = True) -> sa.Engine:
 
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+
+
+def first_line(error: BaseException) -> str:
+    """A database error in one line: the driver's first line (it names what failed), not SQLAlchemy's text with
+    its statement and parameters."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from omni_mev.config import ConfigError, Settings, load_settings, project_path, raw_values
+from omni_mev.database import first_line
 from omni_mev.registry.store import ALIASES, Registry, RegistryError, current_user
 
 RELOAD_NOTE = "the service reloads within a few seconds (it watches the registry)"
@@ -56,8 +57,7 @@ def _reaching(setting: str) -> Iterator[None]:
     try:
         yield
     except sa.exc.SQLAlchemyError as error:
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
-        raise RegistryError(f"the database {setting} names cannot be reached: {cause[0]}") from None
+        raise RegistryError(f"the database {setting} names cannot be reached: {first_line(error)}") from None
 
 
 def _models(args: argparse.Namespace) -> int:
